@@ -1,0 +1,194 @@
+"""The `model-atlas` command: parses options, calls the stages, turns domain errors into messages.
+
+compute (torch) and render (no torch) are imported only by the commands that need them, so
+`model-atlas render` works on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import AtlasError
+
+DEFAULT_MODELS = ("gpt2", "Qwen/Qwen2.5-0.5B")  # also in generator.models (which imports torch)
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def domain_errors(f: Callable) -> Callable:
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except AtlasError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _options(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+common_options = _options(
+    click.option("--prompts", "prompt_paths", multiple=True, type=click.Path(path_type=Path),
+                 help="Prompt-set YAML file or directory of them (repeatable). "
+                      "Default: the curated sets in prompt_sets/."),
+    click.option("--model", "models", multiple=True, metavar="ID_OR_DIR",
+                 help="Hugging Face model id or local checkpoint directory (repeatable). "
+                      "Default: gpt2 and Qwen/Qwen2.5-0.5B."),
+    click.option("--demo", is_flag=True,
+                 help="Use the offline demo: tiny random-weight GPT-2 and Qwen2 models with the "
+                      "real tokenizers, no network needed. Pages say the weights are random."),
+    click.option("--build-dir", type=click.Path(path_type=Path), default=Path("build"),
+                 show_default=True, help="Where artifacts and generated pages go."),
+)
+
+compute_options = _options(
+    click.option("--device", default="auto", show_default=True,
+                 help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+    click.option("--dtype", default="auto", show_default=True,
+                 help="auto (float32 on cpu, bfloat16 on a GPU), float32, float16 or bfloat16."),
+    click.option("--revision", default="main", show_default=True,
+                 help="Hub revision (branch, tag or commit) of hub models."),
+    click.option("--top-k", type=int, default=10, show_default=True,
+                 help="Predictions stored per position."),
+    click.option("--lens-top-k", type=int, default=5, show_default=True,
+                 help="Logit-lens predictions stored per layer and position."),
+    click.option("--shard", default=None, metavar="K/N",
+                 help="Compute only the K-th of N deterministic shares of the prompts."),
+    click.option("--device-map", default=None,
+                 help="Passed to from_pretrained, e.g. 'auto' to spread a large model over GPUs."),
+)
+
+out_option = click.option("--out", type=click.Path(path_type=Path), default=Path("site"),
+                          show_default=True, help="Directory the built site is written to.")
+
+
+def _prompt_sets(paths: tuple[Path, ...]) -> list:
+    from .prompts import default_prompt_dir, load_prompt_sets
+    return load_prompt_sets(paths or [default_prompt_dir()])
+
+
+def _model_ids(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
+    if demo and models:
+        raise click.UsageError("--demo uses the two demo models; leave out --model.")
+    if demo:
+        from .demo import ensure_demo_models
+        return [str(p) for p in ensure_demo_models(build_dir / "demo-models", log)]
+    return list(models or DEFAULT_MODELS)
+
+
+def _slugs(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
+    from .store import slugify
+    if demo:
+        from .demo import DEMO_SPECS
+        return list(DEMO_SPECS)
+    return [slugify(m) for m in (models or DEFAULT_MODELS)]
+
+
+def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, top_k, lens_top_k,
+               shard, device_map) -> None:
+    from .compute import Settings, Shard, run_compute
+    settings = Settings(top_k=top_k, lens_top_k=lens_top_k)
+    shard_ = Shard.parse(shard)
+    sets = _prompt_sets(prompt_paths)
+    if build_dir.exists() and not build_dir.is_dir():
+        raise click.BadParameter(f"{build_dir} is a file, not a directory.", param_hint="--build-dir")
+    report = run_compute(_model_ids(models, demo, build_dir), sets, build_dir / "artifacts",
+                         settings, device, dtype, shard_, log, revision, device_map)
+    if report.failures:
+        raise click.ClickException(
+            f"{len(report.failures)} unit(s) failed; the {report.computed + report.reused} other "
+            f"artifacts are kept:\n  " + "\n  ".join(report.failures))
+
+
+def do_render(prompt_paths, models, demo, build_dir, out) -> None:
+    from .render import load_catalog, render_docs
+    from .site import build_site, vendor_bundle, write_mkdocs_config
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file, not a directory.", param_hint="--out")
+    sets = _prompt_sets(prompt_paths)
+    catalog = load_catalog(build_dir / "artifacts", sets, _slugs(models, demo, build_dir), log)
+    nav = render_docs(catalog, build_dir / "docs", vendor_bundle(build_dir), log)
+    write_mkdocs_config(build_dir, nav)
+    build_site(build_dir, out, log)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="model-atlas")
+def main() -> None:
+    """Model Atlas: precomputed, interactive reports of how GPT-2 and Qwen2.5 read text.
+
+    `build` runs everything; `compute` and `render` run one stage each. Start with
+    `model-atlas build --demo`, which needs no network.
+    """
+
+
+@main.command()
+@common_options
+@compute_options
+@domain_errors
+def compute(prompt_paths, models, demo, build_dir, **kw) -> None:
+    """Run the prompt sets through the models; write one JSON artifact per (model, prompt).
+
+    Unchanged prompts are not recomputed. Needs torch.
+    """
+    do_compute(prompt_paths, models, demo, build_dir, **kw)
+
+
+@main.command()
+@common_options
+@out_option
+@domain_errors
+def render(prompt_paths, models, demo, build_dir, out) -> None:
+    """Render the artifacts into pages and build the static site with MkDocs. No torch needed."""
+    do_render(prompt_paths, models, demo, build_dir, out)
+
+
+@main.command()
+@common_options
+@compute_options
+@out_option
+@domain_errors
+def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
+    """compute + render + mkdocs build: the whole site into --out (default site/)."""
+    do_compute(prompt_paths, models, demo, build_dir, **kw)
+    do_render(prompt_paths, models, demo, build_dir, out)
+    log(f"done: open {out / 'index.html'} through a web server, e.g. `model-atlas serve`")
+
+
+@main.command()
+@common_options
+@compute_options
+@out_option
+@click.option("--port", type=int, default=8000, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--no-build", is_flag=True, help="Serve --out as it is, without building first.")
+@domain_errors
+def serve(prompt_paths, models, demo, build_dir, out, port, no_build, **kw) -> None:
+    """Build the site, then serve it on http://127.0.0.1:PORT/ until interrupted."""
+    import http.server
+    if not no_build:
+        do_compute(prompt_paths, models, demo, build_dir, **kw)
+        do_render(prompt_paths, models, demo, build_dir, out)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
+        log(f"serving {out} on http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The compute stage: prompt sets x models -> one JSON artifact per (model, prompt) (imports torch).
+
+Work is keyed by a content hash of (schema version, model id and revision, prompt text, extraction
+settings): an artifact whose key matches is kept, so unchanged prompts are not recomputed, and a
+model whose artifacts are all current is not even loaded. `--shard K/N` takes every N-th prompt, the
+same prompts for every model, so N runners write disjoint artifacts that combine into one site.
+Prompts run in length-sorted batches sized to the model; a batch that runs out of memory is split and
+retried; a prompt that fails is reported and the others are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import AtlasError, OptionError
+from .extract import run_batch
+from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
+from .prompts import Prompt, PromptSet
+from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, SCHEMA_VERSION, encode_attention_layer,
+                     tril_size, validate_artifact)
+from .store import atomic_write_json, content_key, remove_stale_temporaries, sha256_bytes
+from .tokens import describe_tokens, vocab_entries
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Extraction settings; every field is part of each artifact's key."""
+    top_k: int = 10        # predictions stored per position
+    lens_top_k: int = 5    # logit-lens predictions stored per layer and position
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.top_k > 100:
+            raise OptionError(f"--top-k {self.top_k}: must be between 1 and 100.")
+        if self.lens_top_k < 1 or self.lens_top_k > self.top_k:
+            raise OptionError(f"--lens-top-k {self.lens_top_k}: must be between 1 and --top-k.")
+
+
+@dataclass
+class Shard:
+    index: int  # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        if not text:
+            return cls(1, 1)
+        try:
+            k, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise OptionError(f"--shard {text!r}: expected K/N, like 2/4.") from None
+        if n < 1 or not 1 <= k <= n:
+            raise OptionError(f"--shard {text}: K must be between 1 and N (got K={k}, N={n}).")
+        return cls(k, n)
+
+    def take(self, prompts: Sequence[Prompt]) -> list[Prompt]:
+        ordered = sorted(prompts, key=lambda p: p.key)
+        return [p for i, p in enumerate(ordered) if i % self.count == self.index - 1]
+
+
+@dataclass
+class ComputeReport:
+    computed: int = 0
+    reused: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def artifact_path(root: Path, slug: str, prompt: Prompt) -> Path:
+    return root / slug / prompt.set_id / f"{prompt.id}.json"
+
+
+def unit_key(ref: ModelRef, prompt: Prompt, settings: Settings) -> str:
+    return content_key(SCHEMA_VERSION, ref.model_id, ref.revision, prompt.text, asdict(settings))
+
+
+def _current_key(path: Path) -> str | None:
+    """The key of an existing artifact, or None if it is missing or unreadable (then recompute)."""
+    import json
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data.get("key") if data.get("schema_version") == SCHEMA_VERSION else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+    return {"model-atlas": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _block(ids: np.ndarray, lps: np.ndarray, nlp: np.ndarray, rank: np.ndarray, k: int) -> dict:
+    """Per-position top-k for one layer of one prompt. ids, lps: [T, >=k]; nlp, rank: [T]."""
+    return {
+        "k": k,
+        "ids": ids[:, :k].tolist(),
+        "probs": np.round(np.exp(lps[:, :k].astype(np.float64)), 6).tolist(),
+        "next_logprob": [None if math.isnan(x) else round(float(x), 4) for x in nlp],
+        "next_rank": [None if r == 0 else int(r) for r in rank],
+    }
+
+
+def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
+                   tokens: list[dict], attention: np.ndarray, lens: tuple[np.ndarray, ...]) -> dict:
+    """attention: uint8 [L, H, T, T]; lens: (ids [L, T, k], logprobs [L, T, k], next_lp [L, T],
+    next_rank [L, T]) for this prompt alone."""
+    L, H, T, _ = attention.shape
+    rows, cols = np.tril_indices(T)
+    ids, lps, nlp, rank = lens
+    referenced = np.unique(np.concatenate([ids[-1, :, :settings.top_k].ravel(),
+                                           ids[:, :, :settings.lens_top_k].ravel()]))
+    ref = lm.ref
+    return {
+        "format": "model-atlas-artifact",
+        "schema_version": SCHEMA_VERSION,
+        "key": key,
+        "provenance": {
+            "model_id": ref.model_id, "model_slug": ref.slug, "revision": ref.revision,
+            "random_weights": ref.random_weights, "prompt_sha256": sha256_bytes(prompt.text.encode()),
+            "device": lm.device.split(":")[0], "dtype": lm.dtype, "attn_implementation": "eager",
+            "libraries": library_versions(), "settings": asdict(settings),
+        },
+        "model": lm.facts,
+        "prompt": {"set": prompt.set_id, "id": prompt.id, "text": prompt.text, "note": prompt.note},
+        "tokens": tokens,
+        "predictions": _block(ids[-1], lps[-1], nlp[-1], rank[-1], settings.top_k),
+        "lens": [_block(ids[l], lps[l], nlp[l], rank[l], settings.lens_top_k) for l in range(L)],
+        "attention": {
+            "encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": L, "heads": H,
+            "length": T,
+            "data": [encode_attention_layer(attention[l][:, rows, cols]) for l in range(L)],
+        },
+        "vocab": vocab_entries(lm.tokenizer, referenced.tolist()),
+    }
+
+
+def _batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
+             budget_bytes: int) -> list[list[tuple[Prompt, list[int]]]]:
+    """Length-sorted batches whose attention ([L, B, H, T, T] float32) fits `budget_bytes`."""
+    items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
+    out: list[list] = []
+    for it in items:
+        if out:
+            t = len(it[1])  # the longest so far, since sorted
+            if (len(out[-1]) + 1) * layers * heads * t * t * 4 <= budget_bytes and len(out[-1]) < 64:
+                out[-1].append(it)
+                continue
+        out.append([it])
+    return out
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Log):
+    """Run one batch; split it in halves on out-of-memory. Yields (prompt, ids, result)."""
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    T = max(len(ids) for _, ids in batch)
+    input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for b, (_, ids) in enumerate(batch):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        mask[b, :len(ids)] = 1
+    dev = lm.model.device
+    try:
+        out = run_batch(lm.model, input_ids.to(dev), mask.to(dev), k)
+    except Exception as e:  # noqa: BLE001 - OOM classes differ between backends
+        if _is_oom(e) and len(batch) > 1:
+            if lm.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            log(f"out of memory on a batch of {len(batch)}; retrying as {half} + {len(batch) - half}")
+            yield from _run(lm, batch[:half], k, log)
+            yield from _run(lm, batch[half:], k, log)
+            return
+        raise
+    offset = 0
+    for b, (prompt, ids) in enumerate(batch):
+        n = len(ids)
+        sl = slice(offset, offset + n)
+        offset += n
+        yield prompt, ids, (out.attention[:, b, :, :n, :n], (
+            out.lens_ids[:, sl], out.lens_logprobs[:, sl], out.next_logprob[:, sl],
+            out.next_rank[:, sl]))
+
+
+def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
+                  device: str, dtype: torch.dtype, log: Log, report: ComputeReport,
+                  revision: str = "main", budget_bytes: int | None = None,
+                  device_map: str | None = None) -> None:
+    ref = resolve_model(model_id, revision)
+    todo = []
+    for p in prompts:
+        key = unit_key(ref, p, settings)
+        path = artifact_path(out_dir, ref.slug, p)
+        report.artifacts.append(path)
+        if _current_key(path) == key:
+            report.reused += 1
+        else:
+            todo.append((p, key))
+    if not todo:
+        log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
+        return
+    lm = load_model(ref, device, dtype, log, device_map=device_map)
+    context = lm.facts.get("context_length") or 10 ** 9
+    items, keys = [], {}
+    for p, key in todo:
+        ids, tokens = describe_tokens(lm.tokenizer, p.text)
+        if len(ids) > context:
+            report.failures.append(f"{p.key} ({ref.model_id}): {len(ids)} tokens, longer than the "
+                                   f"model's context of {context}; shorten field 'text'.")
+            continue
+        items.append((p, ids))
+        keys[p.key] = (key, tokens)
+    if budget_bytes is None:
+        budget_bytes = (2 << 30) if lm.device.startswith("cuda") else (512 << 20)
+    facts = lm.facts
+    t0, done = time.perf_counter(), 0
+    for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes):
+        try:
+            for prompt, ids, (att, lens) in _run(lm, batch, settings.top_k, log):
+                key, tokens = keys[prompt.key]
+                artifact = build_artifact(lm, prompt, key, settings, tokens, att, lens)
+                validate_artifact(artifact, f"{ref.slug}/{prompt.key}")
+                atomic_write_json(artifact_path(out_dir, ref.slug, prompt), artifact)
+                report.computed += 1
+                done += 1
+        except AtlasError as e:
+            report.failures.extend(f"{p.key} ({ref.model_id}): {e}" for p, _ in batch)
+        except Exception as e:  # noqa: BLE001 - one failed batch must not lose the others
+            kind = "out of memory even at batch size 1" if _is_oom(e) else f"{type(e).__name__}: {e}"
+            report.failures.extend(f"{p.key} ({ref.model_id}): {kind}" for p, _ in batch)
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        log(f"{ref.slug}: {done}/{len(items)} prompts computed ({rate:.1f} prompts/s)")
+    del lm
+
+
+def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir: Path,
+                settings: Settings = Settings(), device: str = "auto", dtype: str = "auto",
+                shard: Shard = Shard(1, 1), log: Log = print, revision: str = "main",
+                device_map: str | None = None) -> ComputeReport:
+    """Compute every (model, prompt) of this shard whose artifact is missing or stale."""
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    prompts = shard.take([p for s in prompt_sets for p in s.prompts])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        log(f"removed {removed} temporary file(s) left by an interrupted build")
+    report = ComputeReport()
+    t0 = time.perf_counter()
+    log(f"compute: {len(prompts)} prompts x {len(models)} models on {dev}"
+        + (f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""))
+    for model_id in models:
+        compute_model(model_id, prompts, out_dir, settings, dev, torch_dtype, log, report,
+                      revision=revision, device_map=device_map)
+    report.seconds = time.perf_counter() - t0
+    log(f"compute: {report.computed} computed, {report.reused} reused, "
+        f"{len(report.failures)} failed in {report.seconds:.1f}s")
+    return report

@@ -1,0 +1,201 @@
+"""The artifact format: the one contract between the compute and render stages.
+
+One artifact is one JSON file per (model, prompt). `ARTIFACT_SCHEMA` is its JSON Schema; it is
+checked on write (compute) and on read (render), together with the cross-field rules JSON Schema
+cannot express (every per-position list has one entry per token). `site_src/artifact-format.md`
+documents it for people who use the JSON directly.
+
+Attention encoding (`uint8-tril-lr`): for every layer, the heads' causal lower triangles, row by
+row (query position i holds keys 0..i), each weight stored as an integer q in 0..255 meaning q/255.
+Rounding is largest-remainder per row, so every stored row sums to exactly 255 (= 1) and every
+stored weight is within 1/255 of the model's own (`ATTENTION_MAX_ABS_ERROR`). One layer is the
+base64 of a uint8 array shaped [heads, T*(T+1)/2]; T is the number of tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from .errors import ArtifactError
+
+SCHEMA_VERSION = 1
+ATTENTION_ENCODING = "uint8-tril-lr"
+ATTENTION_SCALE = 255
+ATTENTION_MAX_ABS_ERROR = 1 / 255
+
+_int_list = {"type": "array", "items": {"type": "integer"}}
+_num_or_null = {"type": ["number", "null"]}
+_top_k_block = {
+    "type": "object",
+    "required": ["k", "ids", "probs", "next_logprob", "next_rank"],
+    "properties": {
+        "k": {"type": "integer", "minimum": 1},
+        "ids": {"type": "array", "items": _int_list},
+        "probs": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+        "next_logprob": {"type": "array", "items": _num_or_null},
+        "next_rank": {"type": "array", "items": {"type": ["integer", "null"]}},
+    },
+}
+
+ARTIFACT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Model Atlas artifact",
+    "type": "object",
+    "required": ["format", "schema_version", "key", "provenance", "model", "prompt", "tokens",
+                 "predictions", "lens", "attention", "vocab"],
+    "properties": {
+        "format": {"const": "model-atlas-artifact"},
+        "schema_version": {"type": "integer"},
+        "key": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "provenance": {
+            "type": "object",
+            "required": ["model_id", "model_slug", "revision", "random_weights", "prompt_sha256",
+                         "device", "dtype", "attn_implementation", "libraries", "settings"],
+            "properties": {
+                "model_id": {"type": "string"},
+                "model_slug": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
+                "revision": {"type": "string"},
+                "random_weights": {"type": "boolean"},
+                "prompt_sha256": {"type": "string"},
+                "device": {"type": "string"},
+                "dtype": {"type": "string"},
+                "attn_implementation": {"const": "eager"},
+                "libraries": {"type": "object", "additionalProperties": {"type": "string"}},
+                "settings": {"type": "object"},
+            },
+        },
+        "model": {
+            "type": "object",
+            "required": ["architecture", "model_type", "layers", "query_heads", "kv_heads",
+                         "hidden_size", "head_dim", "vocab_size", "parameters"],
+        },
+        "prompt": {
+            "type": "object",
+            "required": ["set", "id", "text", "note"],
+            "properties": {"text": {"type": "string", "minLength": 1}},
+        },
+        "tokens": {
+            "type": "array", "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "text", "bytes", "start", "end", "special"],
+                "properties": {
+                    "id": {"type": "integer"}, "text": {"type": ["string", "null"]},
+                    "bytes": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+                    "start": {"type": "integer"}, "end": {"type": "integer"},
+                    "special": {"type": "boolean"},
+                },
+            },
+        },
+        "predictions": _top_k_block,
+        "lens": {"type": "array", "items": _top_k_block},
+        "attention": {
+            "type": "object",
+            "required": ["encoding", "scale", "layers", "heads", "length", "data"],
+            "properties": {
+                "encoding": {"const": ATTENTION_ENCODING},
+                "scale": {"const": ATTENTION_SCALE},
+                "layers": {"type": "integer", "minimum": 1},
+                "heads": {"type": "integer", "minimum": 1},
+                "length": {"type": "integer", "minimum": 1},
+                "data": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "vocab": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object", "required": ["text", "bytes"],
+                "properties": {"text": {"type": ["string", "null"]}, "bytes": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def tril_size(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def _check_cross_fields(a: dict[str, Any]) -> None:
+    t = len(a["tokens"])
+    att = a["attention"]
+    if att["length"] != t:
+        raise ValueError(f"attention.length is {att['length']} but there are {t} tokens")
+    if len(att["data"]) != att["layers"] or len(a["lens"]) != att["layers"]:
+        raise ValueError("attention.data and lens need one entry per layer")
+    if att["layers"] != a["model"]["layers"] or att["heads"] != a["model"]["query_heads"]:
+        raise ValueError("attention layers/heads disagree with the model's architecture")
+    for name, block in [("predictions", a["predictions"])] + [
+            (f"lens[{i}]", b) for i, b in enumerate(a["lens"])]:
+        for field in ("ids", "probs", "next_logprob", "next_rank"):
+            if len(block[field]) != t:
+                raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
+        for field in ("ids", "probs"):
+            if any(len(row) != block["k"] for row in block[field]):
+                raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
+    missing = {str(i) for row in a["predictions"]["ids"] for i in row} - a["vocab"].keys()
+    if missing:
+        raise ValueError(f"vocab lacks {len(missing)} predicted ids, e.g. {sorted(missing)[0]}")
+
+
+def validate_artifact(a: Any, source: str = "artifact") -> dict[str, Any]:
+    """Raise `ArtifactError` naming `source` and the offending field unless `a` is a valid artifact."""
+    if isinstance(a, dict) and a.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise ArtifactError(
+            f"{source}: schema_version {a.get('schema_version')!r} is not the supported version "
+            f"{SCHEMA_VERSION}. Recompute it with `model-atlas compute` (it is recomputed "
+            f"automatically), or use the Model Atlas release that wrote it.")
+    try:
+        jsonschema.validate(a, ARTIFACT_SCHEMA)
+        _check_cross_fields(a)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ArtifactError(f"{source}: invalid field {where}: {e.message}. Delete the file and "
+                            f"run `model-atlas compute` to recompute it.") from None
+    except ValueError as e:
+        raise ArtifactError(f"{source}: {e}. Delete the file and run `model-atlas compute` to "
+                            f"recompute it.") from None
+    return a
+
+
+def read_artifact(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: artifact not found. Run `model-atlas compute` first.") from None
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 (byte {e.start}). Delete it and run "
+                            f"`model-atlas compute` to recompute it.") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                            f"the file is truncated or was edited. Delete it and run "
+                            f"`model-atlas compute` to recompute it.") from None
+    return validate_artifact(data, str(path))
+
+
+def encode_attention_layer(q: np.ndarray) -> str:
+    """[heads, T*(T+1)/2] uint8 -> base64 text."""
+    return base64.b64encode(np.ascontiguousarray(q, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
+    """Attention of one layer as float32 [heads, T, T] (zeros above the diagonal)."""
+    att = artifact["attention"]
+    h, t = att["heads"], att["length"]
+    flat = np.frombuffer(base64.b64decode(att["data"][layer]), dtype=np.uint8)
+    if flat.size != h * tril_size(t):
+        raise ArtifactError(f"attention layer {layer} holds {flat.size} values, expected "
+                            f"{h * tril_size(t)}")
+    out = np.zeros((h, t, t), dtype=np.float32)
+    rows, cols = np.tril_indices(t)
+    out[:, rows, cols] = flat.reshape(h, -1).astype(np.float32) / ATTENTION_SCALE
+    return out

@@ -1,0 +1,85 @@
+"""What each token covers: its bytes, the text it shows, and where it sits in the prompt.
+
+Byte-level BPE (GPT-2, Qwen2.5) can split one character over several tokens: Qwen2.5 writes "巴" as
+two tokens. Such a piece is not valid UTF-8 on its own, so it is shown honestly as bytes (`<e5 b7>`)
+rather than as mojibake. Character offsets come from the tokenizer's own offset mapping, so they
+point into the prompt as written.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's `bytes_to_unicode` table, shared by every byte-level BPE tokenizer."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
+def token_bytes(tokenizer: Any, ids: Sequence[int]) -> list[bytes]:
+    """The raw bytes each token id stands for."""
+    pieces = tokenizer.convert_ids_to_tokens(list(ids))
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if is_byte_level(tokenizer):
+        table = _byte_decoder()
+        out = []
+        for tid, piece in zip(ids, pieces):
+            if piece is None:  # ids past the tokenizer (embedding rows kept as padding)
+                out.append(b"")
+            elif tid in special or any(ch not in table for ch in piece):
+                out.append(piece.encode("utf-8"))
+            else:
+                out.append(bytes(table[ch] for ch in piece))
+        return out
+    return [tokenizer.decode([tid]).encode("utf-8") for tid in ids]
+
+
+def display(raw: bytes) -> tuple[str | None, str]:
+    """(text, hex): text is None when the bytes are not a complete UTF-8 sequence."""
+    try:
+        text: str | None = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return text, raw.hex()
+
+
+def describe_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[dict[str, Any]]]:
+    """Tokenize `text` exactly as the model sees it; return the ids and one record per token."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = list(enc["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    records = []
+    for tid, raw, (start, end) in zip(ids, token_bytes(tokenizer, ids), enc["offset_mapping"]):
+        shown, hexed = display(raw)
+        records.append({
+            "id": int(tid), "text": shown, "bytes": hexed, "start": int(start), "end": int(end),
+            "special": tid in special,
+        })
+    return ids, records
+
+
+def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Display records for predicted token ids, keyed by id as a string (JSON object keys)."""
+    unique = sorted({int(i) for i in ids})
+    out = {}
+    for tid, raw in zip(unique, token_bytes(tokenizer, unique)):
+        shown, hexed = display(raw)
+        out[str(tid)] = {"text": shown, "bytes": hexed}
+    return out
