@@ -66,11 +66,118 @@ def surprisal_chart() -> alt.Chart:
     ).properties(width=WIDTH, height=160)
 
 
+def lens_chart() -> alt.LayerChart:
+    """Logit lens: layer x position, coloured by the rank of the token that actually came next
+    (log scale: dark = the right answer is near the top), text = that layer's top prediction."""
+    base = alt.Chart(alt.Data(name="lens")).encode(
+        x=alt.X("pl:N", sort=_tokens_sort("pos"), title="position (predicting the next token)",
+                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)),
+        y=alt.Y("layer:O", sort="descending", title="layer"),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("lrank:Q", title="log10 rank of actual next",
+                        scale=alt.Scale(scheme="viridis", reverse=True, domainMin=0)),
+        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("pl:N", title="after"),
+                 alt.Tooltip("top:N", title="top prediction"),
+                 alt.Tooltip("p:Q", format=".3f", title="its probability"),
+                 alt.Tooltip("rank:Q", title="rank of actual next"),
+                 alt.Tooltip("pnext:Q", format=".4f", title="p(actual next)")],
+    )
+    text = base.mark_text(fontSize=8, limit=34, color="white").encode(text="top:N")
+    return alt.layer(rect, text).properties(width=alt.Step(36), height=alt.Step(14))
+
+
+def heads_chart() -> alt.Chart:
+    """Model view: every layer x head at a glance; click a cell to open it in the heatmap."""
+    return alt.Chart(alt.Data(name="heads")).mark_rect(cursor="pointer").encode(
+        x=alt.X("head:O", title="head"),
+        y=alt.Y("layer:O", sort="descending", title="layer"),
+        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(scheme="purples",
+                                                                              reverse=True)),
+        tooltip=[alt.Tooltip("name:N", title="head"), alt.Tooltip("group:Q", title="kv group"),
+                 alt.Tooltip("entropy:Q", format=".2f"),
+                 alt.Tooltip("prev_token:Q", format=".2f", title="previous-token"),
+                 alt.Tooltip("first_token:Q", format=".2f", title="first-token (sink)"),
+                 alt.Tooltip("distance:Q", format=".1f", title="mean distance"),
+                 alt.Tooltip("induction:Q", format=".2f", title="induction")],
+    ).properties(width=alt.Step(18), height=alt.Step(14))
+
+
+def groups_chart() -> alt.Chart:
+    """Grouped-query view: per layer, how alike the query heads sharing a key/value head attend."""
+    return alt.Chart(alt.Data(name="groups")).mark_rect().encode(
+        x=alt.X("layer:O", title="layer"),
+        y=alt.Y("group:O", title="key/value group"),
+        color=alt.Color("similarity:Q", title="within-group cosine",
+                        scale=alt.Scale(scheme="teals", domain=[0, 1])),
+        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("group:O", title="kv group"),
+                 alt.Tooltip("heads:N", title="query heads"),
+                 alt.Tooltip("similarity:Q", format=".3f", title="within-group cosine"),
+                 alt.Tooltip("between:Q", format=".3f", title="between-group cosine"),
+                 alt.Tooltip("mean_js:Q", format=".3f", title="within-group JS (bits)")],
+    ).properties(width=alt.Step(18), height=alt.Step(22))
+
+
+def cumulative_chart() -> alt.Chart:
+    """Both models' cumulative surprisal along the same text (x = character offset)."""
+    return alt.Chart(alt.Data(name="cumulative")).mark_line(point=True, interpolate="step-after"
+                                                            ).encode(
+        x=alt.X("char:Q", title="character offset in the prompt"),
+        y=alt.Y("bits:Q", title="cumulative surprisal (bits)"),
+        color=alt.Color("model:N", title="model"),
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("token:N"), alt.Tooltip("char:Q"),
+                 alt.Tooltip("bits:Q", format=".1f")],
+    ).properties(width=2 * WIDTH, height=200)
+
+
+def atlas_chart(metric: str, title: str) -> alt.Chart:
+    """Head atlas: the 20 heads with the highest mean `metric` (lowest for entropy); a bar links
+    to the prompt where that head shows the behaviour most clearly."""
+    order = "ascending" if metric == "entropy" else "descending"
+    return alt.Chart(alt.Data(name="atlas")).transform_filter(
+        f"isValid(datum.{metric})").transform_window(
+        rank="row_number()", sort=[alt.SortField(metric, order=order)]).transform_filter(
+        "datum.rank <= 20").transform_calculate(
+        url=f"'../prompts/' + datum.{metric}_best + '.html'").mark_bar(cursor="pointer").encode(
+        x=alt.X(f"{metric}:Q", title=title),
+        y=alt.Y("name:N", sort=alt.EncodingSortField(field=metric, order=order), title="head"),
+        href="url:N",
+        tooltip=[alt.Tooltip("name:N", title="head"), alt.Tooltip(f"{metric}:Q", format=".3f"),
+                 alt.Tooltip(f"{metric}_best:N", title="clearest on prompt")],
+    ).properties(width=WIDTH, height=alt.Step(13))
+
+
+def tokenizers_chart() -> alt.Chart:
+    """Mean tokens per character by script, one bar per model."""
+    return alt.Chart(alt.Data(name="scripts")).mark_bar().encode(
+        x=alt.X("per_char:Q", title="tokens per character (mean over prompts)"),
+        y=alt.Y("script:N", title=None),
+        yOffset="model:N",
+        color=alt.Color("model:N", title="model"),
+        tooltip=["script:N", "model:N", alt.Tooltip("per_char:Q", format=".3f"),
+                 alt.Tooltip("per_word:Q", format=".2f"), "byte_pieces:Q", "prompts:Q"],
+    ).properties(width=2 * WIDTH)
+
+
 CHARTS = {
     "attention": attention_chart,
     "predictions": predictions_chart,
     "surprisal": surprisal_chart,
+    "lens": lens_chart,
+    "heads": heads_chart,
+    "groups": groups_chart,
+    "cumulative": cumulative_chart,
+    "tokenizers": tokenizers_chart,
 }
+
+
+def _atlas_charts() -> dict[str, Any]:
+    from .metrics import METRIC_DEFINITIONS
+    return {f"atlas-{name}": (lambda n=name, d=d: atlas_chart(n, f"{d['title']} ({d['unit']})"))
+            for name, d in METRIC_DEFINITIONS.items()}
+
+
+CHARTS.update(_atlas_charts())
 
 
 def chart_specs() -> dict[str, dict[str, Any]]:

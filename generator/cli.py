@@ -65,6 +65,8 @@ compute_options = _options(
                  help="Predictions stored per position."),
     click.option("--lens-top-k", type=int, default=5, show_default=True,
                  help="Logit-lens predictions stored per layer and position."),
+    click.option("--continuation", type=int, default=8, show_default=True,
+                 help="Greedy tokens generated after each prompt and analysed with it (0: none)."),
     click.option("--shard", default=None, metavar="K/N",
                  help="Compute only the K-th of N deterministic shares of the prompts."),
     click.option("--device-map", default=None,
@@ -98,9 +100,9 @@ def _slugs(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
 
 
 def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, top_k, lens_top_k,
-               shard, device_map) -> None:
+               continuation, shard, device_map) -> None:
     from .compute import Settings, Shard, run_compute
-    settings = Settings(top_k=top_k, lens_top_k=lens_top_k)
+    settings = Settings(top_k=top_k, lens_top_k=lens_top_k, continuation=continuation)
     shard_ = Shard.parse(shard)
     sets = _prompt_sets(prompt_paths)
     if build_dir.exists() and not build_dir.is_dir():

@@ -22,13 +22,14 @@ import torch
 
 from . import __version__
 from .errors import AtlasError, OptionError
-from .extract import run_batch
+from .extract import greedy_continuation, run_batch
+from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
 from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, SCHEMA_VERSION, encode_attention_layer,
                      tril_size, validate_artifact)
 from .store import atomic_write_json, content_key, remove_stale_temporaries, sha256_bytes
-from .tokens import describe_tokens, vocab_entries
+from .tokens import describe_tokens, describe_ids, vocab_entries
 
 Log = Callable[[str], None]
 
@@ -38,12 +39,15 @@ class Settings:
     """Extraction settings; every field is part of each artifact's key."""
     top_k: int = 10        # predictions stored per position
     lens_top_k: int = 5    # logit-lens predictions stored per layer and position
+    continuation: int = 8  # greedy tokens generated after the prompt, analysed like the prompt
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.top_k > 100:
             raise OptionError(f"--top-k {self.top_k}: must be between 1 and 100.")
         if self.lens_top_k < 1 or self.lens_top_k > self.top_k:
             raise OptionError(f"--lens-top-k {self.lens_top_k}: must be between 1 and --top-k.")
+        if self.continuation < 0 or self.continuation > 256:
+            raise OptionError(f"--continuation {self.continuation}: must be between 0 and 256.")
 
 
 @dataclass
@@ -122,6 +126,11 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
     referenced = np.unique(np.concatenate([ids[-1, :, :settings.top_k].ravel(),
                                            ids[:, :, :settings.lens_top_k].ravel()]))
     ref = lm.ref
+    n_prompt = sum(1 for t in tokens if not t.get("generated"))
+    token_ids = [t["id"] for t in tokens]
+    decoded = [attention[l].astype(np.float32) / ATTENTION_SCALE for l in range(L)]  # L x [H, T, T]
+    per_head = layer_metrics(np.stack(decoded), token_ids)                          # name -> [L, H]
+    kv = lm.facts["kv_heads"]
     return {
         "format": "model-atlas-artifact",
         "schema_version": SCHEMA_VERSION,
@@ -143,7 +152,28 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
             "data": [encode_attention_layer(attention[l][:, rows, cols]) for l in range(L)],
         },
         "vocab": vocab_entries(lm.tokenizer, referenced.tolist()),
+        "generation": {"prompt_tokens": n_prompt, "generated_tokens": T - n_prompt,
+                       "method": "greedy"},
+        "metrics": {name: _round(values) for name, values in sorted(per_head.items())},
+        # Grouped-query attention: per layer, how alike the query heads sharing a key/value head
+        # attend, and (for contrast) heads of different groups. Empty for multi-head models.
+        "groups": [{"between": _round(between_group_similarity(decoded[l], kv)),
+                    "groups": [{**g, "similarity": _round(g["similarity"]),
+                                "mean_js": _round(g["mean_js"])}
+                               for g in group_similarity(decoded[l], kv)]}
+                   for l in range(L)] if kv < H else [],
     }
+
+
+def _round(x: Any, digits: int = 4) -> Any:
+    """Round floats (nested lists too) for storage; NaN (undefined) becomes null."""
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, list):
+        return [_round(v, digits) for v in x]
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return round(float(x), digits)
 
 
 def _batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
@@ -217,14 +247,20 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     lm = load_model(ref, device, dtype, log, device_map=device_map)
     context = lm.facts.get("context_length") or 10 ** 9
     items, keys = [], {}
+    eos = lm.tokenizer.eos_token_id
     for p, key in todo:
         ids, tokens = describe_tokens(lm.tokenizer, p.text)
-        if len(ids) > context:
+        if len(ids) + settings.continuation > context:
             report.failures.append(f"{p.key} ({ref.model_id}): {len(ids)} tokens, longer than the "
                                    f"model's context of {context}; shorten field 'text'.")
             continue
-        items.append((p, ids))
-        keys[p.key] = (key, tokens)
+        try:
+            extra = greedy_continuation(lm.model, ids, settings.continuation, eos)
+        except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
+            report.failures.append(f"{p.key} ({ref.model_id}): generation failed: {e}")
+            continue
+        items.append((p, ids + extra))
+        keys[p.key] = (key, tokens + describe_ids(lm.tokenizer, extra, len(p.text)))
     if budget_bytes is None:
         budget_bytes = (2 << 30) if lm.device.startswith("cuda") else (512 << 20)
     facts = lm.facts

@@ -127,3 +127,14 @@ def run_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return BatchOutput(attention, ids.view(L, N, k).cpu().numpy(),
                        lps.view(L, N, k).cpu().numpy(), t_lp.view(L, N).cpu().numpy(),
                        rank.view(L, N).cpu().numpy())
+
+
+@torch.no_grad()
+def greedy_continuation(model: Any, ids: list[int], n: int, eos_id: int | None) -> list[int]:
+    """The model's own greedy continuation of `ids`: up to n new tokens, stopping at end-of-text."""
+    if n <= 0:
+        return []
+    x = torch.tensor([ids], device=model.device)                    # [1, T]
+    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
+                         pad_token_id=eos_id if eos_id is not None else 0, eos_token_id=eos_id)
+    return out[0, len(ids):].tolist()

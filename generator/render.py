@@ -9,11 +9,9 @@ only ever enter a page as escaped values, never as template source.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import jinja2
 
+from . import pagedata as pd
 from .charts import chart_specs
 from .errors import ArtifactError
 from .prompts import PromptSet
@@ -29,8 +28,6 @@ from .store import atomic_write_json, atomic_write_text, canonical_json
 
 Log = Callable[[str], None]
 REPO = Path(__file__).resolve().parent.parent
-LN2 = math.log(2)
-_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
 def resource_dir(name: str) -> Path:
@@ -39,24 +36,6 @@ def resource_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"cannot find the {name}/ directory of Model Atlas")
-
-
-def show_token(text: str | None, hexed: str, tid: int | None = None) -> str:
-    """A token as a reader should see it: whitespace and invisible characters made visible,
-    partial UTF-8 pieces as their bytes."""
-    if text is None:
-        return "<" + " ".join(hexed[i:i + 2] for i in range(0, len(hexed), 2)) + ">"
-    if text == "":
-        return f"[{tid}]" if tid is not None else "[empty]"
-    out = []
-    for ch in text:
-        if ch in _VISIBLE:
-            out.append(_VISIBLE[ch])
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cn"):
-            out.append(f"⟨U+{ord(ch):04X}⟩")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def build_date() -> str:
@@ -128,47 +107,15 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
     return Catalog(sets, models, artifacts, paths)
 
 
-def _surprisal(logprob: float | None) -> float | None:
-    return None if logprob is None else round(-logprob / LN2, 3)
-
-
-def page_data(a: dict[str, Any]) -> dict[str, Any]:
-    """What a prompt page fetches for one model: tokens with surprisal, and the predictions."""
-    toks = a["tokens"]
-    shown = [show_token(t["text"], t["bytes"], t["id"]) for t in toks]
-    labels = [f"{i}: {s}" for i, s in enumerate(shown)]
-    pred = a["predictions"]
-    tokens = []
-    for i, t in enumerate(toks):
-        prev = i - 1
-        tokens.append({
-            "i": i, "label": labels[i], "text": shown[i], "id": t["id"],
-            "surprisal": _surprisal(pred["next_logprob"][prev]) if i > 0 else None,
-            "rank": pred["next_rank"][prev] if i > 0 else None,
-            "next": shown[i + 1] if i + 1 < len(toks) else "(end of prompt)",
-        })
-    vocab = a["vocab"]
-    predictions = []
-    for i, (ids, probs) in enumerate(zip(pred["ids"], pred["probs"])):
-        actual = shown[i + 1] if i + 1 < len(toks) else "(end of prompt)"
-        for r, (tid, p) in enumerate(zip(ids, probs), start=1):
-            v = vocab[str(tid)]
-            predictions.append({"pos": i, "pl": labels[i], "rank": r, "prob": p, "actual": actual,
-                                "token": show_token(v["text"], v["bytes"], tid)})
-    m = a["model"]
-    return {"model": a["provenance"]["model_slug"], "layers": m["layers"],
-            "heads": m["query_heads"], "kv_heads": m["kv_heads"], "tokens": tokens,
-            "predictions": predictions}
-
-
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(resource_dir("templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["show_token"] = lambda t: show_token(t["text"], t["bytes"], t["id"])
+    env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
     env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
     env.filters["surprisal_style"] = _surprisal_style
+    env.filters["char_style"] = lambda b: _surprisal_style(None if b is None else 4 * b)
     return env
 
 
@@ -218,8 +165,40 @@ def _rel_root(page: str) -> str:
     return "../" * page.count("/")
 
 
-def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = print) -> list[str]:
+def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dict[str, Any]]:
+    """Data files of one prompt page; returns what the template needs per model."""
+    per_model = []
+    for m in catalog.models:
+        a = catalog.artifacts[(m.slug, p.key)]
+        base = f"data/{m.slug}/{s.id}/{p.id}"
+        tokens = pd.token_rows(a)
+        w.json(f"{base}.json", {"tokens": tokens, "predictions": pd.prediction_rows(a)})
+        w.json(f"{base}.lens.json", {"lens": pd.lens_rows(a)})
+        w.json(f"{base}.heads.json", {"heads": pd.head_rows(a), "groups": pd.group_rows(a)})
+        for layer, blob in enumerate(a["attention"]["data"]):
+            w.json(f"{base}/L{layer}.json", {"layer": layer, "heads": a["attention"]["heads"],
+                                             "length": a["attention"]["length"], "data": blob})
+        w.copy(catalog.paths[(m.slug, p.key)], f"artifacts/{m.slug}/{s.id}/{p.id}.json")
+        per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens,
+                          "generation": a["generation"]})
+    return per_model
+
+
+def _comparison(w: Writer, catalog: Catalog, s: PromptSet, p: Any,
+                per_model: list[dict[str, Any]]) -> dict[str, Any] | None:
+    arts = [pm["artifact"] for pm in per_model]
+    names = [pm["summary"].model_id for pm in per_model]
+    segments = pd.aligned_segments(p.text, arts)
+    w.json(f"data/compare/{s.id}/{p.id}.json",
+           {"cumulative": pd.cumulative_rows(p.text, names, arts)})
+    return {"segments": segments, "names": names,
+            "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None,
+            "data": f"data/compare/{s.id}/{p.id}.json"}
+
+
+def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = print) -> list[Any]:
     """Write the complete docs tree; return the nav (for mkdocs.yml)."""
+    from .metrics import GROUP_METRIC_DEFINITIONS, METRIC_DEFINITIONS
     t0 = time.perf_counter()
     env = _environment()
     w = Writer(docs_dir)
@@ -231,37 +210,40 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     for name, spec in chart_specs().items():
         w.json(f"charts/{name}.vl.json", spec)
     common = {"catalog": catalog, "models": catalog.models, "sets": catalog.sets,
-              "build_date": build_date(), "schema_version": SCHEMA_VERSION}
+              "build_date": build_date(), "schema_version": SCHEMA_VERSION,
+              "metric_defs": METRIC_DEFINITIONS, "group_defs": GROUP_METRIC_DEFINITIONS}
 
     def page(rel: str, template: str, **ctx: Any) -> None:
         w.text(rel, env.get_template(template).render(root=_rel_root(rel), page=rel, **common,
                                                        **ctx))
 
     page("index.md", "home.md.j2")
+    keys = [p.key for s in catalog.sets for p in s.prompts]
     for m in catalog.models:
-        page(f"models/{m.slug}.md", "model.md.j2", model=m)
+        atlas = pd.head_atlas(m.slug, keys, [catalog.artifacts[(m.slug, k)] for k in keys])
+        w.json(f"data/{m.slug}/atlas.json", {"atlas": atlas["rows"]})
+        page(f"models/{m.slug}.md", "model.md.j2", model=m, atlas=atlas["rows"])
     done = 0
+    tok_rows = []
     for s in catalog.sets:
         page(f"sets/{s.id}.md", "set.md.j2", set=s)
         for p in s.prompts:
-            per_model = []
-            for m in catalog.models:
-                a = catalog.artifacts[(m.slug, p.key)]
-                base = f"data/{m.slug}/{s.id}/{p.id}"
-                data = page_data(a)
-                w.json(f"{base}.json", data)
-                for layer, blob in enumerate(a["attention"]["data"]):
-                    w.json(f"{base}/L{layer}.json", {"layer": layer, "heads": a["attention"]["heads"],
-                                                     "length": a["attention"]["length"],
-                                                     "data": blob})
-                w.copy(catalog.paths[(m.slug, p.key)], f"artifacts/{m.slug}/{s.id}/{p.id}.json")
-                per_model.append({"summary": m, "artifact": a, "data": f"{base}.json",
-                                  "attn_prefix": f"{base}/L",
-                                  "tokens": data["tokens"]})
-            page(f"prompts/{s.id}/{p.id}.md", "prompt.md.j2", set=s, prompt=p, per_model=per_model)
+            per_model = _prompt_files(w, catalog, s, p)
+            compare = _comparison(w, catalog, s, p, per_model)
+            page(f"prompts/{s.id}/{p.id}.md", "prompt.md.j2", set=s, prompt=p,
+                 per_model=per_model, compare=compare)
+            tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
+                             "stats": [pd.tokenizer_stats(p, pm["artifact"]) for pm in per_model],
+                             "tokens": [pm["tokens"] for pm in per_model]})
             done += 1
             if done % 10 == 0:
                 log(f"render: {done} prompt pages written")
+    by_script = _tokenizer_summary(catalog, tok_rows)
+    w.json("data/compare/tokenizers.json", {"scripts": by_script})
+    differ = sorted(tok_rows, key=lambda r: (-_spread(r["stats"]), r["prompt"].key))[:8]
+    page("compare/tokenizers.md", "tokenizers.md.j2", rows=tok_rows, by_script=by_script,
+         differ=differ)
+    page("compare/architectures.md", "architectures.md.j2")
     w.commit()
     log(f"render: {w.count} files written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
     nav: list[Any] = [{"Home": "index.md"}]
@@ -269,10 +251,33 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
         {s.title: [f"sets/{s.id}.md"] + [{p.id: f"prompts/{s.id}/{p.id}.md"} for p in s.prompts]}
         for s in catalog.sets]})
     nav.append({"Models": [{m.model_id: f"models/{m.slug}.md"} for m in catalog.models]})
+    nav.append({"Comparisons": [{"Tokenizers": "compare/tokenizers.md"},
+                                {"Architectures": "compare/architectures.md"}]})
     nav.append({"Reference": [{"About Model Atlas": "about.md"},
+                              {"Head metrics": "metrics.md"},
                               {"Artifact format": "artifact-format.md"},
                               {"Prompt-set format": "prompt-sets.md"}]})
     return nav
+
+
+def _spread(stats: list[dict[str, Any]]) -> float:
+    counts = [s["tokens"] for s in stats]
+    return max(counts) / max(min(counts), 1)
+
+
+def _tokenizer_summary(catalog: Catalog, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean tokens per character and per word, and byte pieces, by script and model."""
+    out = []
+    scripts = sorted({r["script"] for r in rows})
+    for script in scripts:
+        mine = [r for r in rows if r["script"] == script]
+        for i, m in enumerate(catalog.models):
+            stats = [r["stats"][i] for r in mine]
+            out.append({"script": script, "model": m.model_id, "prompts": len(mine),
+                        "per_char": round(sum(x["per_char"] for x in stats) / len(stats), 3),
+                        "per_word": round(sum(x["per_word"] for x in stats) / len(stats), 2),
+                        "byte_pieces": sum(x["byte_pieces"] for x in stats)})
+    return out
 
 
 def iter_files(root: Path) -> Iterable[Path]:

@@ -48,7 +48,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
     "title": "Model Atlas artifact",
     "type": "object",
     "required": ["format", "schema_version", "key", "provenance", "model", "prompt", "tokens",
-                 "predictions", "lens", "attention", "vocab"],
+                 "predictions", "lens", "attention", "vocab", "generation", "metrics", "groups"],
     "properties": {
         "format": {"const": "model-atlas-artifact"},
         "schema_version": {"type": "integer"},
@@ -89,7 +89,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                     "id": {"type": "integer"}, "text": {"type": ["string", "null"]},
                     "bytes": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
                     "start": {"type": "integer"}, "end": {"type": "integer"},
-                    "special": {"type": "boolean"},
+                    "special": {"type": "boolean"}, "generated": {"type": "boolean"},
                 },
             },
         },
@@ -107,6 +107,20 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "data": {"type": "array", "items": {"type": "string"}},
             },
         },
+        "generation": {
+            "type": "object", "required": ["prompt_tokens", "generated_tokens", "method"],
+            "properties": {"prompt_tokens": {"type": "integer", "minimum": 1},
+                           "generated_tokens": {"type": "integer", "minimum": 0}},
+        },
+        "metrics": {
+            "type": "object",
+            "required": ["entropy", "prev_token", "first_token", "distance", "induction"],
+            "additionalProperties": {"type": "array", "items": {"type": "array",
+                                                                "items": _num_or_null}},
+        },
+        "groups": {"type": "array", "items": {
+            "type": "object", "required": ["between", "groups"],
+            "properties": {"between": _num_or_null, "groups": {"type": "array"}}}},
         "vocab": {
             "type": "object",
             "additionalProperties": {
@@ -139,6 +153,11 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
         for field in ("ids", "probs"):
             if any(len(row) != block["k"] for row in block[field]):
                 raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
+    for name, values in a["metrics"].items():
+        if len(values) != att["layers"] or any(len(v) != att["heads"] for v in values):
+            raise ValueError(f"metrics.{name} must be [layers][heads]")
+    if a["generation"]["prompt_tokens"] + a["generation"]["generated_tokens"] != t:
+        raise ValueError("generation.prompt_tokens + generated_tokens must equal the token count")
     missing = {str(i) for row in a["predictions"]["ids"] for i in row} - a["vocab"].keys()
     if missing:
         raise ValueError(f"vocab lacks {len(missing)} predicted ids, e.g. {sorted(missing)[0]}")

@@ -57,7 +57,8 @@ def build_site(build_dir: Path, out_dir: Path, log: Log = print) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+    # No --quiet: it hides the warnings that --strict must count.
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict",
            "-f", str(build_dir / "mkdocs.yml"), "-d", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

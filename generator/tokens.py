@@ -75,6 +75,17 @@ def describe_tokens(tokenizer: Any, text: str) -> tuple[list[int], list[dict[str
     return ids, records
 
 
+def describe_ids(tokenizer: Any, ids: Sequence[int], offset: int) -> list[dict[str, Any]]:
+    """Records for generated tokens; they lie after the prompt, so start = end = `offset`."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    records = []
+    for tid, raw in zip(ids, token_bytes(tokenizer, ids)):
+        shown, hexed = display(raw)
+        records.append({"id": int(tid), "text": shown, "bytes": hexed, "start": offset,
+                        "end": offset, "special": tid in special, "generated": True})
+    return records
+
+
 def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any]]:
     """Display records for predicted token ids, keyed by id as a string (JSON object keys)."""
     unique = sorted({int(i) for i in ids})

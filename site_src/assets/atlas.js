@@ -1,9 +1,12 @@
-/* Model Atlas page script: draws the Altair (Vega-Lite) charts of a page from the data files it
- * fetches, and swaps the attention layer/head on demand. Vega, Vega-Lite and vega-embed come from
- * the bundled assets/vendor/vega-bundle.js; nothing is fetched from outside the site. */
+/* Model Atlas page script: draws a page's Altair (Vega-Lite) charts from the data files it
+ * fetches, when each chart scrolls into view, and drives the attention view (layer, head, hiding
+ * the first token, clicks in the all-heads chart). Vega, Vega-Lite and vega-embed come from the
+ * bundled assets/vendor/vega-bundle.js; nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();
+  const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
+                  renderer: "svg" };
 
   function getJSON(url) {
     if (!cache.has(url)) {
@@ -22,15 +25,20 @@
     return out;
   }
 
-  // One head of one layer as heatmap rows. Layout (see artifact-format): [heads, T*(T+1)/2] uint8,
-  // row q holds keys 0..q, value/255 is the weight.
-  function attentionRows(layer, head, labels) {
+  // One head of one layer as heatmap rows. Stored layout (artifact-format): uint8
+  // [heads, T*(T+1)/2], row q holds keys 0..q, weight = value / 255. With hideFirst, key 0 is
+  // dropped and each row re-normalized over the rest (row 0 then has nothing left to show).
+  function attentionRows(layer, head, labels, hideFirst) {
     const t = layer.length, tri = (t * (t + 1)) / 2, bytes = bytesOf(layer.data);
     const rows = [];
     let off = head * tri;
     for (let q = 0; q < t; q++) {
-      for (let k = 0; k <= q; k++) {
-        rows.push({ q: q, k: k, w: bytes[off++] / 255, ql: labels[q], kl: labels[k] });
+      const row = bytes.subarray(off, off + q + 1);
+      off += q + 1;
+      let total = 255;
+      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += row[k]; }
+      for (let k = hideFirst ? 1 : 0; k <= q; k++) {
+        rows.push({ q: q, k: k, w: total > 0 ? row[k] / total : 0, ql: labels[q], kl: labels[k] });
       }
     }
     return rows;
@@ -41,49 +49,76 @@
     el.classList.add("atlas-error");
   }
 
-  const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
-                  renderer: "svg" };
-
   async function embed(el, spec, datasets) {
     const s = JSON.parse(JSON.stringify(spec));
     s.datasets = Object.assign({}, s.datasets || {}, datasets);
-    return vegaEmbed(el, s, EMBED);
+    const result = await vegaEmbed(el, s, EMBED);
+    el.dataset.rendered = "true";
+    return result;
   }
 
   async function drawPlain(box) {
     const el = box.querySelector(".atlas-chart");
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
-      await embed(el, spec, { tokens: data.tokens, predictions: data.predictions });
-      el.dataset.rendered = "true";
+      const result = await embed(el, spec, data);
+      if (box.dataset.model) {
+        // All-heads chart: a click opens that head in the same model's attention heatmap.
+        result.view.addEventListener("click", (event, item) => {
+          if (!item || !item.datum || item.datum.head === undefined) return;
+          const target = document.querySelector(
+            '.atlas-attention[data-model="' + box.dataset.model + '"]');
+          if (!target) return;
+          target.querySelector(".atlas-layer").value = String(item.datum.layer);
+          target.querySelector(".atlas-head").value = String(item.datum.head);
+          target.querySelector(".atlas-head").dispatchEvent(new Event("change"));
+          target.scrollIntoView({ behavior: "smooth", block: "start" });
+        });
+      }
     } catch (err) { showError(el, err); }
   }
 
   async function drawAttention(box) {
     const el = box.querySelector(".atlas-chart");
     const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
+    const sink = box.querySelector(".atlas-sink");
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
       const labels = data.tokens.map((t) => t.label);
       const rowsFor = async () => {
         const layer = await getJSON(box.dataset.attn + layerSel.value + ".json");
-        return attentionRows(layer, Number(headSel.value), labels);
+        return attentionRows(layer, Number(headSel.value), labels, sink.checked);
       };
       const result = await embed(el, spec, { attention: await rowsFor() });
-      el.dataset.rendered = "true";
       const update = async () => {
         const rows = await rowsFor();
         await result.view.change("attention",
           vega.changeset().remove(() => true).insert(rows)).runAsync();
+        el.dataset.layer = layerSel.value;
+        el.dataset.head = headSel.value;
       };
-      layerSel.addEventListener("change", () => update().catch((e) => showError(el, e)));
-      headSel.addEventListener("change", () => update().catch((e) => showError(el, e)));
+      for (const input of [layerSel, headSel, sink]) {
+        input.addEventListener("change", () => update().catch((e) => showError(el, e)));
+      }
     } catch (err) { showError(el, err); }
   }
 
+  function draw(box) {
+    return box.classList.contains("atlas-attention") ? drawAttention(box) : drawPlain(box);
+  }
+
   function drawAll() {
-    document.querySelectorAll(".atlas-attention").forEach(drawAttention);
-    document.querySelectorAll(".atlas-plain").forEach(drawPlain);
+    const boxes = document.querySelectorAll(".atlas-attention, .atlas-plain");
+    if (!("IntersectionObserver" in window)) { boxes.forEach(draw); return; }
+    // Charts are drawn (and their data fetched) only when they come near the viewport.
+    const seen = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (!entry.isIntersecting) continue;
+        seen.unobserve(entry.target);
+        draw(entry.target);
+      }
+    }, { rootMargin: "400px 0px" });
+    boxes.forEach((box) => seen.observe(box));
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", drawAll);

@@ -1,0 +1,659 @@
+#!/usr/bin/env python
+"""Model Atlas reference benchmark: how far the compute stage is from what the work needs.
+
+    python benchmarks/bench.py [--device cpu|cuda] [--models gpt2,qwen2.5] [--prompts N]
+                               [--tokens 64] [--batch 8] [--quick] [--out FILE]
+
+Prints ONE JSON object on stdout (progress goes to stderr) and writes it to --out if given.
+Definitions of every number are in benchmarks/README.md. In short, per model and per prompt:
+
+* forward_ms_per_prompt: bare batched forward pass, SDPA attention, no capture (logits_to_keep=1);
+* floor_ms_per_prompt: the same forward with output_hidden_states=True, plus the logit lens's
+  unavoidable matrix products (final norm + unembedding of every layer's residual stream for every
+  real token, one stacked matmul per vocabulary chunk), nothing else;
+* compute_ms_per_prompt: the generator's own compute stage, `generator.compute.compute_model`,
+  with only model loading and batch formation replaced (the full-size random-weight model built
+  here is handed in, and prompts go in length-sorted batches of --batch): eager attention,
+  `extract.run_batch`, `build_artifact`, validation, JSON encoding and atomic writes;
+* compute_over_floor = compute / floor.
+
+Forward, floor and compute run interleaved, one repetition of each in turn, on the same weights
+in the same process, after one warm-up batch each; the median over repetitions is reported.
+
+The models are full-size GPT-2 (124M) and Qwen2.5-0.5B with random weights, built from the
+published configs in benchmarks/reference/ (no download), with the real tokenizers. Prompts are
+the curated prompt_sets/ texts (round-robin over the sets), tokenized for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gzip
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:  # run from a bare checkout (the GPU box has no pip install -e)
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# name -> (reference config folder, tokenizer name for generator.demo.load_real_tokenizer)
+MODELS = {"gpt2": ("gpt2", "gpt2"), "qwen2.5": ("qwen2.5-0.5b", "qwen2.5")}
+GZIP_LEVEL = 6  # what web servers typically use
+NATURAL_MAX = 64  # the curated prompts are all shorter; above this, --fill defaults on
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --- workload ------------------------------------------------------------------------------------
+
+def reference_prompts(n: int) -> list[Any]:
+    """n curated prompts, round-robin over the sets (sorted by id); cycles if n exceeds them all."""
+    from generator.prompts import Prompt, default_prompt_dir, load_prompt_sets
+    sets = sorted(load_prompt_sets([default_prompt_dir()]), key=lambda s: s.id)
+    queues = [list(s.prompts) for s in sets]
+    order = []
+    for i in range(max(len(q) for q in queues)):
+        order.extend(q[i] for q in queues if i < len(q))
+    out = []
+    for i in range(n):
+        p = order[i % len(order)]
+        cycle = i // len(order)
+        out.append(p if cycle == 0 else Prompt(p.set_id, f"{p.id}-r{cycle}", p.text, p.note, p.tags))
+    return out
+
+
+def fit_text(tokenizer: Any, text: str, tokens: int, fill: bool) -> str:
+    """`text` cut to at most `tokens` tokens; with `fill`, repeated first to reach `tokens`."""
+    def count(t: str) -> int:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"])
+    if fill:
+        base, t = text, text
+        while count(t) < tokens:
+            t = t + " " + base
+        text = t
+    cut = tokens
+    while count(text) > tokens and cut > 0:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        text = text[:enc["offset_mapping"][cut - 1][1]]
+        cut -= 1
+    return text
+
+
+def workload(tokenizer: Any, prompts: list[Any], tokens: int, fill: bool) -> list[Any]:
+    from generator.prompts import Prompt
+    return [Prompt(p.set_id, p.id, fit_text(tokenizer, p.text, tokens, fill), p.note, p.tags)
+            for p in prompts]
+
+
+def make_batches(tokenizer: Any, prompts: list[Any], batch: int) -> list[list[tuple[Any, list[int]]]]:
+    """Length-sorted batches of `batch` (prompt, ids), ids exactly as the compute stage tokenizes."""
+    from generator.tokens import describe_tokens
+    items = [(p, describe_tokens(tokenizer, p.text)[0]) for p in prompts]
+    items.sort(key=lambda it: (len(it[1]), it[0].key))  # the order generator.compute._batches uses
+    return [items[i:i + batch] for i in range(0, len(items), batch)]
+
+
+def tensors(batch: list[tuple[Any, list[int]]], pad: int, device: str):
+    T = max(len(ids) for _, ids in batch)
+    input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for b, (_, ids) in enumerate(batch):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        mask[b, :len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def build_model(config_dir: Path, device: str) -> Any:
+    """Full-size model with random weights (seed 0), float32, SDPA attention, from a config.json.
+
+    A fresh config object per model: from_config writes attn_implementation into it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(str(config_dir))
+    torch.manual_seed(0)
+    ctx = torch.device(device) if device.startswith("cuda") else contextlib.nullcontext()
+    with ctx:
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model.to(device=device, dtype=torch.float32).eval()
+
+
+def set_attention(model: Any, impl: str) -> None:
+    if getattr(model.config, "_attn_implementation", None) != impl:
+        model.set_attn_implementation(impl)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+# --- the three measured passes -------------------------------------------------------------------
+
+@torch.no_grad()
+def forward_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Bare forward pass: SDPA, no attention or hidden-state capture, logits of the last position."""
+    for ids, mask in batches:
+        model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+
+
+@torch.no_grad()
+def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Bare SDPA forward with hidden states + final norm and unembedding of every layer's residual
+    stream at every real token, one stacked matmul per vocabulary chunk (the chunking of
+    generator.extract.lens_topk), and nothing else: no top-k, softmax, ranks, copies or encoding."""
+    from generator.models import final_norm
+    from generator import extract
+    chunk_max = getattr(extract, "VOCAB_CHUNK", 32768)
+    elems = getattr(extract, "MAX_CHUNK_ELEMENTS", 1 << 26)
+    norm = final_norm(model)
+    unemb = model.get_output_embeddings()
+    weight, bias = unemb.weight, getattr(unemb, "bias", None)
+    vocab = weight.shape[0]
+    for ids, mask in batches:
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True,
+                    logits_to_keep=1)
+        m = mask.bool()
+        hs = out.hidden_states
+        layers = len(hs) - 1
+        h = torch.cat([norm(hs[l][m]) if l < layers else hs[l][m] for l in range(1, layers + 1)])
+        h = h.to(weight.dtype)
+        chunk = max(1024, min(chunk_max, elems // max(h.shape[0], 1)))
+        for start in range(0, vocab, chunk):
+            logits = h @ weight[start:start + chunk].T
+            if bias is not None:
+                logits = logits + bias[start:start + chunk]
+
+
+def loaded_model(name: str, model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
+    from generator.models import LoadedModel, ModelRef, architecture_facts
+    ref = ModelRef(f"bench-{name}-random", f"bench-{name}", None, "reference-config",
+                   random_weights=True)
+    return LoadedModel(ref, model, tokenizer, device, str(dtype).replace("torch.", ""),
+                       architecture_facts(model, tokenizer))
+
+
+@contextlib.contextmanager
+def patched_compute(lm: Any, batch: int):
+    """Hand our model to generator.compute.compute_model and make it batch by `batch` exactly."""
+    from generator import compute as C
+    names = ("resolve_model", "load_model", "_batches")
+    missing = [n for n in names if not hasattr(C, n)]
+    if missing:
+        raise RuntimeError(f"generator.compute no longer has {missing}; update benchmarks/bench.py")
+    saved = {n: getattr(C, n) for n in names}
+
+    def batches(items, *a, **k):
+        items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
+        return [items[i:i + batch] for i in range(0, len(items), batch)]
+
+    C.resolve_model = lambda *a, **k: lm.ref
+    C.load_model = lambda *a, **k: lm
+    C._batches = batches
+    try:
+        yield C
+    finally:
+        for n, f in saved.items():
+            setattr(C, n, f)
+
+
+def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtype: torch.dtype,
+                 batch: int) -> None:
+    """The generator's compute stage for these prompts into a fresh `out_dir` (nothing reused)."""
+    with patched_compute(lm, batch) as C:
+        report = C.ComputeReport()
+        C.compute_model(lm.ref.model_id, prompts, out_dir, settings, lm.device, dtype,
+                        lambda s: None, report)
+    if report.failures or report.computed != len(prompts):
+        raise RuntimeError(f"compute stage failed: {report.computed}/{len(prompts)} computed; "
+                           + "; ".join(report.failures[:3]))
+
+
+# --- breakdown and profile of the compute path ---------------------------------------------------
+
+@torch.no_grad()
+def compute_breakdown(lm: Any, batches: list, out_dir: Path, settings: Any) -> dict[str, float]:
+    """Seconds spent in each part of the compute path, summed over the batches.
+
+    Mirrors generator.extract.run_batch and generator.compute.compute_model step by step (as of
+    this benchmark's writing) with timers around each part; the generator's own functions do the
+    work (quantize_rows, lens_topk, build_artifact, validate_artifact, canonical_json,
+    atomic_write_bytes)."""
+    from generator.compute import build_artifact, unit_key
+    from generator.extract import lens_topk, quantize_rows
+    from generator.models import final_norm
+    from generator.schema import validate_artifact
+    from generator.store import atomic_write_bytes, canonical_json
+    from generator.tokens import describe_tokens
+    dev = lm.device
+    model = lm.model
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    k = settings.top_k
+    parts = dict.fromkeys(["tokenize", "eager_forward_with_capture", "attention_quantize",
+                           "attention_to_host", "lens_stack_norm", "lens_topk_and_to_host",
+                           "build_artifact", "validate_artifact", "json_encode",
+                           "atomic_write_fsync"], 0.0)
+
+    def clock(part: str, fn: Callable[[], Any]) -> Any:
+        sync(dev)
+        t0 = time.perf_counter()
+        r = fn()
+        sync(dev)
+        parts[part] += time.perf_counter() - t0
+        return r
+
+    for batch in batches:
+        toks = clock("tokenize", lambda: [describe_tokens(lm.tokenizer, p.text)[1] for p, _ in batch])
+        ids, mask = tensors(batch, pad, dev)
+        out = clock("eager_forward_with_capture", lambda: model(
+            input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True,
+            use_cache=False, logits_to_keep=1))
+        q = clock("attention_quantize", lambda: torch.stack([quantize_rows(a) for a in out.attentions]))
+        attention = clock("attention_to_host", lambda: q.cpu().numpy())
+        m = mask.bool()
+        hs = out.hidden_states
+        norm = final_norm(model)
+        L = len(hs) - 1
+        stacked = clock("lens_stack_norm", lambda: torch.stack(
+            [norm(hs[l][m]) if l < L else hs[l][m] for l in range(1, L + 1)]))
+        nxt = torch.full_like(ids, -1)
+        nxt[:, :-1] = torch.where(m[:, 1:], ids[:, 1:], -1)
+        targets = nxt[m]
+        unemb = model.get_output_embeddings()
+        _, N, D = stacked.shape
+
+        def lens():
+            r = lens_topk(stacked.reshape(L * N, D), unemb.weight, getattr(unemb, "bias", None),
+                          targets.repeat(L), k)
+            return (r[0].view(L, N, k).cpu().numpy(), r[1].view(L, N, k).cpu().numpy(),
+                    r[2].view(L, N).cpu().numpy(), r[3].view(L, N).cpu().numpy())
+        ids_, lps, tlp, rank = clock("lens_topk_and_to_host", lens)
+        del out, q, stacked
+        off = 0
+        for b, (prompt, pids) in enumerate(batch):
+            n = len(pids)
+            sl = slice(off, off + n)
+            off += n
+            key = unit_key(lm.ref, prompt, settings)
+            art = clock("build_artifact", lambda: build_artifact(
+                lm, prompt, key, settings, toks[b], attention[:, b, :, :n, :n],
+                (ids_[:, sl], lps[:, sl], tlp[:, sl], rank[:, sl])))
+            clock("validate_artifact", lambda: validate_artifact(art, prompt.key))
+            data = clock("json_encode", lambda: (canonical_json(art) + "\n").encode("utf-8"))
+            clock("atomic_write_fsync", lambda: atomic_write_bytes(
+                out_dir / prompt.set_id / f"{prompt.id}.json", data))
+    return parts
+
+
+def profile_run_batch(lm: Any, batch: list, settings: Any, rows: int = 20) -> list[dict[str, Any]]:
+    """torch.profiler over one extract.run_batch call: the top operators by self time."""
+    from torch.profiler import ProfilerActivity, profile
+    from generator.extract import run_batch
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids, mask = tensors(batch, pad, lm.device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if lm.device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        run_batch(lm.model, ids, mask, settings.top_k)
+        sync(lm.device)
+    cuda = lm.device.startswith("cuda")
+    sort_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_attr, 0), reverse=True)
+    total = sum(getattr(e, sort_attr, 0) for e in events) or 1
+    out = []
+    for e in events[:rows]:
+        t = getattr(e, sort_attr, 0)
+        out.append({"op": e.key, "calls": e.count, "self_ms": round(t / 1000, 2),
+                    "share": round(t / total, 3)})
+    return out
+
+
+# --- checks on the written artifacts -------------------------------------------------------------
+
+def artifact_sizes(paths: list[Path]) -> dict[str, Any]:
+    raw, gz, toks = [], [], []
+    for p in paths:
+        data = p.read_bytes()
+        raw.append(len(data))
+        gz.append(len(gzip.compress(data, GZIP_LEVEL)))
+        toks.append(json.loads(data)["attention"]["length"])
+    return {"prompts": len(paths), "tokens_mean": round(statistics.mean(toks), 1),
+            "raw": int(statistics.mean(raw)), "gzip": int(statistics.mean(gz))}
+
+
+@torch.no_grad()
+def attention_error(ref_model: Any, lm_ref_pad: int, batches: list, paths: dict[str, Path],
+                    device: str) -> float:
+    """max |decoded stored attention - `ref_model`'s own eager attention| over every prompt."""
+    from generator.schema import decode_attention
+    before = ref_model.config._attn_implementation
+    set_attention(ref_model, "eager")
+    worst = 0.0
+    for batch in batches:
+        ids, mask = tensors(batch, lm_ref_pad, device)
+        out = ref_model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False,
+                        logits_to_keep=1)
+        att = torch.stack([a.float() for a in out.attentions]).cpu().numpy()  # [L, B, H, T, T]
+        for b, (prompt, pids) in enumerate(batch):
+            n = len(pids)
+            art = json.loads(paths[prompt.key].read_text(encoding="utf-8"))
+            stored = np.stack([decode_attention(art, l) for l in range(art["attention"]["layers"])])
+            worst = max(worst, float(np.abs(stored - att[:, b, :, :n, :n]).max()))
+    set_attention(ref_model, before)
+    return worst
+
+
+# --- one model -----------------------------------------------------------------------------------
+
+def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
+                tmp: Path, notes: list[str]) -> dict[str, Any]:
+    from generator.compute import Settings, artifact_path
+    from generator.demo import load_real_tokenizer
+    folder, tok_name = MODELS[name]
+    t0 = time.perf_counter()
+    tokenizer = load_real_tokenizer(tok_name)
+    fp32 = build_model(Path(args.reference) / folder, device)
+    model = fp32 if dtype == torch.float32 else copy.deepcopy(fp32).to(dtype)
+    build_s = time.perf_counter() - t0
+    lm = loaded_model(name, model, tokenizer, device, dtype)
+    log(f"{name}: built {lm.facts['parameters'] / 1e6:.0f}M-parameter model in {build_s:.1f}s")
+    settings = Settings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    prompts = workload(tokenizer, reference_prompts(args.prompts), args.tokens, args.fill)
+    batches = make_batches(tokenizer, prompts, args.batch)
+    dev_batches = [tensors(b, pad, device) for b in batches]
+    n = len(prompts)
+    n_tokens = sum(len(ids) for b in batches for _, ids in b)
+
+    # Warm-up: one batch of each pass.
+    set_attention(model, "sdpa")
+    forward_pass(model, dev_batches[:1])
+    floor_pass(model, dev_batches[:1])
+    set_attention(model, "eager")
+    compute_pass(lm, [p for p, _ in batches[0]], tmp / f"{name}-warm", settings, dtype, args.batch)
+    sync(device)
+
+    fwd, flo, com = [], [], []
+    for rep in range(args.reps):
+        set_attention(model, "sdpa")
+        fwd.append(timed(lambda: forward_pass(model, dev_batches), device))
+        flo.append(timed(lambda: floor_pass(model, dev_batches), device))
+        set_attention(model, "eager")
+        out_dir = tmp / f"{name}-rep{rep}"
+        com.append(timed(lambda: compute_pass(lm, prompts, out_dir, settings, dtype, args.batch),
+                         device))
+        log(f"{name}: rep {rep + 1}/{args.reps}: forward {fwd[-1]:.2f}s, floor {flo[-1]:.2f}s, "
+            f"compute {com[-1]:.2f}s for {n} prompts")
+        if rep < args.reps - 1:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    last = tmp / f"{name}-rep{args.reps - 1}"
+    paths = {p.key: artifact_path(last, lm.ref.slug, p) for p in prompts}
+
+    def per_prompt_ms(xs: list[float]) -> float:
+        return round(statistics.median(xs) / n * 1000, 2)
+
+    res: dict[str, Any] = {
+        "parameters": lm.facts["parameters"], "layers": lm.facts["layers"],
+        "heads": lm.facts["query_heads"], "vocab": lm.facts["vocab_size"],
+        "model_build_s": round(build_s, 1),
+        "prompts": n, "batches": len(batches), "tokens_total": n_tokens,
+        "tokens_mean": round(n_tokens / n, 1), "tokens_max": max(len(i) for b in batches for _, i in b),
+        "forward_ms_per_prompt": per_prompt_ms(fwd),
+        "floor_ms_per_prompt": per_prompt_ms(flo),
+        "compute_ms_per_prompt": per_prompt_ms(com),
+    }
+    res["compute_over_floor"] = round(res["compute_ms_per_prompt"] / res["floor_ms_per_prompt"], 2)
+    res["floor_over_forward"] = round(res["floor_ms_per_prompt"] / res["forward_ms_per_prompt"], 2)
+    res["reps_s"] = {"forward": [round(x, 3) for x in fwd], "floor": [round(x, 3) for x in flo],
+                     "compute": [round(x, 3) for x in com]}
+
+    # Where compute time goes (one more pass, with a timer around each part).
+    set_attention(model, "eager")
+    parts = compute_breakdown(lm, batches, tmp / f"{name}-breakdown", settings)
+    res["compute_breakdown_ms_per_prompt"] = {k: round(v / n * 1000, 2) for k, v in parts.items()}
+    res["compute_breakdown_ms_per_prompt"]["total"] = round(sum(parts.values()) / n * 1000, 2)
+    if args.profile:
+        res["profile_run_batch_top_ops"] = profile_run_batch(lm, batches[-1], settings)
+
+    # Fidelity: stored attention against the model's own float32 attention.
+    err = attention_error(fp32, pad, batches, paths, device)
+    res["attention_max_abs_error"] = round(err, 6)
+    res["attention_error_bound"] = round(1 / 255, 6)
+    if dtype != torch.float32:
+        res["attention_max_abs_error_vs_own_dtype"] = round(
+            attention_error(model, pad, batches, paths, device), 6)
+
+    # Artifact sizes: the workload as run, and prompts filled to exactly 64 and 256 tokens.
+    sizes = {"workload": artifact_sizes(list(paths.values()))}
+    sample = reference_prompts(args.size_prompts)
+    set_attention(model, "eager")
+    for T in (64, 256):
+        filled = workload(tokenizer, sample, T, fill=True)
+        d = tmp / f"{name}-size{T}"
+        compute_pass(lm, filled, d, settings, dtype, args.batch)
+        sizes[str(T)] = artifact_sizes([artifact_path(d, lm.ref.slug, p) for p in filled])
+        shutil.rmtree(d, ignore_errors=True)
+    sizes["gzip_level"] = GZIP_LEVEL
+    res["artifact_bytes_per_prompt"] = sizes
+    log(f"{name}: forward {res['forward_ms_per_prompt']} ms, floor {res['floor_ms_per_prompt']} ms, "
+        f"compute {res['compute_ms_per_prompt']} ms per prompt (x{res['compute_over_floor']} floor)")
+    del lm, model, fp32
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return res
+
+
+# --- the site (tiny demo models, through the real CLI) -------------------------------------------
+
+def render_stack_missing() -> list[str]:
+    return [m for m in ("altair", "mkdocs", "vl_convert", "jinja2", "jsonschema")
+            if importlib.util.find_spec(m) is None]
+
+
+def cli(args: list[str], env: dict[str, str]) -> float:
+    """Run `model-atlas ARGS` (python -m generator.cli: the same click entry point) and time it."""
+    cmd = [sys.executable, "-m", "generator.cli", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"`model-atlas {' '.join(args)}` failed ({proc.returncode}):\n"
+                           + (proc.stderr or proc.stdout)[-2000:])
+    return dt
+
+
+def edit_one_prompt(prompt_dir: Path) -> str:
+    """Change the text of the first double-quoted `text:` line of the first set file."""
+    for f in sorted(prompt_dir.glob("*.yaml")):
+        src = f.read_text(encoding="utf-8")
+        m = re.search(r'^(\s+text: ")(.+)("\s*)$', src, flags=re.M)
+        if m:
+            f.write_text(src[:m.start()] + m.group(1) + "Indeed, " + m.group(2) + m.group(3)
+                         + src[m.end():], encoding="utf-8")
+            return f"{f.stem}: {m.group(2)[:40]!r}"
+    raise RuntimeError(f"found no `text: \"...\"` line to edit in {prompt_dir}")
+
+
+def dir_bytes(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def bench_site(device: str, tmp: Path, notes: list[str]) -> dict[str, Any]:
+    from generator.demo import ensure_demo_models
+    from generator.prompts import default_prompt_dir
+    build, prompts = tmp / "site-build", tmp / "site-prompts"
+    shutil.copytree(default_prompt_dir(), prompts)
+    t0 = time.perf_counter()
+    ensure_demo_models(build / "demo-models")  # outside the timings: built once per checkout
+    res: dict[str, Any] = {"demo_models_build_s": round(time.perf_counter() - t0, 1)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    common = ["--demo", "--build-dir", str(build), "--prompts", str(prompts)]
+    missing = render_stack_missing()
+    if missing:
+        notes.append(f"render stack not importable ({', '.join(missing)}): render_s and site_bytes "
+                     f"skipped; full_build_s and rebuild_one_prompt_s time `model-atlas compute` "
+                     f"only")
+        stage = ["compute", *common, "--device", device]
+        res["full_build_s"] = round(cli(stage, env), 2)
+        res["edited"] = edit_one_prompt(prompts)
+        res["rebuild_one_prompt_s"] = round(cli(stage, env), 2)
+        res.update(render_s=None, site_bytes=None, stage_timed="compute")
+    else:
+        site = build / "site"
+        res["full_build_s"] = round(cli(["build", *common, "--device", device, "--out", str(site)],
+                                        env), 2)
+        res["render_s"] = round(cli(["render", *common, "--out", str(site)], env), 2)
+        res["site_bytes"], res["site_files"] = dir_bytes(site)
+        res["edited"] = edit_one_prompt(prompts)
+        res["rebuild_one_prompt_s"] = round(cli(["build", *common, "--device", device, "--out",
+                                                 str(site)], env), 2)
+        res["stage_timed"] = "build"
+    res["rebuild_over_full"] = round(res["rebuild_one_prompt_s"] / res["full_build_s"], 2)
+    return res
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+def machine(device: str, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    facts: dict[str, Any] = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu,
+        "cpu": cpu, "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "dtype": str(dtype).replace("torch.", ""),
+        "loadavg_start": loadavg(),
+    }
+    if device.startswith("cuda"):
+        p = torch.cuda.get_device_properties(device)
+        facts.update(gpu_memory_gib=round(p.total_memory / 2 ** 30, 1), cuda=torch.version.cuda)
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--dtype", default="auto",
+                    help="auto (float32 on cpu, bfloat16 on cuda, as the CLI), float32, bfloat16, "
+                         "float16")
+    ap.add_argument("--models", default="gpt2,qwen2.5", help="comma-separated: gpt2, qwen2.5")
+    ap.add_argument("--prompts", type=int, default=None, help="prompts in the workload (40)")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens per prompt at most (64)")
+    ap.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
+                    help="repeat each prompt's text to exactly --tokens tokens (default: on when "
+                         f"--tokens > {NATURAL_MAX}; the curated prompts are 3-44 tokens)")
+    ap.add_argument("--batch", type=int, default=8, help="prompts per forward pass (8)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (3; 5 on cuda)")
+    ap.add_argument("--size-prompts", type=int, default=None,
+                    help="prompts filled to 64 and 256 tokens for artifact sizes (2; 8 on cuda)")
+    ap.add_argument("--reference", default=str(HERE / "reference"),
+                    help="folder with gpt2/ and qwen2.5-0.5b/ config.json (benchmarks/reference)")
+    ap.add_argument("--profile", action="store_true",
+                    help="add torch.profiler's top operators of one run_batch call per model")
+    ap.add_argument("--skip-site", action="store_true", help="skip the demo-site build timings")
+    ap.add_argument("--quick", action="store_true",
+                    help="development settings: 8 prompts, 2 reps, 1 size prompt")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA GPU is visible")
+    args.prompts = args.prompts or (8 if args.quick else 40)
+    args.reps = args.reps or (2 if args.quick else 5 if cuda else 3)
+    args.size_prompts = args.size_prompts or (1 if args.quick else 8 if cuda else 2)
+    if args.fill is None:
+        args.fill = args.tokens > NATURAL_MAX
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        ap.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
+    dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+
+    try:
+        import generator.compute  # noqa: F401  (jsonschema, transformers: fail early and clearly)
+    except ImportError as e:
+        ap.error(f"cannot import generator.compute ({e}); install the missing package")
+
+    t_start = time.perf_counter()
+    notes: list[str] = []
+    result: dict[str, Any] = {
+        "benchmark": "model-atlas reference workload", "version": 1,
+        "settings": {"device": args.device, "dtype": str(dtype).replace("torch.", ""),
+                     "models": names, "prompts": args.prompts, "tokens": args.tokens,
+                     "fill": args.fill, "batch": args.batch, "reps": args.reps,
+                     "size_prompts": args.size_prompts, "quick": args.quick},
+        "machine": machine(args.device, dtype),
+        "models": {}, "site": None, "notes": notes,
+    }
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for name in names:
+            result["models"][name] = bench_model(name, args, args.device, dtype, tmp, notes)
+        if args.skip_site:
+            notes.append("site timings skipped (--skip-site)")
+        else:
+            log("site: demo build, render, one-prompt rebuild through the CLI")
+            try:
+                result["site"] = bench_site(args.device, tmp, notes)
+            except Exception as e:  # noqa: BLE001 - report, keep the model numbers
+                notes.append(f"site timings failed: {type(e).__name__}: {str(e)[:600]}")
+    result["machine"]["loadavg_end"] = loadavg()
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""What the pages show, shaped from artifacts (no torch): the rows behind every chart and table.
+
+Render writes these rows as JSON data files that a page fetches when a chart scrolls into view;
+the chart specs themselves (generator/charts.py) carry no data. Everything here is a pure function
+of validated artifacts, so two renders of the same artifacts give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics import HEAD_METRICS, aggregate
+
+LN2 = math.log(2)
+CHART_TOP_K = 5           # predictions per position drawn in the chart (the artifact holds more)
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def show_token(text: str | None, hexed: str, tid: int | None = None) -> str:
+    """A token as a reader should see it: whitespace and invisible characters made visible,
+    partial UTF-8 pieces as their bytes."""
+    if text is None:
+        return "<" + " ".join(hexed[i:i + 2] for i in range(0, len(hexed), 2)) + ">"
+    if text == "":
+        return f"[{tid}]" if tid is not None else "[empty]"
+    out = []
+    for ch in text:
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cn"):
+            out.append(f"⟨U+{ord(ch):04X}⟩")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def bits(logprob: float | None) -> float | None:
+    return None if logprob is None else round(-logprob / LN2, 3)
+
+
+def _labels(a: dict[str, Any]) -> tuple[list[str], list[str]]:
+    shown = [show_token(t["text"], t["bytes"], t["id"]) for t in a["tokens"]]
+    return shown, [f"{i}: {s}" for i, s in enumerate(shown)]
+
+
+def token_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per token; surprisal is that of the token itself given what came before it."""
+    shown, labels = _labels(a)
+    pred = a["predictions"]
+    rows = []
+    for i, t in enumerate(a["tokens"]):
+        rows.append({
+            "i": i, "label": labels[i], "text": shown[i], "id": t["id"],
+            "start": t["start"], "end": t["end"], "generated": bool(t.get("generated")),
+            "surprisal": bits(pred["next_logprob"][i - 1]) if i > 0 else None,
+            "rank": pred["next_rank"][i - 1] if i > 0 else None,
+            "next": shown[i + 1] if i + 1 < len(shown) else "(end)",
+        })
+    return rows
+
+
+def prediction_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
+    shown, labels = _labels(a)
+    vocab, pred = a["vocab"], a["predictions"]
+    rows = []
+    for i, (ids, probs) in enumerate(zip(pred["ids"], pred["probs"])):
+        actual = shown[i + 1] if i + 1 < len(shown) else "(end)"
+        for r, (tid, p) in enumerate(zip(ids[:CHART_TOP_K], probs), start=1):
+            v = vocab[str(tid)]
+            rows.append({"pos": i, "pl": labels[i], "rank": r, "prob": p, "actual": actual,
+                         "token": show_token(v["text"], v["bytes"], tid)})
+    return rows
+
+
+def lens_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
+    """Logit lens: per layer and position, the top prediction and the rank of the actual next."""
+    _, labels = _labels(a)
+    vocab = a["vocab"]
+    rows = []
+    for layer, block in enumerate(a["lens"]):
+        for i, (ids, probs) in enumerate(zip(block["ids"], block["probs"])):
+            v = vocab[str(ids[0])]
+            rank = block["next_rank"][i]
+            rows.append({"layer": layer, "pos": i, "pl": labels[i],
+                         "top": show_token(v["text"], v["bytes"], ids[0]), "p": probs[0],
+                         "rank": rank, "lrank": None if rank is None else round(math.log10(rank), 3),
+                         "pnext": None if block["next_logprob"][i] is None
+                         else round(math.exp(block["next_logprob"][i]), 5)})
+    return rows
+
+
+def head_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (layer, head) with every head metric and its key/value group."""
+    m = a["model"]
+    per_group = m["query_heads"] // m["kv_heads"]
+    rows = []
+    for layer in range(m["layers"]):
+        for head in range(m["query_heads"]):
+            row = {"layer": layer, "head": head, "group": head // per_group,
+                   "name": f"L{layer}.H{head}"}
+            for name in HEAD_METRICS:
+                row[name] = a["metrics"][name][layer][head]
+            rows.append(row)
+    return rows
+
+
+def group_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for layer, entry in enumerate(a["groups"]):
+        for g in entry["groups"]:
+            rows.append({"layer": layer, "group": g["group"], "similarity": g["similarity"],
+                         "mean_js": g["mean_js"], "between": entry["between"],
+                         "heads": ", ".join(str(h) for h in g["heads"])})
+    return rows
+
+
+# --- text-aligned views --------------------------------------------------------------------------
+
+def char_bits(a: dict[str, Any], text: str) -> list[float | None]:
+    """Surprisal per character of the prompt: each token's bits spread evenly over the characters
+    it covers (tokens that share one character add up). None where no token has a surprisal."""
+    out: list[float | None] = [None] * len(text)
+    for row in token_rows(a):
+        if row["generated"] or row["surprisal"] is None or row["end"] <= row["start"]:
+            continue
+        share = row["surprisal"] / (row["end"] - row["start"])
+        for c in range(row["start"], min(row["end"], len(text))):
+            out[c] = (out[c] or 0.0) + share
+    return out
+
+
+def aligned_segments(text: str, artifacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prompt cut at every token boundary of every model, with each model's surprisal (bits
+    per character) on every segment: the same text, aligned across tokenizers."""
+    cuts = {0, len(text)}
+    for a in artifacts:
+        for t in a["tokens"]:
+            if not t.get("generated"):
+                cuts.update((t["start"], t["end"]))
+    cuts = sorted(c for c in cuts if 0 <= c <= len(text))
+    per_model = [char_bits(a, text) for a in artifacts]
+    segs = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        vals = [[v for v in cb[lo:hi] if v is not None] for cb in per_model]
+        segs.append({"text": text[lo:hi], "start": lo,
+                     "bits": [round(sum(v) / len(v), 2) if v else None for v in vals]})
+    return segs
+
+
+def cumulative_rows(text: str, models: Sequence[str], artifacts: Sequence[dict]) -> list[dict]:
+    """Cumulative surprisal (bits) against character offset, one line per model."""
+    rows = []
+    for name, a in zip(models, artifacts):
+        total = 0.0
+        for row in token_rows(a):
+            if row["generated"] or row["surprisal"] is None:
+                continue
+            total += row["surprisal"]
+            rows.append({"model": name, "char": row["end"], "bits": round(total, 3),
+                         "token": row["text"]})
+    return rows
+
+
+def top1_agreement(artifacts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Both models' next-token predictions where both have a token boundary at the same character
+    (aligned positions): their top-1 predictions and whether they agree (same text)."""
+    a, b = artifacts[0], artifacts[1]
+
+    def ends(x: dict) -> dict[int, int]:
+        return {t["end"]: i for i, t in enumerate(x["tokens"]) if not t.get("generated")}
+
+    ea, eb = ends(a), ends(b)
+    rows = []
+    for end in sorted(ea.keys() & eb.keys()):
+        i, j = ea[end], eb[end]
+        pa, pb = _top1(a, i), _top1(b, j)
+        rows.append({"char": end, "context": a["prompt"]["text"][max(0, end - 24):end],
+                     "a": pa, "b": pb, "agree": pa["raw"] == pb["raw"],
+                     "a_bits": bits(a["predictions"]["next_logprob"][i]),
+                     "b_bits": bits(b["predictions"]["next_logprob"][j])})
+    agree = sum(r["agree"] for r in rows)
+    return {"rows": rows, "agree": agree, "total": len(rows),
+            "rate": round(agree / len(rows), 3) if rows else None}
+
+
+def _top1(a: dict[str, Any], i: int) -> dict[str, Any]:
+    tid = a["predictions"]["ids"][i][0]
+    v = a["vocab"][str(tid)]
+    return {"text": show_token(v["text"], v["bytes"], tid), "raw": v["bytes"],
+            "prob": a["predictions"]["probs"][i][0]}
+
+
+# --- across prompts -------------------------------------------------------------------------------
+
+def script_of(text: str) -> str:
+    """The dominant writing system of a text, from Unicode character names."""
+    counts: Counter[str] = Counter()
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat.startswith("L"):
+            name = unicodedata.name(ch, "")
+            word = name.split(" ")[0] if name else "OTHER"
+            script = {"CJK": "Chinese (Han)", "HIRAGANA": "Japanese kana", "KATAKANA":
+                      "Japanese kana", "HANGUL": "Korean (Hangul)"}.get(word, word.title())
+            counts[script] += 1
+        elif cat == "So" or 0x1F000 <= ord(ch) <= 0x1FAFF:
+            counts["Emoji"] += 1
+    if not counts:
+        return "Other"
+    (top, n), total = counts.most_common(1)[0], sum(counts.values())
+    if top == "Latin" and len(counts) > 1 and n / total < 0.8:
+        top = counts.most_common(2)[1][0]
+    return top
+
+
+def tokenizer_stats(prompt: Any, artifact: dict[str, Any]) -> dict[str, Any]:
+    toks = [t for t in artifact["tokens"] if not t.get("generated")]
+    chars = len(prompt.text)
+    words = max(1, len(prompt.text.split()))
+    return {"tokens": len(toks), "per_char": round(len(toks) / max(chars, 1), 3),
+            "per_word": round(len(toks) / words, 2),
+            "byte_pieces": sum(1 for t in toks if t["text"] is None)}
+
+
+def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any]]) -> dict:
+    """Every head's metrics averaged over prompts, with the prompt where each shows most."""
+    per_prompt = [{n: np.array(a["metrics"][n], dtype=np.float64) for n in HEAD_METRICS}
+                  for a in artifacts]
+    mean = aggregate(per_prompt)                                     # name -> [L, H]
+    stacked = {n: np.stack([p[n] for p in per_prompt]) for n in HEAD_METRICS}  # [P, L, H]
+    L, H = mean["entropy"].shape
+    rows = []
+    for layer in range(L):
+        for head in range(H):
+            row: dict[str, Any] = {"layer": layer, "head": head, "name": f"L{layer}.H{head}"}
+            for n in HEAD_METRICS:
+                v = mean[n][layer, head]
+                row[n] = None if math.isnan(v) else round(float(v), 4)
+                column = stacked[n][:, layer, head]
+                if np.all(np.isnan(column)):
+                    row[f"{n}_best"] = None
+                else:
+                    # Entropy shows a head's behaviour most clearly where it is lowest (focused).
+                    best = int(np.nanargmin(column) if n == "entropy" else np.nanargmax(column))
+                    row[f"{n}_best"] = keys[best]
+            rows.append(row)
+    return {"model": slug, "rows": rows}

@@ -1,0 +1,444 @@
+"""Tests for the compute stage (generator/extract.py, generator/compute.py, generator/models.py) on
+the offline demo's tiny models: what is stored must equal what the model itself computes.
+
+Every reference value comes from the model run on one prompt alone, in float32, with the full
+logits (`model(..., output_attentions=True, output_hidden_states=True)`), while the product runs
+prompts of different lengths in one right-padded batch and keeps only top-k results.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generator.compute import Settings, artifact_path, run_compute
+from generator.errors import ArtifactError, OptionError
+from generator.extract import quantize_rows, run_batch
+from generator.models import architecture_facts, final_norm
+from generator.prompts import Prompt, PromptSet
+from generator.schema import (ATTENTION_MAX_ABS_ERROR, ATTENTION_SCALE, decode_attention,
+                              read_artifact, tril_size, validate_artifact)
+from generator.tokens import describe_tokens
+
+SETTINGS = Settings(top_k=10, lens_top_k=5)
+TEXTS = {
+    "two": "Hello world",
+    "induction": "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "mixed": "巴黎 and 巴 🙂 x = [1, 2, 3]",
+    "one": "A",
+}
+SLUGS = {"gpt2_model": "tiny-random-gpt2", "qwen2_model": "tiny-random-qwen2"}
+MODELS = list(SLUGS)
+REFERENCE_DIR = Path("/work/shared/reference")
+
+
+def prompt_set(texts: dict[str, str] = TEXTS) -> PromptSet:
+    prompts = tuple(Prompt("tests", pid, text, f"note of {pid}") for pid, text in texts.items())
+    return PromptSet("tests", "Tests", "Prompts of different lengths.", prompts, "tests.yaml")
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@torch.no_grad()
+def reference(model, ids: list[int]):
+    """The model's own outputs for one prompt, unbatched: full logits, attentions, hidden states."""
+    out = model(input_ids=torch.tensor([ids]), output_attentions=True, output_hidden_states=True,
+                use_cache=False)
+    return out
+
+
+def padded(lm, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Right-padded batch, as the compute stage builds it."""
+    all_ids = [describe_tokens(lm.tokenizer, t)[0] for t in texts]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    T = max(len(i) for i in all_ids)
+    input_ids = torch.full((len(all_ids), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(all_ids), T), dtype=torch.long)
+    for b, ids in enumerate(all_ids):
+        input_ids[b, :len(ids)] = torch.tensor(ids)
+        mask[b, :len(ids)] = 1
+    return input_ids, mask, all_ids
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory, demo_dirs):
+    """run_compute of TEXTS on both demo models: (artifacts dir, report, log lines)."""
+    out = tmp_path_factory.mktemp("compute") / "artifacts"
+    lines: list[str] = []
+    report = run_compute([str(d) for d in demo_dirs], [prompt_set()], out, SETTINGS,
+                         device="cpu", dtype="float32", log=lines.append)
+    assert not report.failures, report.failures
+    assert report.computed == 2 * len(TEXTS) and report.reused == 0
+    return out, report, lines
+
+
+def artifact(computed, model_fixture: str, pid: str) -> dict:
+    out = computed[0]
+    return json.loads((out / SLUGS[model_fixture] / "tests" / f"{pid}.json").read_text("utf-8"))
+
+
+# --- helpers comparing stored top-k blocks with the model's full distribution -------------------
+
+
+def check_block(block: dict, logits: torch.Tensor, ids: list[int], k: int) -> None:
+    """A stored top-k block (predictions or one lens layer) against full logits [T, V]."""
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    T = len(ids)
+    assert block["k"] == k
+    assert len(block["ids"]) == len(block["probs"]) == T
+    for t in range(T):
+        got_ids = block["ids"][t]
+        got_probs = np.array(block["probs"][t])
+        top = torch.topk(logprobs[t], k + 1)
+        values, top_ids = top.values.numpy(), top.indices.tolist()
+        # Probabilities sorted descending, and equal to softmax(logits) at those ids.
+        assert np.all(np.diff(got_probs) <= 0), f"position {t}: probs not sorted: {got_probs}"
+        np.testing.assert_allclose(got_probs, logprobs[t, got_ids].exp().numpy(), atol=1e-4,
+                                   err_msg=f"position {t}")
+        # The same values as torch.topk, and the same ids wherever there is no near-tie.
+        np.testing.assert_allclose(logprobs[t, got_ids].numpy(), values[:k], atol=1e-4)
+        gaps = np.abs(np.diff(values))
+        if gaps.min() > 1e-4:
+            assert got_ids == top_ids[:k], f"position {t}"
+        # The actual next token: its log-probability and its rank.
+        if t + 1 < T:
+            target = ids[t + 1]
+            lp = float(logprobs[t, target])
+            assert block["next_logprob"][t] == pytest.approx(lp, abs=1.5e-4), f"position {t}"
+            row, tv = logits[t].double(), logits[t, target].double()
+            lo = 1 + int((row > tv + 1e-4).sum())
+            hi = int((row > tv - 1e-4).sum())          # counts the target itself
+            assert lo <= block["next_rank"][t] <= hi, f"position {t}: rank {block['next_rank'][t]}"
+            if lo == hi:
+                assert block["next_rank"][t] == 1 + int((row > tv).sum())
+        else:
+            assert block["next_logprob"][t] is None and block["next_rank"][t] is None
+
+
+# --- run_batch: attention --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_batched_attention_is_captured_causal_and_sums_to_255(request, model_fixture):
+    lm = request.getfixturevalue(model_fixture)
+    input_ids, mask, all_ids = padded(lm, list(TEXTS.values()))
+    out = run_batch(lm.model, input_ids, mask, SETTINGS.top_k)
+    L, B, H = lm.facts["layers"], len(all_ids), lm.facts["query_heads"]
+    assert out.attention.dtype == np.uint8
+    assert out.attention.shape == (L, B, H, input_ids.shape[1], input_ids.shape[1])
+    assert out.attention.any(), "no attention was captured"
+    N = sum(len(i) for i in all_ids)
+    assert out.lens_ids.shape == (L, N, SETTINGS.top_k)
+    for b, ids in enumerate(all_ids):
+        n = len(ids)
+        a = out.attention[:, b, :, :n, :n].astype(np.int64)
+        assert (a.sum(-1) == ATTENTION_SCALE).all(), "a stored row does not sum to 255"
+        assert not np.triu(a, k=1).any(), "attention above the diagonal (not causal)"
+        # Random-weight models still spread attention: not everything on one key.
+        assert (a[:, :, 1:, :] < ATTENTION_SCALE).any() if n > 1 else True
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_batched_results_equal_unbatched(request, model_fixture):
+    """Right padding must not change any stored value of a prompt."""
+    lm = request.getfixturevalue(model_fixture)
+    input_ids, mask, all_ids = padded(lm, list(TEXTS.values()))
+    assert len({len(i) for i in all_ids}) == len(all_ids), "prompts need different lengths"
+    batch = run_batch(lm.model, input_ids, mask, SETTINGS.top_k)
+    offset = 0
+    for b, ids in enumerate(all_ids):
+        n = len(ids)
+        alone = run_batch(lm.model, torch.tensor([ids]), torch.ones(1, n, dtype=torch.long),
+                          SETTINGS.top_k)
+        sl = slice(offset, offset + n)
+        offset += n
+        diff = np.abs(batch.attention[:, b, :, :n, :n].astype(int) - alone.attention[:, 0].astype(int))
+        # A float difference in the last bit may move one unit between two entries of a row.
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"prompt {b}: {int((diff > 0).sum())}"
+        np.testing.assert_array_equal(batch.lens_ids[:, sl], alone.lens_ids)
+        np.testing.assert_allclose(batch.lens_logprobs[:, sl], alone.lens_logprobs, atol=1e-4)
+        np.testing.assert_allclose(batch.next_logprob[:, sl], alone.next_logprob, atol=1e-4)
+        np.testing.assert_array_equal(batch.next_rank[:, sl], alone.next_rank)
+        assert np.isnan(alone.next_logprob[:, -1]).all() and (alone.next_rank[:, -1] == 0).all()
+
+
+def test_quantize_rows_sums_and_error():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        logits = torch.randn(64, 37, generator=g) * torch.rand(64, 1, generator=g) * 8
+        p = torch.softmax(logits, -1)
+        q = quantize_rows(p.to(dtype))
+        assert q.dtype == torch.uint8
+        assert (q.long().sum(-1) == 255).all()
+        err = (q.float() / 255 - p.to(dtype).float() / p.to(dtype).float().sum(-1, keepdim=True)).abs()
+        assert err.max() <= ATTENTION_MAX_ABS_ERROR + 1e-6
+    one_hot = torch.zeros(3, 5)
+    one_hot[:, 2] = 1
+    assert quantize_rows(one_hot).tolist() == [[0, 0, 255, 0, 0]] * 3
+
+
+# --- run_compute: artifacts against the model ---------------------------------------------------
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+@pytest.mark.parametrize("pid", list(TEXTS))
+def test_decoded_attention_matches_the_model(request, computed, model_fixture, pid):
+    lm = request.getfixturevalue(model_fixture)
+    a = artifact(computed, model_fixture, pid)
+    ids = [t["id"] for t in a["tokens"]]
+    ref = reference(lm.model, ids)
+    assert len(ref.attentions) == a["attention"]["layers"] == lm.facts["layers"]
+    for layer, att in enumerate(ref.attentions):
+        decoded = decode_attention(a, layer)
+        expected = att[0].float().numpy()
+        assert decoded.shape == expected.shape == (lm.facts["query_heads"], len(ids), len(ids))
+        err = np.abs(decoded - expected).max()
+        assert err <= ATTENTION_MAX_ABS_ERROR + 1e-6, f"layer {layer}: error {err}"
+        # Every stored row sums to exactly 255/255; nothing above the diagonal.
+        raw = np.rint(decoded * ATTENTION_SCALE).astype(np.int64)
+        assert (raw.sum(-1) == ATTENTION_SCALE).all()
+        assert not np.triu(decoded, k=1).any()
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+@pytest.mark.parametrize("pid", list(TEXTS))
+def test_predictions_match_the_model_logits(request, computed, model_fixture, pid):
+    lm = request.getfixturevalue(model_fixture)
+    a = artifact(computed, model_fixture, pid)
+    ids = [t["id"] for t in a["tokens"]]
+    logits = reference(lm.model, ids).logits[0]
+    check_block(a["predictions"], logits, ids, SETTINGS.top_k)
+    # Every predicted id has a display entry.
+    assert {str(i) for row in a["predictions"]["ids"] for i in row} <= a["vocab"].keys()
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+@pytest.mark.parametrize("pid", list(TEXTS))
+def test_logit_lens_matches_the_model(request, computed, model_fixture, pid):
+    """Last lens layer = the model's own predictions; layer l = lm_head(final_norm(h[l + 1]))."""
+    lm = request.getfixturevalue(model_fixture)
+    a = artifact(computed, model_fixture, pid)
+    ids = [t["id"] for t in a["tokens"]]
+    ref = reference(lm.model, ids)
+    L = lm.facts["layers"]
+    assert len(a["lens"]) == L and len(ref.hidden_states) == L + 1
+    check_block(a["lens"][-1], ref.logits[0], ids, SETTINGS.lens_top_k)
+    head, norm = lm.model.get_output_embeddings(), final_norm(lm.model)
+    with torch.no_grad():
+        for layer in range(L - 1):
+            logits = head(norm(ref.hidden_states[layer + 1]))[0]
+            check_block(a["lens"][layer], logits, ids, SETTINGS.lens_top_k)
+    # The last layer's top-k is the prefix of the stored predictions.
+    assert a["lens"][-1]["ids"] == [row[:SETTINGS.lens_top_k] for row in a["predictions"]["ids"]]
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_logit_lens_applies_the_final_norm_once(request, model_fixture):
+    """With a final norm that is not (nearly) idempotent, applying it twice to the last layer or
+    not at all to the others would show. The demo models' norms have unit weight, so perturb a copy."""
+    lm = request.getfixturevalue(model_fixture)
+    model = copy.deepcopy(lm.model)
+    norm = final_norm(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=g) * 3 + 0.2)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
+    k = SETTINGS.lens_top_k
+    input_ids, mask, all_ids = padded(lm, list(TEXTS.values()))
+    out = run_batch(model, input_ids, mask, k)
+    head = model.get_output_embeddings()
+    L = lm.facts["layers"]
+    offset = 0
+    for ids in all_ids:
+        n = len(ids)
+        ref = reference(model, ids)
+        with torch.no_grad():
+            twice = torch.log_softmax(head(norm(ref.hidden_states[L]))[0].double(), -1)
+        final = torch.log_softmax(ref.logits[0].double(), -1)
+        assert (twice - final).abs().max() > 1e-2, "perturbation too weak to test anything"
+        for layer in range(L):
+            with torch.no_grad():
+                logits = ref.logits[0] if layer == L - 1 else head(norm(ref.hidden_states[layer + 1]))[0]
+            lp = torch.log_softmax(logits.double(), -1)
+            got_ids = out.lens_ids[layer, offset:offset + n]
+            got_lp = out.lens_logprobs[layer, offset:offset + n]
+            expected = np.take_along_axis(lp.numpy(), got_ids, axis=-1)
+            np.testing.assert_allclose(got_lp, expected, atol=1e-4, err_msg=f"layer {layer}")
+            np.testing.assert_allclose(got_lp, torch.topk(lp, k).values.numpy(), atol=1e-4,
+                                       err_msg=f"layer {layer}")
+        offset += n
+
+
+# --- artifacts on disk --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
+    lm = request.getfixturevalue(model_fixture)
+    out, report, _ = computed
+    for pid, text in TEXTS.items():
+        path = out / SLUGS[model_fixture] / "tests" / f"{pid}.json"
+        assert path in report.artifacts
+        raw = json.loads(path.read_text("utf-8"))
+        assert validate_artifact(raw) == raw
+        assert read_artifact(path) == raw
+        ids, tokens = describe_tokens(lm.tokenizer, text)
+        n = len(ids)
+        # The prompt's tokens, then the model's own greedy continuation (analysed like the prompt).
+        assert raw["tokens"][:n] == tokens
+        generated = raw["tokens"][n:]
+        assert raw["generation"] == {"prompt_tokens": n, "generated_tokens": len(generated),
+                                     "method": "greedy"}
+        assert 0 < len(generated) <= SETTINGS.continuation
+        assert all(t["generated"] is True and t["start"] == t["end"] == len(text)
+                   for t in generated)
+        all_ids = [t["id"] for t in raw["tokens"]]
+        logits = reference(lm.model, all_ids).logits[0]
+        assert [int(i) for i in logits[n - 1:-1].argmax(-1)] == all_ids[n:], "not greedy"
+        assert all(r == 1 for r in raw["predictions"]["next_rank"][n - 1:-1])
+        assert raw["prompt"] == {"set": "tests", "id": pid, "text": text, "note": f"note of {pid}"}
+        prov = raw["provenance"]
+        assert prov["random_weights"] is True
+        assert prov["model_slug"] == SLUGS[model_fixture]
+        assert prov["revision"].startswith("sha256:")
+        assert (prov["device"], prov["dtype"], prov["attn_implementation"]) == ("cpu", "float32",
+                                                                                "eager")
+        assert prov["settings"] == asdict(SETTINGS)
+        assert raw["model"] == lm.facts
+        att = raw["attention"]
+        assert (att["layers"], att["heads"], att["length"]) == (
+            lm.facts["layers"], lm.facts["query_heads"], len(all_ids))
+        assert all(len(base64.b64decode(d)) == att["heads"] * tril_size(len(all_ids))
+                   for d in att["data"])
+
+
+def test_read_artifact_rejects_damaged_files(computed, tmp_path):
+    src = computed[0] / "tiny-random-gpt2" / "tests" / "induction.json"
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(src.read_bytes()[:500])
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        read_artifact(truncated)
+    data = json.loads(src.read_text("utf-8"))
+    data["predictions"]["ids"] = data["predictions"]["ids"][:-1]
+    with pytest.raises(ArtifactError, match="predictions.ids has"):
+        validate_artifact(data, "edited")
+    data = json.loads(src.read_text("utf-8"))
+    data["schema_version"] = 999
+    with pytest.raises(ArtifactError, match="schema_version 999"):
+        validate_artifact(data, "future")
+
+
+def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, demo_dirs, tmp_path):
+    out = tmp_path / "artifacts"
+    shutil.copytree(computed[0], out)
+    models = [str(d) for d in demo_dirs]
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    assert len(before) == 2 * len(TEXTS)
+
+    lines: list[str] = []
+    again = run_compute(models, [prompt_set()], out, SETTINGS, device="cpu", dtype="float32",
+                        log=lines.append)
+    assert (again.computed, again.reused, again.failures) == (0, 2 * len(TEXTS), [])
+    assert sum("model not loaded" in line for line in lines) == 2, lines
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before
+
+    changed = dict(TEXTS, two="Hello there, world")
+    third = run_compute(models, [prompt_set(changed)], out, SETTINGS, device="cpu",
+                        dtype="float32", log=quiet)
+    assert (third.computed, third.reused, third.failures) == (2, 2 * (len(TEXTS) - 1), [])
+    for path, content in before.items():
+        if path.name == "two.json":
+            assert path.read_bytes() != content
+            assert read_artifact(path)["prompt"]["text"] == "Hello there, world"
+        else:
+            assert path.read_bytes() == content, f"{path} was rewritten"
+
+
+def test_settings_are_checked():
+    with pytest.raises(OptionError, match="--top-k 0"):
+        Settings(top_k=0)
+    with pytest.raises(OptionError, match="--lens-top-k 11"):
+        Settings(top_k=10, lens_top_k=11)
+
+
+def test_artifact_path_layout(tmp_path):
+    p = Prompt("facts", "eiffel-tower", "x", "n")
+    assert artifact_path(tmp_path, "gpt2", p) == tmp_path / "gpt2" / "facts" / "eiffel-tower.json"
+
+
+# --- architecture facts of the full-size models ---------------------------------------------------
+
+# The verified table of /work/shared/reference/README.md.
+FULL_SIZE = {
+    "gpt2": ("gpt2", {
+        "architecture": "GPT2LMHeadModel", "model_type": "gpt2", "layers": 12, "query_heads": 12,
+        "kv_heads": 12, "attention": "multi-head", "hidden_size": 768, "head_dim": 64,
+        "intermediate_size": 3072, "vocab_size": 50257, "context_length": 1024,
+        "position_encoding": "learned absolute (1024 positions)", "norm": "LayerNorm (eps 1e-05)",
+        "attention_bias": True, "tied_embeddings": True, "parameters": 124_439_808,
+        "parameters_without_embeddings": 124_439_808 - 50257 * 768 - 1024 * 768,
+    }),
+    "qwen2.5-0.5b": ("qwen2.5", {
+        "architecture": "Qwen2ForCausalLM", "model_type": "qwen2", "layers": 24,
+        "query_heads": 14, "kv_heads": 2, "attention": "grouped-query", "hidden_size": 896,
+        "head_dim": 64, "intermediate_size": 4864, "vocab_size": 151936, "context_length": 32768,
+        "position_encoding": "RoPE (theta 1,000,000)", "norm": "RMSNorm (eps 1e-06)",
+        "attention_bias": True, "tied_embeddings": True, "parameters": 494_032_768,
+        "parameters_without_embeddings": 494_032_768 - 151936 * 896,
+    }),
+}
+
+
+def _full_size_model(config_dir: str, on_meta: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+    config = AutoConfig.from_pretrained(REFERENCE_DIR / config_dir)
+    if on_meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    # Real (uninitialized, so untouched and nearly free) memory; skipping initialization also
+    # skips tying, which from_pretrained would do: tie as it does.
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
+    return model
+
+
+@pytest.mark.parametrize("config_dir", list(FULL_SIZE))
+def test_architecture_facts_of_the_full_size_models(config_dir):
+    if not (REFERENCE_DIR / config_dir / "config.json").is_file():
+        pytest.skip(f"{REFERENCE_DIR / config_dir} is not available")
+    from generator.demo import load_real_tokenizer
+    tokenizer_name, expected = FULL_SIZE[config_dir]
+    model = _full_size_model(config_dir, on_meta=False)
+    facts = architecture_facts(model, load_real_tokenizer(tokenizer_name))
+    del model
+    assert {k: facts[k] for k in expected} == expected
+    assert facts["tokenizer_size"] <= facts["vocab_size"]
+    if config_dir == "qwen2.5-0.5b":
+        assert round(facts["parameters_without_embeddings"] / 1e9, 2) == 0.36
+        assert facts["activation"] == "silu gated (SwiGLU-style)"
+
+
+@pytest.mark.parametrize("config_dir", list(FULL_SIZE))
+def test_architecture_facts_on_the_meta_device(config_dir):
+    """Parameters on the meta device (as with from_pretrained(device_map=...) offloading) have no
+    storage: every data_ptr() is 0. The facts must not depend on storage addresses."""
+    if not (REFERENCE_DIR / config_dir / "config.json").is_file():
+        pytest.skip(f"{REFERENCE_DIR / config_dir} is not available")
+    from generator.demo import load_real_tokenizer
+    tokenizer_name, expected = FULL_SIZE[config_dir]
+    model = _full_size_model(config_dir, on_meta=True)
+    facts = architecture_facts(model, load_real_tokenizer(tokenizer_name))
+    assert {k: facts[k] for k in expected} == expected
