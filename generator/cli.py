@@ -99,14 +99,33 @@ def _slugs(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
     return [slugify(m) for m in (models or DEFAULT_MODELS)]
 
 
+def check_dirs(build_dir: Path, out: Path | None = None) -> None:
+    """Refuse, before any work, a --build-dir or --out that is a file, and an --out that the
+    build's replace-the-whole-directory swap would delete wrongly."""
+    for path, option in ((build_dir, "--build-dir"), (out, "--out")):
+        if path is not None and path.exists() and not path.is_dir():
+            raise click.BadParameter(f"{path} is a file, not a directory. Give a directory (it is "
+                                     f"created if missing).", param_hint=option)
+    if out is None or not out.is_dir():
+        return
+    resolved = out.resolve()
+    for inner in (build_dir.resolve(), Path.cwd().resolve()):
+        if inner == resolved or resolved in inner.parents:
+            raise click.BadParameter(f"{out} contains {inner}, and a build replaces --out whole. "
+                                     f"Give a directory of its own, like site/.", param_hint="--out")
+    if any(out.iterdir()) and not (out / "index.html").is_file():
+        raise click.BadParameter(f"{out} is a non-empty directory that is not a built site (no "
+                                 f"index.html), and a build replaces --out whole. Give a new or "
+                                 f"empty directory, or a previous site.", param_hint="--out")
+
+
 def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, top_k, lens_top_k,
                continuation, shard, device_map) -> None:
     from .compute import Settings, Shard, run_compute
     settings = Settings(top_k=top_k, lens_top_k=lens_top_k, continuation=continuation)
     shard_ = Shard.parse(shard)
     sets = _prompt_sets(prompt_paths)
-    if build_dir.exists() and not build_dir.is_dir():
-        raise click.BadParameter(f"{build_dir} is a file, not a directory.", param_hint="--build-dir")
+    check_dirs(build_dir)
     report = run_compute(_model_ids(models, demo, build_dir), sets, build_dir / "artifacts",
                          settings, device, dtype, shard_, log, revision, device_map)
     if report.failures:
@@ -118,8 +137,7 @@ def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, t
 def do_render(prompt_paths, models, demo, build_dir, out) -> None:
     from .render import load_catalog, render_docs
     from .site import build_site, vendor_bundle, write_mkdocs_config
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{out} is a file, not a directory.", param_hint="--out")
+    check_dirs(build_dir, out)
     sets = _prompt_sets(prompt_paths)
     catalog = load_catalog(build_dir / "artifacts", sets, _slugs(models, demo, build_dir), log)
     nav = render_docs(catalog, build_dir / "docs", vendor_bundle(build_dir), log)
@@ -165,6 +183,7 @@ def render(prompt_paths, models, demo, build_dir, out) -> None:
 @domain_errors
 def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
     """compute + render + mkdocs build: the whole site into --out (default site/)."""
+    check_dirs(build_dir, out)
     do_compute(prompt_paths, models, demo, build_dir, **kw)
     do_render(prompt_paths, models, demo, build_dir, out)
     log(f"done: open {out / 'index.html'} through a web server, e.g. `model-atlas serve`")
@@ -181,6 +200,7 @@ def serve(prompt_paths, models, demo, build_dir, out, port, no_build, **kw) -> N
     """Build the site, then serve it on http://127.0.0.1:PORT/ until interrupted."""
     import http.server
     if not no_build:
+        check_dirs(build_dir, out)
         do_compute(prompt_paths, models, demo, build_dir, **kw)
         do_render(prompt_paths, models, demo, build_dir, out)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
@@ -190,6 +210,39 @@ def serve(prompt_paths, models, demo, build_dir, out, port, no_build, **kw) -> N
             httpd.serve_forever()
         except KeyboardInterrupt:
             pass
+
+
+@main.command()
+@click.option("--build-dir", type=click.Path(path_type=Path), default=Path("build"),
+              show_default=True, help="Build directory of the last `model-atlas build` (its docs/ "
+                                      "tree is read).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for the files: <model>/<set>/<prompt>/<chart>.*, "
+                   "compare/<set>/<prompt>/cumulative.*, <model>/atlas-*.*, site/tokenizers.*.")
+@click.option("--model", default=None, metavar="SLUG",
+              help="Only this model's charts (its slug, e.g. gpt2 or qwen-qwen2.5-0.5b).")
+@click.option("--prompt", default=None, metavar="SET/PROMPT",
+              help="Only the charts of this prompt (set/prompt key), or of every prompt of a set.")
+@click.option("--chart", default=None, metavar="NAME",
+              help="Only this chart: attention, predictions, surprisal, lens, heads, groups, "
+                   "cumulative, tokenizers or atlas-<metric>.")
+@click.option("--layer", type=click.IntRange(min=0), default=None,
+              help="Layer of the attention chart (default 0).")
+@click.option("--head", type=click.IntRange(min=0), default=None,
+              help="Query head of the attention chart (default 0).")
+@click.option("--format", "formats", multiple=True,
+              type=click.Choice(["html", "json", "svg", "png"]),
+              help="File format (repeatable): html (self-contained, opens offline), json "
+                   "(Vega-Lite with its data), svg, png. Default: all four.")
+@domain_errors
+def export(build_dir, out, model, prompt, chart, layer, head, formats) -> None:
+    """Export the charts of the last build as standalone HTML, Vega-Lite JSON, SVG and PNG files.
+
+    Needs a finished `model-atlas build` (or `render`); no torch needed.
+    """
+    from .export import FORMATS, export_charts
+    export_charts(build_dir / "docs", out, model=model, prompt=prompt, chart=chart,
+                  formats=formats or FORMATS, log=log, layer=layer, head=head)
 
 
 if __name__ == "__main__":

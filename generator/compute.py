@@ -196,7 +196,8 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Log):
-    """Run one batch; split it in halves on out-of-memory. Yields (prompt, ids, result)."""
+    """Run one batch; split it in halves on any error (out-of-memory included). Yields
+    (prompt, ids, result), where result is the exception for a prompt that failed on its own."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     T = max(len(ids) for _, ids in batch)
     input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
@@ -208,15 +209,19 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Lo
     try:
         out = run_batch(lm.model, input_ids.to(dev), mask.to(dev), k)
     except Exception as e:  # noqa: BLE001 - OOM classes differ between backends
-        if _is_oom(e) and len(batch) > 1:
-            if lm.device.startswith("cuda"):
+        if len(batch) > 1:
+            # Split and retry: out of memory goes away in smaller batches, and any other error is
+            # narrowed down to the prompt that causes it, so it does not fail its whole batch.
+            if _is_oom(e) and lm.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             half = len(batch) // 2
-            log(f"out of memory on a batch of {len(batch)}; retrying as {half} + {len(batch) - half}")
+            why = "out of memory" if _is_oom(e) else f"{type(e).__name__}"
+            log(f"{why} on a batch of {len(batch)}; retrying as {half} + {len(batch) - half}")
             yield from _run(lm, batch[:half], k, log)
             yield from _run(lm, batch[half:], k, log)
             return
-        raise
+        yield batch[0][0], batch[0][1], e  # a single prompt failed: its error instead of a result
+        return
     offset = 0
     for b, (prompt, ids) in enumerate(batch):
         n = len(ids)
@@ -266,19 +271,22 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     facts = lm.facts
     t0, done = time.perf_counter(), 0
     for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes):
-        try:
-            for prompt, ids, (att, lens) in _run(lm, batch, settings.top_k, log):
+        for prompt, ids, result in _run(lm, batch, settings.top_k, log):
+            try:
+                if isinstance(result, BaseException):
+                    raise result
                 key, tokens = keys[prompt.key]
-                artifact = build_artifact(lm, prompt, key, settings, tokens, att, lens)
+                artifact = build_artifact(lm, prompt, key, settings, tokens, *result)
                 validate_artifact(artifact, f"{ref.slug}/{prompt.key}")
                 atomic_write_json(artifact_path(out_dir, ref.slug, prompt), artifact)
                 report.computed += 1
                 done += 1
-        except AtlasError as e:
-            report.failures.extend(f"{p.key} ({ref.model_id}): {e}" for p, _ in batch)
-        except Exception as e:  # noqa: BLE001 - one failed batch must not lose the others
-            kind = "out of memory even at batch size 1" if _is_oom(e) else f"{type(e).__name__}: {e}"
-            report.failures.extend(f"{p.key} ({ref.model_id}): {kind}" for p, _ in batch)
+            except AtlasError as e:
+                report.failures.append(f"{prompt.key} ({ref.model_id}): {e}")
+            except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
+                kind = ("out of memory even at batch size 1" if _is_oom(e)
+                        else f"{type(e).__name__}: {e}")
+                report.failures.append(f"{prompt.key} ({ref.model_id}): {kind}")
         rate = done / max(time.perf_counter() - t0, 1e-9)
         log(f"{ref.slug}: {done}/{len(items)} prompts computed ({rate:.1f} prompts/s)")
     del lm

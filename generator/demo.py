@@ -51,7 +51,7 @@ def load_real_tokenizer(name: str) -> Any:
         _unpack(name, Path(tmp))
         if name == "gpt2":
             # transformers 5: GPT2TokenizerFast(vocab_file=...) silently builds an empty tokenizer.
-            tok = GPT2TokenizerFast.from_pretrained(tmp)
+            tok = GPT2TokenizerFast.from_pretrained(tmp, trust_remote_code=False)
         else:
             tok = PreTrainedTokenizerFast(tokenizer_file=str(Path(tmp) / "tokenizer.json"),
                                           eos_token="<|endoftext|>", pad_token="<|endoftext|>")

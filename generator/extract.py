@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .models import final_norm
@@ -109,18 +110,22 @@ def run_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
     # attentions: L x [B, H, T, T] -> quantized uint8 [L, B, H, T, T]
-    attention = torch.stack([quantize_rows(a) for a in out.attentions]).cpu().numpy()
-    mask = attention_mask.bool()                                   # [B, T]
+    # Layers may sit on different devices (device_map="auto"): reduce each where it is.
+    attention = np.stack([quantize_rows(a).cpu().numpy() for a in out.attentions])
     hs = out.hidden_states                                          # (L+1) x [B, T, D]
     norm = final_norm(model)
+    unemb = model.get_output_embeddings()
+    dev = unemb.weight.device
+    mask = attention_mask.bool().to(dev)                            # [B, T]
     layers = len(hs) - 1
     # Real positions only, layers stacked: [L, N, D]; the last entry is already normed.
-    stacked = torch.stack([norm(hs[l][mask]) if l < layers else hs[l][mask]
-                           for l in range(1, layers + 1)])
-    nxt = torch.full_like(input_ids, -1)
-    nxt[:, :-1] = torch.where(mask[:, 1:], input_ids[:, 1:], -1)
+    norm_dev = next(norm.parameters()).device
+    stacked = torch.stack([norm(hs[l].to(norm_dev)[mask.to(norm_dev)]).to(dev) if l < layers
+                           else hs[l].to(dev)[mask] for l in range(1, layers + 1)])
+    ids = input_ids.to(dev)
+    nxt = torch.full_like(ids, -1)
+    nxt[:, :-1] = torch.where(mask[:, 1:], ids[:, 1:], -1)
     targets = nxt[mask]                                              # [N]
-    unemb = model.get_output_embeddings()
     L, N, D = stacked.shape
     ids, lps, t_lp, rank = lens_topk(stacked.reshape(L * N, D), unemb.weight,
                                      getattr(unemb, "bias", None), targets.repeat(L), k)

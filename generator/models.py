@@ -116,7 +116,7 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         # checkout lives; the weights hash is the revision.
         return ModelRef(path.resolve().name, slugify(str(path)), path.resolve(),
                         _weights_fingerprint(path), random_weights=marker.is_file())
-    if not HUB_ID_RE.match(model_id) or ".." in model_id:
+    if not HUB_ID_RE.fullmatch(model_id) or ".." in model_id:  # fullmatch: no trailing "\n"
         raise ModelLoadError(f"--model {model_id!r}: neither an existing directory nor a valid "
                              f"Hugging Face model id (like 'gpt2' or 'Qwen/Qwen2.5-0.5B').")
     commit = _cached_revision(model_id, revision)
@@ -161,14 +161,26 @@ def load_model(ref: ModelRef, device: str, dtype: torch.dtype,
         f"{ref.revision[:19]}) on {device} as {str(dtype).replace('torch.', '')}")
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
+        if getattr(config, "is_decoder", None) is False:  # BERT-style: the flag exists and is off
+            raise ModelLoadError(
+                f"--model {ref.model_id}: not a causal language model: its config "
+                f"({config.model_type}) is an encoder (is_decoder is false), which attends in both "
+                f"directions. Use a decoder-only causal LM, like gpt2 or Qwen/Qwen2.5-0.5B.")
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if not tokenizer("Hello world", add_special_tokens=False)["input_ids"]:
+            # transformers builds an empty tokenizer, without an error, when its files are missing.
+            raise ModelLoadError(
+                f"--model {ref.model_id}: its tokenizer is empty: the tokenizer files (tokenizer.json, "
+                f"or vocab.json and merges.txt, and tokenizer_config.json) are missing from "
+                f"{source}. Save them there with tokenizer.save_pretrained().")
         model = AutoModelForCausalLM.from_pretrained(
             source, config=config, attn_implementation="eager", dtype=dtype,
             device_map=device_map, **kwargs)
     except ValueError as e:
         if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
             raise ModelLoadError(f"--model {ref.model_id}: not a causal language model "
-                                 f"(AutoModelForCausalLM cannot load it): {e}") from None
+                                 f"(AutoModelForCausalLM cannot load it): "
+                                 f"{str(e).splitlines()[0]}") from None
         raise ModelLoadError(f"--model {ref.model_id}: cannot load: {e}") from None
     except OSError as e:
         raise ModelLoadError(f"--model {ref.model_id}: cannot load its files: {e}") from None

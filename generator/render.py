@@ -9,6 +9,7 @@ only ever enter a page as escaped values, never as template source.
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ import jinja2
 from . import pagedata as pd
 from .charts import chart_specs
 from .errors import ArtifactError
+from .export import write_embed_pages
 from .prompts import PromptSet
 from .schema import SCHEMA_VERSION, read_artifact
 from .store import atomic_write_json, atomic_write_text, canonical_json
@@ -244,19 +246,24 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     page("compare/tokenizers.md", "tokenizers.md.j2", rows=tok_rows, by_script=by_script,
          differ=differ)
     page("compare/architectures.md", "architectures.md.j2")
+    write_embed_pages(w, log)
     w.commit()
     log(f"render: {w.count} files written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
+    # MkDocs inserts nav titles into pages unescaped: escape the set titles and model ids here.
     nav: list[Any] = [{"Home": "index.md"}]
     nav.append({"Prompt sets": [
-        {s.title: [f"sets/{s.id}.md"] + [{p.id: f"prompts/{s.id}/{p.id}.md"} for p in s.prompts]}
+        {html.escape(s.title, quote=False):
+         [f"sets/{s.id}.md"] + [{p.id: f"prompts/{s.id}/{p.id}.md"} for p in s.prompts]}
         for s in catalog.sets]})
-    nav.append({"Models": [{m.model_id: f"models/{m.slug}.md"} for m in catalog.models]})
+    nav.append({"Models": [{html.escape(m.model_id, quote=False): f"models/{m.slug}.md"}
+                           for m in catalog.models]})
     nav.append({"Comparisons": [{"Tokenizers": "compare/tokenizers.md"},
                                 {"Architectures": "compare/architectures.md"}]})
     nav.append({"Reference": [{"About Model Atlas": "about.md"},
                               {"Head metrics": "metrics.md"},
                               {"Artifact format": "artifact-format.md"},
-                              {"Prompt-set format": "prompt-sets.md"}]})
+                              {"Prompt-set format": "prompt-sets.md"},
+                              {"Embedding charts": "embedding.md"}]})
     return nav
 
 

@@ -19,9 +19,11 @@ Both builds get a copy of `demo_dirs` as their `demo-models/`, so the checkpoint
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -100,8 +102,28 @@ def _safetensors_parameters(directory: Path) -> int:
 
 
 @pytest.fixture(scope="session")
-def demo_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("demo-models")
+def scratch():
+    """mkdir(name) -> a fresh directory for the session's shared files.
+
+    Not pytest's tmp_path_factory: pytest deletes all but the 3 newest of its base directories when
+    a session starts, so on a machine where several people run pytest at once a long session would
+    lose its build (and a served site its files) midway. Removed when the session ends.
+    """
+    root = Path(tempfile.mkdtemp(prefix="model-atlas-tests-"))
+    counter = itertools.count()
+
+    def mkdir(name: str) -> Path:
+        path = root / f"{name}{next(counter)}"
+        path.mkdir()
+        return path
+
+    yield mkdir
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo_root(scratch) -> Path:
+    return scratch("demo-models")
 
 
 @pytest.fixture(scope="session")
@@ -202,15 +224,15 @@ def run_demo_build(root: Path, demo_dirs: list[Path], prompts: Path | None) -> B
 
 
 @pytest.fixture(scope="session")
-def demo_build(tmp_path_factory, demo_dirs) -> Build:
+def demo_build(scratch, demo_dirs) -> Build:
     """`model-atlas build --demo` on the small SUBSET of prompts."""
-    root = tmp_path_factory.mktemp("demo-build")
+    root = scratch("demo-build")
     prompts = write_prompt_sets(root / "prompt-sets")
     return run_demo_build(root, demo_dirs, prompts)
 
 
 @pytest.fixture(scope="session")
-def demo_site_full(tmp_path_factory, demo_dirs) -> Build:
+def demo_site_full(scratch, demo_dirs) -> Build:
     """`model-atlas build --demo` on the default curated prompt sets."""
-    root = tmp_path_factory.mktemp("demo-full")
+    root = scratch("demo-full")
     return run_demo_build(root, demo_dirs, None)

@@ -1,0 +1,203 @@
+"""Browser tests: the small demo site (the `demo_build` fixture) served on 127.0.0.1 and opened in
+headless Chromium. Charts render, the layer/head selects redraw the heatmap, nothing is requested
+from any other host, the console stays clean, and hostile prompt text shows literally without
+running. Skipped (with the reason) where /usr/bin/chromium is absent."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import CHROMIUM, CJK_EMOJI_TEXT, HOSTILE_TEXT
+
+pytestmark = pytest.mark.browser
+
+CHART_TIMEOUT_MS = 30_000
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url(demo_build):
+    handler = functools.partial(QuietHandler, directory=str(demo_build.site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Watched:
+    """A page with its console errors, page errors, requests and dialogs recorded."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}")
+                     if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("requestfailed", lambda r: self.errors.append(
+            f"request failed: {r.url} ({r.failure})"))
+
+        def on_dialog(dialog):
+            self.dialogs.append(f"{dialog.type}: {dialog.message}")
+            dialog.dismiss()
+        self.page.on("dialog", on_dialog)
+
+    def foreign_requests(self) -> list[str]:
+        out = []
+        for url in self.requests:
+            parsed = urlparse(url)
+            if parsed.scheme in ("data", "blob", "about"):
+                continue
+            if parsed.hostname != "127.0.0.1":
+                out.append(url)
+        return out
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture()
+def watched(browser):
+    w = Watched(browser)
+    yield w
+    w.close()
+
+
+def render_all_charts(page) -> int:
+    """Scroll every chart box into view (they are drawn lazily) and wait until all are drawn."""
+    boxes = page.locator(".atlas-attention, .atlas-plain")
+    count = boxes.count()
+    for i in range(count):
+        # One at a time, as a reader scrolls: a box scrolled past before the page's
+        # IntersectionObserver saw it would never be drawn.
+        box = boxes.nth(i)
+        box.scroll_into_view_if_needed()
+        page.wait_for_function(
+            """(box) => { const el = box.querySelector('.atlas-chart');
+                          return el.dataset.rendered === 'true'
+                                 || el.classList.contains('atlas-error'); }""",
+            arg=box.element_handle(), timeout=CHART_TIMEOUT_MS)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.atlas-chart')].every(
+               (el) => el.dataset.rendered === 'true' || el.classList.contains('atlas-error'))""",
+        timeout=CHART_TIMEOUT_MS)
+    return count
+
+
+def wait_redrawn(page, chart, key: str, value: str, watched: Watched) -> None:
+    """Wait until the heatmap says it shows `key` = `value` (atlas.js sets data-layer/data-head
+    after a redraw), or shows an error."""
+    page.wait_for_function(
+        "([el, key, value]) => el.dataset[key] === value || el.classList.contains('atlas-error')",
+        arg=[chart.element_handle(), key, value], timeout=CHART_TIMEOUT_MS)
+    error = chart.evaluate("(el) => el.classList.contains('atlas-error') ? el.textContent : ''")
+    assert not error, f"redraw for {key}={value} failed: {error}; {watched.errors}"
+
+
+def test_prompt_page_charts_render_and_redraw(site_url, watched):
+    page = watched.page
+    page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
+    count = render_all_charts(page)
+    assert count >= 6
+    failed = page.locator(".atlas-error").all_inner_texts()
+    assert not failed, failed
+    charts = page.locator(".atlas-chart")
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        assert chart.get_attribute("data-rendered") == "true"
+        assert chart.locator("svg.marks").count() == 1, f"chart {i} has no Vega svg"
+    for kind in ("attention", "predictions", "surprisal"):
+        kind_charts = page.locator(f'[data-spec$="charts/{kind}.vl.json"] .atlas-chart')
+        assert kind_charts.count() == 2, f"{kind}: one chart per model expected"
+        for i in range(2):
+            svg = kind_charts.nth(i).locator("svg.marks")
+            assert svg.locator("path, rect, text").count() > 0, f"{kind} chart {i} is empty"
+
+    # Changing the layer, then the head, redraws the first model's heatmap.
+    box = page.locator(".atlas-attention").first
+    chart = box.locator(".atlas-chart")
+    before = chart.inner_html()
+    layers = box.locator(".atlas-layer option").count()
+    heads = box.locator(".atlas-head option").count()
+    assert layers >= 2 and heads >= 2
+    box.locator(".atlas-layer").select_option(str(layers - 1))
+    wait_redrawn(page, chart, "layer", str(layers - 1), watched)
+    after_layer = chart.inner_html()
+    assert after_layer != before, "changing the layer did not redraw the heatmap"
+    box.locator(".atlas-head").select_option(str(heads - 1))
+    wait_redrawn(page, chart, "head", str(heads - 1), watched)
+    assert chart.inner_html() != after_layer, "changing the head did not redraw the heatmap"
+    assert chart.locator("svg.marks").count() == 1, "the redraw added a second chart"
+    assert not page.locator(".atlas-error").count()
+
+    assert not watched.errors, watched.errors
+    assert not watched.dialogs, watched.dialogs
+    assert not watched.foreign_requests(), watched.foreign_requests()
+    assert any(u.endswith("assets/vendor/vega-bundle.js") for u in watched.requests)
+    assert any("/data/" in u and u.endswith(".json") for u in watched.requests)
+
+
+def test_hostile_prompt_shows_literally_and_runs_nothing(site_url, watched):
+    page = watched.page
+    page.goto(site_url + "prompts/basics/hostile.html", wait_until="load")
+    assert page.inner_text(".atlas-prompt-text") == HOSTILE_TEXT
+    render_all_charts(page)
+    page.wait_for_timeout(300)
+    assert not watched.dialogs, watched.dialogs
+    # No script element holds the prompt's script.
+    assert page.evaluate(
+        "() => [...document.scripts].filter((s) => s.textContent.includes('alert(1)')).length") == 0
+    assert not watched.errors, watched.errors
+    assert not watched.foreign_requests(), watched.foreign_requests()
+
+
+def test_chinese_and_emoji_prompt_shows_literally(site_url, watched):
+    page = watched.page
+    page.goto(site_url + "prompts/mixed/cjk-emoji.html", wait_until="load")
+    assert page.inner_text(".atlas-prompt-text") == CJK_EMOJI_TEXT
+    render_all_charts(page)
+    assert not page.locator(".atlas-error").count()
+    assert not watched.errors, watched.errors
+
+
+@pytest.mark.parametrize("path", ["index.html", "sets/basics.html", "models/tiny-random-qwen2.html"])
+def test_other_pages_load_cleanly(site_url, watched, path):
+    page = watched.page
+    page.goto(site_url + path, wait_until="load")
+    assert "random weights" in page.inner_text("body").lower()
+    if page.locator(".atlas-attention, .atlas-plain").count():
+        render_all_charts(page)
+        assert not page.locator(".atlas-error").count()
+    page.wait_for_timeout(200)
+    assert not watched.errors, watched.errors
+    assert not watched.foreign_requests(), watched.foreign_requests()

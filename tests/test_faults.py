@@ -1,0 +1,343 @@
+"""Faults: a build killed at any moment loses nothing and resumes; builds are reproducible; a prompt
+that fails, an out-of-memory batch and a broken checkpoint are handled; the CI workflow is sound.
+
+The kill tests run `model-atlas build --demo` in a subprocess (its own process group, so mkdocs dies
+with it), SIGKILL it during compute and during render, check every artifact left on disk still
+validates, run the build again and compare the site, byte for byte, with an uninterrupted build's.
+`SOURCE_DATE_EPOCH` is fixed so that the build date printed on pages is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from generator.cli import main
+from generator.schema import read_artifact
+
+from conftest import REPO, tree_digest, write_prompt_sets
+
+SLUGS = ("tiny-random-gpt2", "tiny-random-qwen2")
+SETS = {"faults": {"title": "Faults", "description": "Three short prompts.",
+                   "prompts": [{"id": "hello", "text": "Hello world", "note": "Two tokens."},
+                               {"id": "cat", "text": "The cat sat on the mat.", "note": "A cat."},
+                               {"id": "count", "text": "One two three four five",
+                                "note": "Counting."}]}}
+TOTAL = len(SETS["faults"]["prompts"]) * len(SLUGS)
+EPOCH = "1700000000"
+ENV = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+WORKFLOW = REPO / ".github" / "workflows" / "site.yml"
+
+
+def artifacts(root: Path) -> list[Path]:
+    d = root / "artifacts"
+    return sorted(d.rglob("*.json")) if d.is_dir() else []
+
+
+def build_command(root: Path, prompts: Path) -> list[str]:
+    return [sys.executable, "-m", "generator.cli", "build", "--demo", "--prompts", str(prompts),
+            "--build-dir", str(root), "--out", str(root / "site"), "--device", "cpu"]
+
+
+def new_root(path: Path, demo_dirs: list[Path]) -> Path:
+    """A fresh build dir with its own copy of the session's demo checkpoints."""
+    for d in demo_dirs:
+        shutil.copytree(d, path / "demo-models" / d.name)
+    return path
+
+
+def run_build(root: Path, prompts: Path) -> str:
+    """A build in a subprocess, to its end; returns its log."""
+    proc = subprocess.run(build_command(root, prompts), cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stderr
+
+
+def kill_when(root: Path, prompts: Path, moment: Callable[[], bool], what: str) -> str:
+    """Start a build and SIGKILL its whole process group as soon as `moment()` is true."""
+    log = root.parent / f"{root.name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(build_command(root, prompts), cwd=REPO, env=ENV, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if moment():
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return log.read_text(errors="replace")
+            if proc.poll() is not None:
+                pytest.fail(f"the build ended (exit {proc.returncode}) before {what}:\n"
+                            + log.read_text(errors="replace"))
+            time.sleep(0.005)
+        pytest.fail(f"{what} did not happen within 300 s:\n" + log.read_text(errors="replace"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return ""
+
+
+def assert_artifacts_valid(root: Path) -> list[Path]:
+    found = artifacts(root)
+    for path in found:
+        read_artifact(path)  # raises ArtifactError naming the file if it is corrupt
+    return found
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_prompt_sets(tmp_path_factory.mktemp("fault-prompts"), SETS)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, demo_dirs, prompts) -> Path:
+    """An uninterrupted build: the bytes every other build must reproduce."""
+    root = new_root(tmp_path_factory.mktemp("reference") / "build", demo_dirs)
+    log = run_build(root, prompts)
+    assert f"compute: {TOTAL} computed, 0 reused, 0 failed" in log, log
+    assert len(assert_artifacts_valid(root)) == TOTAL
+    return root
+
+
+# --- kills -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killed_during_compute_resumes_to_the_same_site(reference, prompts, demo_dirs, tmp_path):
+    root = new_root(tmp_path / "build", demo_dirs)
+    kill_when(root, prompts, lambda: 0 < len(artifacts(root)) < TOTAL,
+              "some but not all artifacts existed")
+    done = assert_artifacts_valid(root)
+    assert 0 < len(done) < TOTAL, [p.name for p in done]
+    assert not (root / "site").exists()
+    log = run_build(root, prompts)
+    assert f"compute: {TOTAL - len(done)} computed, {len(done)} reused, 0 failed" in log, log
+    assert not list((root / "artifacts").rglob(".*.tmp")), "temporary files were left behind"
+    assert tree_digest(root / "artifacts") == tree_digest(reference / "artifacts")
+    assert tree_digest(root / "site") == tree_digest(reference / "site")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, marker", [("docs", "docs.tmp"), ("mkdocs", "site.tmp")])
+def test_killed_during_render_resumes_to_the_same_site(reference, prompts, demo_dirs, tmp_path,
+                                                       stage, marker):
+    """Killed while the pages are generated (build/docs.tmp) or while mkdocs runs (site.tmp)."""
+    root = new_root(tmp_path / "build", demo_dirs)
+    shutil.copytree(reference / "artifacts", root / "artifacts")
+    kill_when(root, prompts, lambda: (root / marker).exists(), f"{marker} existed")
+    assert_artifacts_valid(root)
+    assert tree_digest(root / "artifacts") == tree_digest(reference / "artifacts")
+    assert not (root / "site").exists(), "a half-built site must never be in --out"
+    log = run_build(root, prompts)
+    assert f"compute: 0 computed, {TOTAL} reused, 0 failed" in log, log
+    assert not (root / "docs.tmp").exists() and not (root / "site.tmp").exists()
+    assert tree_digest(root / "site") == tree_digest(reference / "site")
+
+
+# --- determinism -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_clean_builds_are_byte_identical(reference, prompts, demo_dirs, tmp_path):
+    """Same inputs, another build dir at another depth: the same artifacts and site, byte for
+    byte, and no absolute path of either build in any file."""
+    root = new_root(tmp_path / "x" / "y" / "other-build", demo_dirs)
+    run_build(root, prompts)
+    for part in ("artifacts", "site"):
+        ours, theirs = tree_digest(root / part), tree_digest(reference / part)
+        assert sorted(ours) == sorted(theirs), f"{part}: different files"
+        differ = [name for name in ours if ours[name] != theirs[name]]
+        assert not differ, f"{part}: files differ between two clean builds: {differ[:10]}"
+    for path in (root / "site").rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".json", ".xml", ".js"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert str(root) not in text and str(reference) not in text, path
+
+
+# --- failures inside compute (in-process, monkeypatched) --------------------------------------
+
+
+def _compute(root: Path, prompts: Path, command: str = "compute"):
+    args = [command, "--demo", "--prompts", str(prompts), "--build-dir", str(root),
+            "--device", "cpu"]
+    if command == "build":
+        args += ["--out", str(root / "site")]
+    return CliRunner().invoke(main, args)
+
+
+def _linked_root(path: Path, demo_dirs: list[Path]) -> Path:
+    path.mkdir(parents=True)
+    (path / "demo-models").symlink_to(demo_dirs[0].parent, target_is_directory=True)
+    return path
+
+
+@pytest.mark.slow
+def test_a_failing_prompt_fails_alone(monkeypatch, prompts, demo_dirs, tmp_path):
+    """run_batch raises for batches holding the 'cat' prompt: that prompt fails, for both models,
+    with the error; the other prompts of the same batch are split off, computed and kept."""
+    import generator.compute
+    from transformers import AutoTokenizer
+
+    from generator.tokens import describe_tokens
+    bad = [describe_tokens(AutoTokenizer.from_pretrained(d), "The cat sat on the mat.")[0]
+           for d in demo_dirs]
+    real = generator.compute.run_batch
+    sizes = []
+
+    def flaky(model, input_ids, attention_mask, k):
+        sizes.append(input_ids.shape[0])
+        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            ids = [t for t, m in zip(row, mask) if m]
+            if any(ids[:len(b)] == b for b in bad):
+                raise RuntimeError("simulated failure in the forward pass")
+        return real(model, input_ids, attention_mask, k)
+
+    monkeypatch.setattr(generator.compute, "run_batch", flaky)
+    root = _linked_root(tmp_path / "build", demo_dirs)
+    result = _compute(root, prompts)
+    assert result.exit_code == 1, result.output
+    assert "2 unit(s) failed; the 4 other artifacts are kept" in result.output
+    for slug in SLUGS:
+        assert f"faults/cat ({slug}): RuntimeError: simulated failure in the forward pass" \
+            in result.output
+        assert not (root / "artifacts" / slug / "faults" / "cat.json").exists()
+        for pid in ("hello", "count"):
+            read_artifact(root / "artifacts" / slug / "faults" / f"{pid}.json")
+    assert max(sizes) == 3, "the three prompts should first run as one batch"
+    assert "RuntimeError on a batch of 3; retrying as 1 + 2" in result.output
+    assert "faults/hello (" not in result.output and "faults/count (" not in result.output
+
+
+@pytest.mark.slow
+def test_out_of_memory_batches_are_split_and_retried(monkeypatch, reference, prompts, demo_dirs,
+                                                     tmp_path):
+    import torch
+
+    import generator.compute
+    real = generator.compute.run_batch
+    sizes = []
+
+    def small_memory(model, input_ids, attention_mask, k):
+        sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, input_ids, attention_mask, k)
+
+    monkeypatch.setattr(generator.compute, "run_batch", small_memory)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    root = _linked_root(tmp_path / "build", demo_dirs)
+    result = _compute(root, prompts, "build")
+    assert result.exit_code == 0, result.output
+    assert "out of memory on a batch of 3; retrying as 1 + 2" in result.output
+    assert "out of memory on a batch of 2; retrying as 1 + 1" in result.output
+    assert f"compute: {TOTAL} computed, 0 reused, 0 failed" in result.output
+    assert sizes.count(1) == TOTAL
+    assert (root / "site" / "index.html").is_file()
+    for path in assert_artifacts_valid(root):
+        # One prompt at a time gives the batched reference build's tokens and, up to float
+        # rounding (matrix shapes differ), its numbers.
+        ours = json.loads(path.read_text(encoding="utf-8"))
+        ref = json.loads((reference / path.relative_to(root)).read_text(encoding="utf-8"))
+        assert ours["key"] == ref["key"] and ours["tokens"] == ref["tokens"], path
+        assert np.allclose(ours["predictions"]["probs"], ref["predictions"]["probs"], atol=1e-3)
+
+
+def test_missing_tokenizer_files_fail_that_model(prompts, demo_dirs, tmp_path):
+    broken = tmp_path / "broken-gpt2"
+    shutil.copytree(demo_dirs[0], broken)
+    removed = [f.name for f in broken.iterdir()
+               if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))]
+    assert "tokenizer.json" in removed
+    for name in removed:
+        (broken / name).unlink()
+    root = tmp_path / "build"
+    result = CliRunner().invoke(main, ["compute", "--model", str(broken), "--prompts", str(prompts),
+                                       "--build-dir", str(root), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "--model broken-gpt2: its tokenizer is empty" in result.output
+    assert "tokenizer.json" in result.output and str(broken) in result.output
+    assert "tokenizer.save_pretrained()" in result.output
+    assert not artifacts(root)
+
+
+# --- the CI workflow -------------------------------------------------------------------------
+
+
+def _steps(job: dict) -> list[dict]:
+    return job.get("steps", [])
+
+
+def _uses(job: dict, action: str) -> list[dict]:
+    return [s for s in _steps(job) if str(s.get("uses", "")).startswith(action + "@")]
+
+
+def test_workflow_parses():
+    wf = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` key as True
+    shards = triggers["workflow_dispatch"]["inputs"]["shards"]
+    assert str(shards["default"]) == "1"
+    jobs = wf["jobs"]
+    assert {"compute", "render", "deploy"} <= set(jobs)
+
+    # The switch: every job runs only when the repository variable says there is a GPU runner.
+    for name, job in jobs.items():
+        assert "vars.MODEL_ATLAS_GPU == 'true'" in job.get("if", ""), f"job {name} lacks the switch"
+    header = WORKFLOW.read_text(encoding="utf-8").split("\nname:")[0]
+    assert "MODEL_ATLAS_GPU" in header and "fork" in header.lower()
+
+    compute = jobs["compute"]
+    assert "vars.MODEL_ATLAS_RUNNER" in compute["runs-on"] and "ubuntu-latest" in compute["runs-on"]
+    assert "matrix.shard" in json.dumps(compute["strategy"]["matrix"]) or \
+        "shard" in compute["strategy"]["matrix"]
+    runs = "\n".join(s.get("run", "") for s in _steps(compute))
+    assert "model-atlas compute" in runs and '--shard "$SHARD"' in runs
+    assert "${{ matrix.shard }}/" in compute["env"]["SHARD"]
+
+    caches = [s for s in _steps(compute) if str(s.get("uses", "")).startswith("actions/cache")]
+    paths = {s["with"]["path"]: s for s in caches}
+    assert "~/.cache/huggingface" in paths and "build/artifacts" in paths
+    art = paths["build/artifacts"]["with"]
+    assert "hashFiles('prompt_sets/**', 'pyproject.toml')" in art["key"]
+    assert art["restore-keys"].strip(), "restore-keys let a changed prompt set reuse old artifacts"
+    assert paths["~/.cache/huggingface"]["with"]["restore-keys"].strip()
+    assert _uses(compute, "actions/upload-artifact")
+
+    render = jobs["render"]
+    assert render["needs"] == "compute" or "compute" in render["needs"]
+    download = _uses(render, "actions/download-artifact")[0]["with"]
+    assert download["path"] == "build/artifacts" and download["merge-multiple"] is True
+    assert any("model-atlas render" in s.get("run", "") for s in _steps(render))
+    saves = [s for s in _steps(render) if str(s.get("uses", "")).startswith("actions/cache")]
+    assert saves and saves[0]["with"]["path"] == "build/artifacts"
+    assert _uses(render, "actions/upload-pages-artifact")[0]["with"]["path"] == "site"
+
+    deploy = jobs["deploy"]
+    assert _uses(deploy, "actions/deploy-pages")
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+    assert wf["permissions"] == {"contents": "read"}
+
+
+def test_readme_documents_building_in_ci():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "## Building in CI" in readme
+    section = readme.split("## Building in CI", 1)[1]
+    for needle in ("MODEL_ATLAS_GPU", "~/.cache/huggingface", "build/artifacts",
+                   "model-atlas compute --shard", "model-atlas render", "GitLab"):
+        assert needle in section, needle

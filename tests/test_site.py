@@ -1,0 +1,249 @@
+"""Tests of the built demo site (generator/render.py, generator/site.py, templates/, site_src/):
+every expected page exists, nothing is fetched from a CDN, demo pages say the weights are random,
+hostile prompt text is escaped, a build writes nothing into the checkout, and the render stage
+needs no torch."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
+
+DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
+CDN_HOSTS = ("cdn.jsdelivr", "unpkg", "googleapis", "gstatic")
+# Material for MkDocs' own script names two unpkg.com scripts it loads only as fallbacks: a
+# ResizeObserver polyfill (for browsers without ResizeObserver) and Mermaid (for pages with Mermaid
+# diagrams; the site has none, checked below). Nothing else may name a CDN.
+THEME_FALLBACK_URLS = ("https://unpkg.com/resize-observer-polyfill", "https://unpkg.com/mermaid@")
+LINK_RE = re.compile(r'\s(href|src|data-[a-z-]+)="([^"]*)"')
+LINKED_SUFFIXES = (".html", ".json", ".js", ".css", ".png", ".svg", ".ico", ".xml", ".gz")
+
+
+def html_pages(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
+
+
+def generated_pages(site: Path) -> list[Path]:
+    """Pages made from templates: every page except 404 and the hand-written site_src/ ones."""
+    hand_written = {p.relative_to(REPO / "site_src").with_suffix(".html")
+                    for p in (REPO / "site_src").rglob("*.md")}
+    return [p for p in html_pages(site)
+            if p.name != "404.html" and p.relative_to(site) not in hand_written]
+
+
+# --- the full demo site (marked slow: it computes every curated prompt) ----------------------------
+
+
+@pytest.mark.slow
+def test_full_site_has_every_page(demo_site_full):
+    from generator.prompts import default_prompt_dir, load_prompt_sets
+    site = demo_site_full.site
+    sets = load_prompt_sets([default_prompt_dir()])
+    assert len(sets) >= 5 and sum(len(s.prompts) for s in sets) >= 40
+    expected = ["index.html", "404.html"]
+    expected += [f"sets/{s.id}.html" for s in sets]
+    expected += [f"prompts/{s.id}/{p.id}.html" for s in sets for p in s.prompts]
+    expected += [f"models/{slug}.html" for slug in DEMO_SLUGS]
+    expected += [f"{p.relative_to(REPO / 'site_src').with_suffix('.html')}"
+                 for p in (REPO / "site_src").rglob("*.md")]
+    missing = [e for e in expected if not (site / e).is_file()]
+    assert not missing, f"missing pages: {missing}"
+    # No page of a prompt or set that is not in the prompt sets.
+    prompt_pages = {str(p.relative_to(site)) for p in (site / "prompts").rglob("*.html")}
+    assert prompt_pages == {e for e in expected if e.startswith("prompts/")}
+    # The site links every set, prompt and model from its navigation.
+    index = (site / "index.html").read_text("utf-8")
+    for s in sets:
+        assert f'href="sets/{s.id}.html"' in index
+    for slug in DEMO_SLUGS:
+        assert f'href="models/{slug}.html"' in index
+    for s in sets:
+        page = (site / "sets" / f"{s.id}.html").read_text("utf-8")
+        for p in s.prompts:
+            assert f"{p.id}.html" in page, f"sets/{s.id}.html does not link {p.id}"
+
+
+@pytest.mark.slow
+def test_full_site_vendors_vega(demo_site_full):
+    bundle = demo_site_full.site / "assets" / "vendor" / "vega-bundle.js"
+    assert bundle.is_file() and bundle.stat().st_size > 200_000
+    text = bundle.read_text("utf-8")
+    assert "vegaEmbed" in text or "vega-embed" in text
+    index = (demo_site_full.site / "index.html").read_text("utf-8")
+    assert 'src="assets/vendor/vega-bundle.js"' in index
+    assert 'src="assets/atlas.js"' in index
+
+
+@pytest.mark.slow
+def test_no_cdn_anywhere(demo_site_full):
+    site = demo_site_full.site
+    files = [p for p in site.rglob("*") if p.suffix in (".html", ".js", ".css")]
+    assert len(files) > 50
+    offenders = []
+    for f in files:
+        text = f.read_text("utf-8", errors="replace")
+        if f.parent == site / "assets" / "javascripts" and f.name.startswith("bundle."):
+            for url in THEME_FALLBACK_URLS:
+                text = text.replace(url, "")
+        offenders += [f"{f.relative_to(site)}: {host}" for host in CDN_HOSTS if host in text]
+        if f.suffix == ".html":
+            assert 'class="mermaid"' not in text, f"{f}: Mermaid would load from unpkg.com"
+            assert "fonts.googleapis" not in text
+    assert not offenders, offenders
+
+
+@pytest.mark.slow
+def test_every_local_link_resolves(demo_site_full):
+    """Every href, src and data-* file reference of every page points at a file of the site."""
+    site = demo_site_full.site
+    broken = []
+    checked = 0
+    # 404.html is left out: MkDocs gives it root-absolute links, as it is served at any missing path.
+    for page in html_pages(site):
+        if page.name == "404.html":
+            continue
+        for attr, value in LINK_RE.findall(page.read_text("utf-8")):
+            value = html.unescape(value).split("#")[0].split("?")[0]
+            if not value or re.match(r"^[a-z]+:", value) or not value.endswith(LINKED_SUFFIXES):
+                continue
+            target = (page.parent / unquote(value)).resolve()
+            checked += 1
+            if not target.is_file():
+                broken.append(f"{page.relative_to(site)}: {attr}={value}")
+    assert checked > 1000
+    assert not broken, broken[:20]
+
+
+@pytest.mark.slow
+def test_every_demo_page_says_the_weights_are_random(demo_site_full):
+    pages = generated_pages(demo_site_full.site)
+    assert len(pages) >= 40
+    silent = [str(p.relative_to(demo_site_full.site)) for p in pages
+              if "atlas-random" not in p.read_text("utf-8")
+              or "random weights" not in p.read_text("utf-8").lower()]
+    assert not silent, f"pages without the random-weights notice: {silent}"
+
+
+@pytest.mark.slow
+def test_model_pages_show_architecture_facts(demo_site_full):
+    for slug in DEMO_SLUGS:
+        page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
+        artifact = next((demo_site_full.root / "artifacts" / slug).rglob("*.json"))
+        facts = json.loads(artifact.read_text("utf-8"))["model"]
+        assert f"{facts['parameters']:,}" in page
+        assert facts["architecture"] in page
+    qwen = (demo_site_full.site / "models" / "tiny-random-qwen2.html").read_text("utf-8")
+    assert "grouped-query" in qwen
+
+
+# --- the small demo build: escaping, scripts, the checkout ----------------------------------------
+
+
+def test_hostile_prompt_is_escaped(demo_build):
+    site = demo_build.site
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    prompt_page = (site / "prompts" / "basics" / "hostile.html").read_text("utf-8")
+    set_page = (site / "sets" / "basics.html").read_text("utf-8")
+    assert escaped in prompt_page and escaped in set_page
+    assert "{{ jinja }}" in prompt_page and "{{ jinja }}" in set_page
+    # The note is escaped too, and its braces are not evaluated.
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in prompt_page and "{{ not jinja }}" in prompt_page
+    # The whole text, entity-decoded, sits in the prompt box.
+    box = re.search(r'<pre class="atlas-prompt-text">(.*?)</pre>', prompt_page, re.S)
+    assert box and html.unescape(box.group(1)) == HOSTILE_TEXT
+    for page in html_pages(site):
+        text = page.read_text("utf-8")
+        assert "<script>alert(1)" not in text, page
+        assert "<b>not bold</b>" not in text, page
+    index = (site / "search" / "search_index.json").read_text("utf-8")
+    assert "<script>alert(1)" not in json.loads(index).__repr__()
+
+
+def test_page_data_keeps_the_text_exact(demo_build):
+    """Data files hold prompt text as JSON strings, exact (no HTML escaping, no normalization)."""
+    for slug in DEMO_SLUGS:
+        a = json.loads((demo_build.site / "artifacts" / slug / "mixed" / "cjk-emoji.json")
+                       .read_text("utf-8"))
+        assert a["prompt"]["text"] == CJK_EMOJI_TEXT
+        assert a["provenance"]["random_weights"] is True
+        n = a["generation"]["prompt_tokens"]
+        joined = b"".join(bytes.fromhex(t["bytes"]) for t in a["tokens"][:n])
+        assert joined == CJK_EMOJI_TEXT.encode("utf-8")
+
+
+def test_chinese_and_emoji_prompt_shows_literally(demo_build):
+    page = (demo_build.site / "prompts" / "mixed" / "cjk-emoji.html").read_text("utf-8")
+    assert CJK_EMOJI_TEXT in page
+    set_page = (demo_build.site / "sets" / "mixed.html").read_text("utf-8")
+    assert CJK_EMOJI_TEXT in set_page
+
+
+def test_every_subset_prompt_has_a_page(demo_build):
+    for set_id, content in SUBSET.items():
+        assert (demo_build.site / "sets" / f"{set_id}.html").is_file()
+        for p in content["prompts"]:
+            page = demo_build.site / "prompts" / set_id / f"{p['id']}.html"
+            assert page.is_file(), page
+            assert "Random weights" in page.read_text("utf-8")
+
+
+def test_build_leaves_the_checkout_unchanged(demo_build):
+    new = sorted(set(demo_build.git_after) - set(demo_build.git_before))
+    assert not new, f"the build changed the checkout: {new}"
+    assert demo_build.site_src_after == demo_build.site_src_before, "the build wrote into site_src/"
+    assert demo_build.site_src_before, "site_src/ was not read"
+    # Nothing of this build went to the checkout's default build/ and site/ (both git-ignored).
+    assert not list((REPO / "build" / "artifacts").glob("*/basics")), "artifacts went to build/"
+    assert not (REPO / "build" / "docs" / "prompts" / "basics").exists()
+    assert not (REPO / "site" / "prompts" / "basics").exists()
+    # Nothing half-written is left behind.
+    leftovers = [p for p in demo_build.root.rglob("*")
+                 if p.name.endswith((".tmp", ".old")) and p.exists()]
+    assert not leftovers, leftovers
+
+
+def test_render_stage_imports_no_torch():
+    code = ("import generator.render, generator.site, generator.charts; import sys; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_render_command_works_without_torch(demo_build, tmp_path):
+    """`model-atlas render` with torch made unimportable, on the demo build's artifacts."""
+    build = tmp_path / "build"
+    for sub in ("artifacts", "vendor"):
+        shutil.copytree(demo_build.root / sub, build / sub)
+    out = tmp_path / "site"
+    script = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not installed (blocked by the test)")
+
+        sys.meta_path.insert(0, NoTorch())
+        from generator.cli import main
+        main(["render", "--demo", "--prompts", {str(demo_build.prompts)!r},
+              "--build-dir", {str(build)!r}, "--out", {str(out)!r}], standalone_mode=False)
+        assert "torch" not in sys.modules, "torch was imported"
+        print("rendered without torch")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rendered without torch" in proc.stdout
+    assert (out / "prompts" / "basics" / "hostile.html").is_file()
+    # The same pages as the build that had torch.
+    assert sorted(p.relative_to(out) for p in out.rglob("*.html")) == \
+        sorted(p.relative_to(demo_build.site) for p in demo_build.site.rglob("*.html"))
