@@ -136,10 +136,20 @@ def run_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 @torch.no_grad()
 def greedy_continuation(model: Any, ids: list[int], n: int, eos_id: int | None) -> list[int]:
-    """The model's own greedy continuation of `ids`: up to n new tokens, stopping at end-of-text."""
+    """The model's own greedy continuation of `ids`: up to n new tokens, stopping after
+    end-of-text. A plain loop over the KV cache (one prompt at a time, so the result does not
+    depend on which prompts share a batch); `generate` costs far more per call for short runs."""
+    out: list[int] = []
     if n <= 0:
-        return []
+        return out
     x = torch.tensor([ids], device=model.device)                    # [1, T]
-    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                         pad_token_id=eos_id if eos_id is not None else 0, eos_token_id=eos_id)
-    return out[0, len(ids):].tolist()
+    past = None
+    for _ in range(n):
+        res = model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
+        past = res.past_key_values
+        nxt = int(res.logits[0, -1].argmax())
+        out.append(nxt)
+        if eos_id is not None and nxt == eos_id:
+            break
+        x = torch.tensor([[nxt]], device=model.device)              # [1, 1]
+    return out

@@ -218,10 +218,14 @@ def architecture_facts(model: Any, tokenizer: Any) -> dict[str, Any]:
     cfg = model.config
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
-    tied = out is not None and out.weight.data_ptr() == emb.data_ptr()
+    def storage(p: torch.Tensor) -> int:
+        # Meta tensors (device_map offloading, empty models) all report data_ptr() 0.
+        return id(p) if p.device.type == "meta" else p.data_ptr()
+
+    tied = out is not None and (out.weight is emb or storage(out.weight) == storage(emb))
     unique: dict[int, torch.Tensor] = {}
     for p in model.parameters():
-        unique.setdefault(p.data_ptr(), p)
+        unique.setdefault(storage(p), p)
     total = sum(p.numel() for p in unique.values())
     embedding = emb.numel() + (0 if tied or out is None else out.weight.numel())
     positional = [m for n, m in model.named_modules() if n.endswith("wpe")

@@ -132,6 +132,9 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
 }
 
 
+_VALIDATOR = jsonschema.Draft202012Validator(ARTIFACT_SCHEMA)  # compiled once, not per artifact
+
+
 def tril_size(n: int) -> int:
     return n * (n + 1) // 2
 
@@ -171,7 +174,9 @@ def validate_artifact(a: Any, source: str = "artifact") -> dict[str, Any]:
             f"{SCHEMA_VERSION}. Recompute it with `model-atlas compute` (it is recomputed "
             f"automatically), or use the Model Atlas release that wrote it.")
     try:
-        jsonschema.validate(a, ARTIFACT_SCHEMA)
+        error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(a))
+        if error is not None:
+            raise error
         _check_cross_fields(a)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"

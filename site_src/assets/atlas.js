@@ -92,8 +92,8 @@
       const result = await embed(el, spec, { attention: await rowsFor() });
       const update = async () => {
         const rows = await rowsFor();
-        await result.view.change("attention",
-          vega.changeset().remove(() => true).insert(rows)).runAsync();
+        // view.data replaces the named dataset (the bundle's global `vega` is not exported).
+        await result.view.data("attention", rows).runAsync();
         el.dataset.layer = layerSel.value;
         el.dataset.head = headSel.value;
       };
