@@ -216,13 +216,31 @@ def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> 
 
 
 @torch.no_grad()
+def batched_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Greedy continuation of a left-padded batch with the KV cache: one prefill and n_new - 1
+    single-token steps, positions counted from each row's first real token. -> [B, n_new]."""
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    new = [nxt]
+    for _ in range(n_new - 1):
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+    return torch.cat(new, dim=1)
+
+
+@torch.no_grad()
 def continuation_floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                            n_new: int, pad: int) -> None:
-    """The least work for a greedy continuation of n_new tokens: batched generate() with SDPA and
-    the KV cache (left-padded prompts, one prefill and n_new - 1 decoding steps), nothing else."""
+                            n_new: int) -> None:
+    """The least work for a greedy continuation of n_new tokens: the prompts batched and
+    left-padded, SDPA, the KV cache, one prefill and n_new - 1 single-token steps, nothing else."""
     for ids, mask in batches:
-        model.generate(ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                       do_sample=False, pad_token_id=pad)
+        batched_greedy(model, ids, mask, n_new)
 
 
 def left_padded(batch: list[tuple[Any, list[int]]], pad: int, device: str):
@@ -482,7 +500,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     forward_pass(model, dev_batches[:1])
     floor_pass(model, dev_batches[:1])
     if n_new:
-        continuation_floor_pass(model, gen_batches[:1], n_new, pad)
+        continuation_floor_pass(model, gen_batches[:1], n_new)
     set_attention(model, "eager")
     compute_pass(lm, [p for p, _ in batches[0]][:2], tmp / f"{name}-warm", settings, dtype,
                  args.batch)  # two prompts: lazy initialisation only, the batch's shape is not kept
@@ -494,7 +512,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
         fwd.append(timed(lambda: forward_pass(model, dev_batches), device))
         flo.append(timed(lambda: floor_pass(model, dev_batches), device))
         if n_new:
-            gen.append(timed(lambda: continuation_floor_pass(model, gen_batches, n_new, pad),
+            gen.append(timed(lambda: continuation_floor_pass(model, gen_batches, n_new),
                              device))
         set_attention(model, "eager")
         out_dir = tmp / f"{name}-rep{rep}"
@@ -557,13 +575,14 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     # Where compute time goes (one more pass, with a timer around each part).
     set_attention(model, "eager")
     prompt_batches = [[p for p, _ in b] for b in batches]
-    import cProfile
-    prof = cProfile.Profile() if args.profile else None
-    parts = compute_breakdown(lm, prompt_batches, tmp / f"{name}-breakdown", settings, prof)
+    parts = compute_breakdown(lm, prompt_batches, tmp / f"{name}-breakdown", settings)
     bd = {k: round(v / n * 1000, 2) for k, v in parts.items()}
     bd["total"] = round(sum(parts.values()) / n * 1000, 2)
     res["compute_breakdown_ms_per_prompt"] = bd
-    if args.profile:
+    if args.profile:  # separate passes over the last batch: profilers slow what they watch
+        import cProfile
+        prof = cProfile.Profile()
+        compute_breakdown(lm, prompt_batches[-1:], tmp / f"{name}-profile", settings, prof)
         res["profile_host_top_functions"] = host_profile_top(prof)
         res["profile_run_batch_top_ops"] = profile_run_batch(lm, batches[-1], settings)
 
@@ -710,6 +729,26 @@ def machine(device: str, dtype: torch.dtype) -> dict[str, Any]:
     return facts
 
 
+def code_version() -> dict[str, Any]:
+    """Which generator was measured: git commit, whether generator/ differs from it, and a hash of
+    generator/*.py as they were read (other people edit the tree while benchmarks run)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((REPO / "generator").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    out: dict[str, Any] = {"generator_sha256": h.hexdigest()[:16]}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                                        timeout=10)
+        commit = run("rev-parse", "--short", "HEAD")
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            out["generator_modified"] = bool(run("status", "--porcelain", "--", "generator").stdout)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -766,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                      "fill": args.fill, "batch": args.batch, "reps": args.reps,
                      "size_prompts": args.size_prompts, "quick": args.quick},
         "machine": machine(args.device, dtype),
+        "code": code_version(),
         "models": {}, "site": None, "notes": notes,
     }
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp_name:

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 from .errors import AtlasError, OptionError
-from .extract import greedy_continuation, run_batch
+from .extract import greedy_continuations, run_batch
 from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
@@ -232,6 +232,39 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Lo
             out.next_rank[:, sl]))
 
 
+CONTINUATION_BATCH = 16
+
+
+def _continuations(lm: LoadedModel, tokenized: list, settings: Settings, report: ComputeReport,
+                   log: Log) -> list[list[int] | None]:
+    """Greedy continuations, batched by length; a batch that fails is retried prompt by prompt
+    so one bad prompt fails alone (None in its place)."""
+    eos = lm.tokenizer.eos_token_id
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (eos or 0)
+    order = sorted(range(len(tokenized)), key=lambda i: (len(tokenized[i][2]), tokenized[i][0].key))
+    out: list[list[int] | None] = [None] * len(tokenized)
+    for start in range(0, len(order), CONTINUATION_BATCH):
+        chunk = order[start:start + CONTINUATION_BATCH]
+        try:
+            rows = greedy_continuations(lm.model, [tokenized[i][2] for i in chunk],
+                                        settings.continuation, eos, pad)
+        except Exception:  # noqa: BLE001 - narrow the failure down to single prompts
+            rows = []
+            for i in chunk:
+                try:
+                    rows.append(greedy_continuations(lm.model, [tokenized[i][2]],
+                                                     settings.continuation, eos, pad)[0])
+                except Exception as e:  # noqa: BLE001
+                    p = tokenized[i][0]
+                    report.failures.append(f"{p.key} ({lm.ref.model_id}): generation failed: {e}")
+                    rows.append(None)
+        for i, row in zip(chunk, rows):
+            out[i] = row
+    if settings.continuation:
+        log(f"{lm.ref.slug}: generated continuations of {len(tokenized)} prompts")
+    return out
+
+
 def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
                   device: str, dtype: torch.dtype, log: Log, report: ComputeReport,
                   revision: str = "main", budget_bytes: int | None = None,
@@ -252,17 +285,17 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     lm = load_model(ref, device, dtype, log, device_map=device_map)
     context = lm.facts.get("context_length") or 10 ** 9
     items, keys = [], {}
-    eos = lm.tokenizer.eos_token_id
+    tokenized = []
     for p, key in todo:
         ids, tokens = describe_tokens(lm.tokenizer, p.text)
         if len(ids) + settings.continuation > context:
             report.failures.append(f"{p.key} ({ref.model_id}): {len(ids)} tokens, longer than the "
                                    f"model's context of {context}; shorten field 'text'.")
             continue
-        try:
-            extra = greedy_continuation(lm.model, ids, settings.continuation, eos)
-        except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
-            report.failures.append(f"{p.key} ({ref.model_id}): generation failed: {e}")
+        tokenized.append((p, key, ids, tokens))
+    for (p, key, ids, tokens), extra in zip(tokenized, _continuations(lm, tokenized, settings,
+                                                                       report, log)):
+        if extra is None:
             continue
         items.append((p, ids + extra))
         keys[p.key] = (key, tokens + describe_ids(lm.tokenizer, extra, len(p.text)))

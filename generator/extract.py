@@ -62,8 +62,7 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     vocab = weight.shape[0]
     chunk = max(1024, min(VOCAB_CHUNK, MAX_CHUNK_ELEMENTS // max(rows, 1)))
     h = h.to(weight.dtype)
-    run_max = torch.full((rows,), -float("inf"), device=h.device)
-    run_sum = torch.zeros(rows, device=h.device)
+    lse = torch.full((rows,), -float("inf"), device=h.device)
     top_val = torch.full((rows, k), -float("inf"), device=h.device)
     top_idx = torch.zeros((rows, k), dtype=torch.long, device=h.device)
     has_target = targets >= 0
@@ -73,29 +72,22 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if bias is not None:
         t_logit = t_logit + bias[safe_t].float()
     higher = torch.zeros(rows, dtype=torch.long, device=h.device)
+    # No data-dependent Python branch in the loop: nothing waits for the device until the end.
     for start in range(0, vocab, chunk):
         end = min(vocab, start + chunk)
         logits = (h @ weight[start:end].T).float()           # [R, C]
         if bias is not None:
-            logits = logits + bias[start:end].float()
-        c_max = logits.max(-1).values
-        new_max = torch.maximum(run_max, c_max)
-        run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(
-            logits - new_max[:, None]).sum(-1)
-        run_max = new_max
-        kk = min(k, end - start)
-        v, i = logits.topk(kk, dim=-1)
-        merged_v = torch.cat([top_val, v], dim=-1)
-        merged_i = torch.cat([top_idx, i + start], dim=-1)
-        top_val, sel = merged_v.topk(k, dim=-1)
-        top_idx = merged_i.gather(-1, sel)
-        # Rank: tokens scoring above the target; the target itself is excluded so rounding
-        # differences between the two products cannot count it against itself.
-        inside = has_target & (safe_t >= start) & (safe_t < end)
-        if inside.any():
-            logits[inside, safe_t[inside] - start] = -float("inf")
+            logits += bias[start:end].float()
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, -1))
+        v, i = logits.topk(min(k, end - start), dim=-1)
+        top_val, sel = torch.cat([top_val, v], -1).topk(k, dim=-1)
+        top_idx = torch.cat([top_idx, i + start], -1).gather(-1, sel)
+        # Rank: tokens scoring above the target. The target's own logit from this product can
+        # differ from t_logit by rounding; if it counted itself, take it back out.
         higher += (logits > t_logit[:, None]).sum(-1)
-    lse = run_max + torch.log(run_sum)
+        inside = has_target & (safe_t >= start) & (safe_t < end)
+        own = logits.gather(1, (safe_t - start).clamp(0, end - start - 1)[:, None])[:, 0]
+        higher -= (inside & (own > t_logit)).long()
     t_lp = torch.where(has_target, t_logit - lse, torch.full_like(lse, float("nan")))
     rank = torch.where(has_target, higher + 1, torch.zeros_like(higher))
     return top_idx, top_val - lse[:, None], t_lp, rank
@@ -135,21 +127,40 @@ def run_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 @torch.no_grad()
-def greedy_continuation(model: Any, ids: list[int], n: int, eos_id: int | None) -> list[int]:
-    """The model's own greedy continuation of `ids`: up to n new tokens, stopping after
-    end-of-text. A plain loop over the KV cache (one prompt at a time, so the result does not
-    depend on which prompts share a batch); `generate` costs far more per call for short runs."""
-    out: list[int] = []
-    if n <= 0:
-        return out
-    x = torch.tensor([ids], device=model.device)                    # [1, T]
-    past = None
-    for _ in range(n):
-        res = model(input_ids=x, past_key_values=past, use_cache=True, logits_to_keep=1)
-        past = res.past_key_values
-        nxt = int(res.logits[0, -1].argmax())
-        out.append(nxt)
-        if eos_id is not None and nxt == eos_id:
-            break
-        x = torch.tensor([[nxt]], device=model.device)              # [1, 1]
-    return out
+def greedy_continuations(model: Any, seqs: list[list[int]], n: int, eos_id: int | None,
+                         pad_id: int) -> list[list[int]]:
+    """Each sequence's greedy continuation: up to n new tokens, cut after end-of-text.
+
+    The batch is left-padded with positions counted from each row's first real token, then one
+    prefill and n - 1 single-token steps over the KV cache: the cost of n forward passes per batch
+    rather than per prompt.
+    """
+    if n <= 0 or not seqs:
+        return [[] for _ in seqs]
+    dev = model.device
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        mask[b, T - len(s):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)                           # [B, T]
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)                        # [B, T]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1)
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)                # [B, 1]
+    new = [nxt]
+    for _ in range(n - 1):
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+    rows = torch.cat(new, dim=1).tolist()                           # [B, n]
+    result = []
+    for row in rows:
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id) + 1]
+        result.append(row)
+    return result
