@@ -27,7 +27,7 @@ from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
 from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, SCHEMA_VERSION, encode_attention_layer,
-                     tril_size, validate_artifact)
+                     validate_artifact)
 from .store import atomic_write_json, content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 

@@ -26,7 +26,7 @@ from .errors import ArtifactError
 from .export import write_embed_pages
 from .prompts import PromptSet
 from .schema import SCHEMA_VERSION, read_artifact
-from .store import atomic_write_json, atomic_write_text, canonical_json
+from .store import canonical_json
 
 Log = Callable[[str], None]
 REPO = Path(__file__).resolve().parent.parent

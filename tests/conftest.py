@@ -18,12 +18,16 @@ Both builds get a copy of `demo_dirs` as their `demo-models/`, so the checkpoint
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import http.server
 import itertools
 import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -236,3 +240,41 @@ def demo_site_full(scratch, demo_dirs) -> Build:
     """`model-atlas build --demo` on the default curated prompt sets."""
     root = scratch("demo-full")
     return run_demo_build(root, demo_dirs, None)
+
+
+# --- serving built sites and opening them in headless Chromium ---------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path):
+    """Serve `root` on 127.0.0.1 (a free port) for the duration; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's) for the whole session."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

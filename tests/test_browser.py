@@ -5,50 +5,25 @@ running. Skipped (with the reason) where /usr/bin/chromium is absent."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from urllib.parse import urlparse
 
 import pytest
 
-from conftest import CHROMIUM, CJK_EMOJI_TEXT, HOSTILE_TEXT
+from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, serve_directory
 
 pytestmark = pytest.mark.browser
 
 CHART_TIMEOUT_MS = 30_000
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        pass
 
 
 @pytest.fixture(scope="module")
 def site_url(demo_build):
-    handler = functools.partial(QuietHandler, directory=str(demo_build.site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(demo_build.site) as url:
+        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Watched:

@@ -5,19 +5,16 @@ options that narrow and fail naming the valid values, and embed pages that rende
 from __future__ import annotations
 
 import base64
-import functools
 import html.parser
-import http.server
 import json
 import re
-import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import CHROMIUM, run_demo_build, write_prompt_sets
+from conftest import run_demo_build, serve_directory, write_prompt_sets
 from generator.cli import main
 
 GPT2, QWEN2 = "tiny-random-gpt2", "tiny-random-qwen2"
@@ -286,37 +283,15 @@ def test_every_chart_of_a_page_links_its_downloads(built):
 # --- in the browser ------------------------------------------------------------------------------
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        pass
 
 
 @pytest.fixture(scope="module")
 def served(built):
     """The build directory on 127.0.0.1, so the site sits under the sub-path /site/."""
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(built)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/site/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(built) as url:
+        yield url + "site/"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_page(browser, url: str, allowed: str) -> tuple:

@@ -10,11 +10,8 @@ tests are skipped with the reason where it is absent). The built files are check
 from __future__ import annotations
 
 import ast
-import functools
-import http.server
 import json
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from click.testing import CliRunner
 
 from generator.cli import main
 
-from conftest import CHROMIUM, REPO, write_prompt_sets
+from conftest import REPO, serve_directory, write_prompt_sets
 
 SET_ID = "hostile"
 SET_TITLE = "Hostile <b>set</b> {{ 7*7 }}"
@@ -133,36 +130,14 @@ def test_data_files_carry_the_exact_text(hostile_site, pid):
 # --- in the browser --------------------------------------------------------------------------
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
-        pass
 
 
 @pytest.fixture(scope="module")
 def site_url(hostile_site):
-    handler = functools.partial(QuietHandler, directory=str(hostile_site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(hostile_site) as url:
+        yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Opened:
