@@ -111,21 +111,39 @@ def workload(tokenizer: Any, prompts: list[Any], tokens: int, fill: bool) -> lis
             for p in prompts]
 
 
-def analysed_sequences(lm: Any, prompts: list[Any], settings: Any) -> list[tuple[Any, list[int]]]:
-    """(prompt, token ids the compute stage analyses): the prompt's tokens, plus the model's own
-    greedy continuation where the generator makes one (Settings.continuation), exactly as
-    generator.compute.compute_model builds them."""
-    from generator import extract
-    from generator.tokens import describe_tokens
+def generator_continuations(lm: Any, items: list[tuple[Any, list[int]]],
+                            settings: Any) -> list[list[int]]:
+    """The generator's own greedy continuations of (prompt, prompt ids), through whichever entry
+    point this version of generator/ has (compute._continuations, extract.greedy_continuations
+    or extract.greedy_continuation)."""
+    from generator import compute as C
+    from generator import extract as X
     n_new = int(getattr(settings, "continuation", 0) or 0)
-    generate = getattr(extract, "greedy_continuation", None)
-    out = []
-    for p in prompts:
-        ids = describe_tokens(lm.tokenizer, p.text)[0]
-        if n_new and generate is not None:
-            ids = ids + generate(lm.model, ids, n_new, lm.tokenizer.eos_token_id)
-        out.append((p, ids))
-    return out
+    if not n_new:
+        return [[] for _ in items]
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    if hasattr(C, "_continuations"):
+        report = C.ComputeReport()
+        rows = C._continuations(lm, [(p, None, ids, None) for p, ids in items], settings, report,
+                                lambda s: None)
+        if report.failures:
+            raise RuntimeError("; ".join(report.failures[:3]))
+        return rows
+    if hasattr(X, "greedy_continuations"):
+        return X.greedy_continuations(lm.model, [ids for _, ids in items], n_new, eos, pad)
+    return [X.greedy_continuation(lm.model, ids, n_new, eos) for _, ids in items]
+
+
+def artifact_sequences(paths: list[Path]) -> tuple[list[list[int]], list[int]]:
+    """Each artifact's analysed token ids and its number of prompt (not generated) tokens."""
+    seqs, prompt_lens = [], []
+    for path in paths:
+        tokens = json.loads(path.read_text(encoding="utf-8"))["tokens"]
+        seqs.append([t["id"] for t in tokens])
+        prompt_lens.append(sum(1 for t in tokens if not t.get("generated")))
+    return seqs, prompt_lens
 
 
 def make_batches(items: list[tuple[Any, list[int]]], batch: int) -> list[list[tuple[Any, list[int]]]]:
@@ -270,6 +288,9 @@ def patched_compute(lm: Any, batch: int):
     if missing:
         raise RuntimeError(f"generator.compute no longer has {missing}; update benchmarks/bench.py")
     saved = {n: getattr(C, n) for n in names}
+    if hasattr(C, "CONTINUATION_BATCH"):  # continuations in batches of `batch` too
+        saved["CONTINUATION_BATCH"] = C.CONTINUATION_BATCH
+        C.CONTINUATION_BATCH = batch
 
     def batches(items, *a, **k):
         items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
@@ -306,15 +327,14 @@ BREAKDOWN_PARTS = ("tokenize", "continuation_generate", "eager_forward_with_capt
 
 
 @torch.no_grad()
-def compute_breakdown(lm: Any, prompt_batches: list[list[Any]], out_dir: Path, settings: Any,
+def compute_breakdown(lm: Any, prompts: list[Any], batch_size: int, out_dir: Path, settings: Any,
                       host_profile: Any = None) -> dict[str, float]:
     """Seconds spent in each part of the compute path, summed over the batches.
 
     Mirrors generator.compute.compute_model and generator.extract.run_batch step by step (as they
-    are when this runs: greedy continuation where the generator has one) with a timer around each
-    part; the generator's own functions do the work. `host_profile` (a cProfile.Profile) is enabled
+    were when this was written: all continuations first, then length-sorted capture batches of
+    `batch_size`) with a timer around each part; the generator's own functions do the work. `host_profile` (a cProfile.Profile) is enabled
     around build_artifact, validation and JSON encoding only."""
-    from generator import extract
     from generator.compute import build_artifact, unit_key
     from generator.extract import lens_topk, quantize_rows
     from generator.models import final_norm
@@ -324,8 +344,6 @@ def compute_breakdown(lm: Any, prompt_batches: list[list[Any]], out_dir: Path, s
     dev, model, tok = lm.device, lm.model, lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     k = settings.top_k
-    n_new = int(getattr(settings, "continuation", 0) or 0)
-    generate = getattr(extract, "greedy_continuation", None)
     parts = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
 
     def clock(part: str, fn: Callable[[], Any], profiled: bool = False) -> Any:
@@ -340,18 +358,18 @@ def compute_breakdown(lm: Any, prompt_batches: list[list[Any]], out_dir: Path, s
         parts[part] += time.perf_counter() - t0
         return r
 
-    for prompts in prompt_batches:
-        items, toks = [], {}
-        for p in prompts:
-            ids, records = clock("tokenize", lambda: tk.describe_tokens(tok, p.text))
-            if n_new and generate is not None:
-                extra = clock("continuation_generate",
-                              lambda: generate(model, ids, n_new, tok.eos_token_id))
-                records = records + tk.describe_ids(tok, extra, len(p.text))
-                ids = ids + extra
-            items.append((p, ids))
-            toks[p.key] = records
-        batch = sorted(items, key=lambda it: (len(it[1]), it[0].key))
+    tokenized, toks = [], {}
+    for p in prompts:
+        ids, records = clock("tokenize", lambda: tk.describe_tokens(tok, p.text))
+        tokenized.append((p, ids))
+        toks[p.key] = records
+    extras = clock("continuation_generate", lambda: generator_continuations(lm, tokenized, settings))
+    items = []
+    for (p, ids), extra in zip(tokenized, extras):
+        if extra:
+            toks[p.key] = toks[p.key] + tk.describe_ids(tok, extra, len(p.text))
+        items.append((p, ids + extra))
+    for batch in make_batches(items, batch_size):
         ids, mask = tensors(batch, pad, dev)
         out = clock("eager_forward_with_capture", lambda: model(
             input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True,
@@ -376,7 +394,7 @@ def compute_breakdown(lm: Any, prompt_batches: list[list[Any]], out_dir: Path, s
             return (r[0].view(L, N, k).cpu().numpy(), r[1].view(L, N, k).cpu().numpy(),
                     r[2].view(L, N).cpu().numpy(), r[3].view(L, N).cpu().numpy())
         ids_, lps, tlp, rank = clock("lens_topk_and_to_host", lens)
-        del out, q, stacked
+        out = q = stacked = None  # free the batch's activations before the host work
         off = 0
         for b, (prompt, pids) in enumerate(batch):
             n = len(pids)
@@ -483,27 +501,28 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
 
     prompts = workload(tokenizer, reference_prompts(args.prompts), args.tokens, args.fill)
     n = len(prompts)
-    # The token sequences the compute stage analyses (prompt + its greedy continuation), batched
-    # as it batches them; forward and floor run on exactly these.
+    # Warm-up, and the token sequences the compute stage analyses: one untimed run of the compute
+    # stage over the whole workload; forward and floor then run on exactly the token ids its
+    # artifacts hold (prompt + greedy continuation), batched as it batches them.
     set_attention(model, "eager")
-    analysed = analysed_sequences(lm, prompts, settings)
+    warm = tmp / f"{name}-warm"
+    compute_pass(lm, prompts, warm, settings, dtype, args.batch)
+    seqs, prompt_lens = artifact_sequences([artifact_path(warm, lm.ref.slug, p) for p in prompts])
+    shutil.rmtree(warm, ignore_errors=True)
+    analysed = list(zip(prompts, seqs))
     batches = make_batches(analysed, args.batch)
     dev_batches = [tensors(b, pad, device) for b in batches]
-    # Continuation floor: the prompts alone, batched, left-padded for generate().
-    prompt_only = make_batches([(p, ids[:len(ids) - n_new] if n_new else ids)
-                                for p, ids in analysed], args.batch)
+    # Continuation floor: the prompts alone, batched, left-padded.
+    prompt_only = make_batches([(p, ids[:k]) for (p, ids), k in zip(analysed, prompt_lens)],
+                               args.batch)
     gen_batches = [left_padded(b, pad, device) for b in prompt_only]
     n_tokens = sum(len(ids) for _, ids in analysed)
 
-    # Warm-up: one batch of each pass.
     set_attention(model, "sdpa")
     forward_pass(model, dev_batches[:1])
     floor_pass(model, dev_batches[:1])
     if n_new:
         continuation_floor_pass(model, gen_batches[:1], n_new)
-    set_attention(model, "eager")
-    compute_pass(lm, [p for p, _ in batches[0]][:2], tmp / f"{name}-warm", settings, dtype,
-                 args.batch)  # two prompts: lazy initialisation only, the batch's shape is not kept
     sync(device)
 
     fwd, flo, gen, com = [], [], [], []
@@ -526,14 +545,13 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     last = tmp / f"{name}-rep{args.reps - 1}"
     paths = [artifact_path(last, lm.ref.slug, p) for p in prompts]
 
-    # The artifacts must hold exactly the sequences forward and floor ran on.
-    stored = {p.key: [t["id"] for t in json.loads(path.read_text())["tokens"]]
-              for p, path in zip(prompts, paths)}
-    differ = [p.key for p, ids in analysed if stored[p.key] != ids]
+    # Every repetition must have analysed the same tokens forward and floor ran on.
+    stored, _ = artifact_sequences(paths)
+    differ = [p.key for (p, ids), got in zip(analysed, stored) if got != ids]
     if differ:
-        notes.append(f"{name}: {len(differ)} artifact(s) hold other tokens than forward/floor ran "
-                     f"on (e.g. {differ[0]}): the generator's continuation differs from the "
-                     f"benchmark's mirror of it")
+        notes.append(f"{name}: {len(differ)} artifact(s) of the last repetition hold other tokens "
+                     f"than the warm-up run (e.g. {differ[0]}): the continuation is not "
+                     f"reproducible from run to run")
 
     def per_prompt_ms(xs: list[float]) -> float | None:
         return round(statistics.median(xs) / n * 1000, 2) if xs else None
@@ -543,7 +561,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
         "heads": lm.facts["query_heads"], "vocab": lm.facts["vocab_size"],
         "model_build_s": round(build_s, 1), "settings": asdict_or_repr(settings),
         "prompts": n, "batches": len(batches),
-        "prompt_tokens_mean": round(sum(len(i) for b in prompt_only for _, i in b) / n, 1),
+        "prompt_tokens_mean": round(sum(prompt_lens) / n, 1),
         "analysed_tokens_mean": round(n_tokens / n, 1),
         "analysed_tokens_max": max(len(i) for _, i in analysed),
         "forward_ms_per_prompt": per_prompt_ms(fwd),
@@ -574,15 +592,17 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
 
     # Where compute time goes (one more pass, with a timer around each part).
     set_attention(model, "eager")
-    prompt_batches = [[p for p, _ in b] for b in batches]
-    parts = compute_breakdown(lm, prompt_batches, tmp / f"{name}-breakdown", settings)
+    with patched_compute(lm, args.batch):  # the generator's continuation batch = --batch
+        parts = compute_breakdown(lm, prompts, args.batch, tmp / f"{name}-breakdown", settings)
     bd = {k: round(v / n * 1000, 2) for k, v in parts.items()}
     bd["total"] = round(sum(parts.values()) / n * 1000, 2)
     res["compute_breakdown_ms_per_prompt"] = bd
     if args.profile:  # separate passes over the last batch: profilers slow what they watch
         import cProfile
         prof = cProfile.Profile()
-        compute_breakdown(lm, prompt_batches[-1:], tmp / f"{name}-profile", settings, prof)
+        with patched_compute(lm, args.batch):
+            compute_breakdown(lm, [p for p, _ in batches[-1]], args.batch,
+                              tmp / f"{name}-profile", settings, prof)
         res["profile_host_top_functions"] = host_profile_top(prof)
         res["profile_run_batch_top_ops"] = profile_run_batch(lm, batches[-1], settings)
 
@@ -610,9 +630,6 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     res["artifact_bytes_per_prompt"] = sizes
     log(f"{name}: forward {res['forward_ms_per_prompt']} ms, floor {res['floor_ms_per_prompt']} ms, "
         f"compute {res['compute_ms_per_prompt']} ms per prompt (x{res['compute_over_floor']} floor)")
-    del lm, model, fp32
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     return res
 
 
@@ -792,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
              "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
 
     try:
-        import generator.compute  # noqa: F401  (jsonschema, transformers: fail early and clearly)
+        importlib.import_module("generator.compute")  # jsonschema, transformers: fail early
     except ImportError as e:
         ap.error(f"cannot import generator.compute ({e}); install the missing package")
 
@@ -812,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for name in names:
             result["models"][name] = bench_model(name, args, args.device, dtype, tmp, notes)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # the model is gone with bench_model's frame
         if args.skip_site:
             notes.append("site timings skipped (--skip-site)")
         else:

@@ -7,12 +7,11 @@ generator's current functions on the same inputs, each with an equality check.
 Prints one JSON object. Nothing here is used by the generator; once a fix lands in generator/,
 its prototype can go. Parts:
 
-* lens: extract.lens_topk against `lens_topk_fused` (per-chunk logsumexp merged with logaddexp,
-  the target's rank counted without masking the chunk and without a host sync per chunk), and
-  with --compile against `lens_topk_compiled` (the per-chunk reductions fused by torch.compile);
+* lens: extract.lens_topk against its matrix products alone, and with --compile against
+  `lens_topk_compiled` (the per-chunk reductions fused into one pass by torch.compile);
 * quantize: extract.quantize_rows per layer against one call over all layers with one sort;
-* continuation: extract.greedy_continuation per prompt against bench.batched_greedy, one
-  left-padded batch with the KV cache (the same tokens are required);
+* continuation: the generator's greedy continuations one prompt at a time against all prompts
+  in one left-padded batch (the same tokens are required: batch independence);
 * validate: schema.validate_artifact (full JSON Schema walk) against the cross-field checks alone.
 """
 
@@ -48,42 +47,6 @@ def clock(fn: Callable[[], Any], device: str, reps: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-@torch.no_grad()
-def lens_topk_fused(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    targets: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, ...]:
-    """Same outputs as extract.lens_topk with fewer passes over each [R, C] chunk of logits and
-    no data-dependent Python branch (no GPU -> host sync inside the loop)."""
-    rows, vocab = h.shape[0], weight.shape[0]
-    h = h.to(weight.dtype)
-    lse = torch.full((rows,), -float("inf"), device=h.device)
-    top_val = torch.full((rows, k), -float("inf"), device=h.device)
-    top_idx = torch.zeros((rows, k), dtype=torch.long, device=h.device)
-    has_target = targets >= 0
-    safe_t = targets.clamp_min(0)
-    t_logit = (h.float() * weight[safe_t].float()).sum(-1)
-    if bias is not None:
-        t_logit = t_logit + bias[safe_t].float()
-    higher = torch.zeros(rows, dtype=torch.long, device=h.device)
-    for start in range(0, vocab, chunk):
-        end = min(vocab, start + chunk)
-        logits = (h @ weight[start:end].T).float()
-        if bias is not None:
-            logits += bias[start:end].float()
-        lse = torch.logaddexp(lse, torch.logsumexp(logits, -1))
-        v, i = logits.topk(min(k, end - start), dim=-1)
-        top_val, sel = torch.cat([top_val, v], -1).topk(k, dim=-1)
-        top_idx = torch.cat([top_idx, i + start], -1).gather(-1, sel)
-        # Count every entry above the target, then take the target itself back out if it counted
-        # (its logit from this product can differ from t_logit by rounding).
-        higher += (logits > t_logit[:, None]).sum(-1)
-        inside = has_target & (safe_t >= start) & (safe_t < end)
-        own = logits.gather(1, (safe_t - start).clamp(0, end - start - 1)[:, None])[:, 0]
-        higher -= (inside & (own > t_logit)).long()
-    t_lp = torch.where(has_target, t_logit - lse, torch.full_like(lse, float("nan")))
-    rank = torch.where(has_target, higher + 1, torch.zeros_like(higher))
-    return top_idx, top_val - lse[:, None], t_lp, rank
-
-
 def _chunk_stats(logits: torch.Tensor, t_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-sum-exp, count of entries above t_logit) of each row: one pass once compiled."""
     m = logits.amax(-1)
@@ -97,8 +60,9 @@ _compiled_stats = None
 @torch.no_grad()
 def lens_topk_compiled(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        targets: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, ...]:
-    """lens_topk_fused with the per-chunk reductions fused by torch.compile (dynamic shapes, so
-    one compilation serves every chunk and batch size)."""
+    """extract.lens_topk (as of commit 8217ff8) with the per-chunk log-sum-exp and rank count
+    fused into one pass by torch.compile (dynamic shapes: one compilation serves every chunk and
+    batch size)."""
     global _compiled_stats
     if _compiled_stats is None:
         _compiled_stats = torch.compile(_chunk_stats, dynamic=True)
@@ -159,6 +123,7 @@ def main() -> int:
     cuda = dev.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
 
+    from generator import compute as C
     from generator import extract
     from generator.compute import Settings, artifact_path
     from generator.demo import load_real_tokenizer
@@ -178,22 +143,25 @@ def main() -> int:
     # --- continuation: per prompt (current) vs one batched generate -----------------------------
     from generator.tokens import describe_tokens
     ids = [describe_tokens(tok, p.text)[0] for p in prompts]
-    if n_new and hasattr(extract, "greedy_continuation"):
-        t_cur, cur = clock(lambda: [extract.greedy_continuation(model, i, n_new, tok.eos_token_id)
-                                    for i in ids], dev, 1)
-        x, mask = bench.left_padded([(None, i) for i in ids], pad, dev)
-
-        def batched():
-            new = bench.batched_greedy(model, x, mask, n_new).tolist()
-            # greedy_continuation stops after an end-of-text; cut each row there the same way.
-            return [row[:row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
-                    for row in new]
-        t_new, new = clock(batched, dev, 1)
-        res["continuation"] = {"per_prompt_ms": round(t_cur / len(ids) * 1000, 1),
-                               "batched_ms": round(t_new / len(ids) * 1000, 1),
-                               "speedup": round(t_cur / t_new, 2),
-                               "same_tokens": cur == new}
-        ids = [i + e for i, e in zip(ids, cur)]
+    if n_new:
+        items = list(zip(prompts, ids))
+        # batch 1: every prompt alone; batched: all of them in one left-padded batch
+        saved = getattr(C, "CONTINUATION_BATCH", None)
+        try:
+            if saved is not None:
+                C.CONTINUATION_BATCH = 1
+            t_one, one = clock(lambda: bench.generator_continuations(lm, items, settings), dev, 1)
+            if saved is not None:
+                C.CONTINUATION_BATCH = len(items)
+            t_all, alln = clock(lambda: bench.generator_continuations(lm, items, settings), dev, 1)
+        finally:
+            if saved is not None:
+                C.CONTINUATION_BATCH = saved
+        res["continuation"] = {"batch_1_ms": round(t_one / len(ids) * 1000, 1),
+                               f"batch_{len(items)}_ms": round(t_all / len(ids) * 1000, 1),
+                               "speedup": round(t_one / t_all, 2),
+                               "same_tokens": one == alln}
+        ids = [i + e for i, e in zip(ids, alln)]
 
     # --- one eager capture pass for the other parts ----------------------------------------------
     batch = [(p, i) for p, i in zip(prompts, ids)]
@@ -228,33 +196,27 @@ def main() -> int:
     chunk = max(1024, min(extract.VOCAB_CHUNK, extract.MAX_CHUNK_ELEMENTS // rows))
     k = settings.top_k
     t_cur, a = clock(lambda: extract.lens_topk(stacked, W, b, targets, k), dev, args.reps)
-    t_new, c = clock(lambda: lens_topk_fused(stacked, W, b, targets, k, chunk), dev, args.reps)
 
     def matmuls():
         h = stacked.to(W.dtype)
         for s in range(0, W.shape[0], chunk):
             h @ W[s:s + chunk].T
     t_mm, _ = clock(matmuls, dev, args.reps)
+    res["lens"] = {"rows": rows, "chunk": chunk, "matmul_only_ms": round(t_mm * 1000, 1),
+                   "current_ms": round(t_cur * 1000, 1),
+                   "current_over_matmul": round(t_cur / t_mm, 2)}
     if args.compile:
         t0 = time.perf_counter()
         lens_topk_compiled(stacked, W, b, targets, k, chunk)
         compile_s = time.perf_counter() - t0
         t_cmp, cc = clock(lambda: lens_topk_compiled(stacked, W, b, targets, k, chunk), dev,
                           args.reps)
-        res["lens_compiled"] = {"first_call_s": round(compile_s, 1),
-                                "ms": round(t_cmp * 1000, 1),
-                                "over_matmul": round(t_cmp / t_mm, 2),
-                                "same_topk_ids": bool(torch.equal(a[0], cc[0])),
-                                "max_rank_diff": int((a[3] - cc[3]).abs().max())}
-    same_ids = bool(torch.equal(a[0], c[0]))
-    lp_diff = float((a[1] - c[1]).abs().max())
-    rank_diff = int((a[3] - c[3]).abs().max())
-    res["lens"] = {"rows": rows, "chunk": chunk, "matmul_only_ms": round(t_mm * 1000, 1),
-                   "current_ms": round(t_cur * 1000, 1), "proposed_ms": round(t_new * 1000, 1),
-                   "current_over_matmul": round(t_cur / t_mm, 2),
-                   "proposed_over_matmul": round(t_new / t_mm, 2),
-                   "same_topk_ids": same_ids, "max_logprob_diff": lp_diff,
-                   "max_rank_diff": rank_diff}
+        res["lens"].update(compiled_first_call_s=round(compile_s, 1),
+                           compiled_ms=round(t_cmp * 1000, 1),
+                           compiled_over_matmul=round(t_cmp / t_mm, 2),
+                           compiled_same_topk_ids=bool(torch.equal(a[0], cc[0])),
+                           compiled_max_logprob_diff=float((a[1] - cc[1]).abs().max()),
+                           compiled_max_rank_diff=int((a[3] - cc[3]).abs().max()))
 
     # --- validate --------------------------------------------------------------------------------
     import tempfile

@@ -279,11 +279,17 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _mean_pairwise_js(rows: np.ndarray, heads: list[int]) -> float:
-    """Mean over head pairs and over rows i >= 1 of the JS divergence; NaN for < 2 heads/rows."""
-    pairs = list(combinations(heads, 2))
-    if not pairs or rows.shape[1] == 0:
+    """Mean over head pairs and over rows i >= 1 of the JS divergence; NaN for < 2 heads/rows.
+
+    All pairs of the group at once: js_divergence written out over [n, n, T−1] (n = heads)."""
+    if len(heads) < 2 or rows.shape[1] == 0:
         return float("nan")
-    return float(np.mean([js_divergence(rows[a], rows[b]).mean() for a, b in pairs]))
+    r = rows[heads]                                      # [n, T−1, T]
+    ent = _xlog2x(r).sum(-1)                             # [n, T−1]
+    m = (r[:, None] + r[None, :]) / 2                    # [n, n, T−1, T]
+    js = np.maximum((ent[:, None] + ent[None, :]) / 2 - _xlog2x(m).sum(-1), 0.0)  # [n, n, T−1]
+    a, b = np.triu_indices(len(heads), k=1)
+    return float(js[a, b].mean())
 
 
 def group_similarity(att: np.ndarray, kv_heads: int) -> list[dict]:
