@@ -278,3 +278,36 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+# --- small inputs and an unreachable hub, for CLI and error tests -------------------------------
+
+TINY = {"tiny": {"title": "Tiny", "description": "One prompt.",
+                 "prompts": [{"id": "hello", "text": "Hello world", "note": "Two tokens."}]}}
+
+
+@pytest.fixture()
+def tiny_prompts(tmp_path) -> Path:
+    return write_prompt_sets(tmp_path / "prompts", TINY)
+
+
+@pytest.fixture()
+def hub_unreachable(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache; returns the list of reachability checks."""
+    import huggingface_hub.constants
+
+    import generator.models
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append(args)
+        return False
+
+    monkeypatch.setattr(generator.models, "_hub_reachable", unreachable)
+    home = tmp_path / "hf-home"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    # huggingface_hub reads HF_HOME when it is imported: point its constant at the empty cache too.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    return calls

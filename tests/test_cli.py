@@ -4,7 +4,6 @@ the offline demo build, and the one-line messages for models that cannot be had 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import pytest
@@ -12,38 +11,10 @@ from click.testing import CliRunner
 
 from generator.cli import main
 
-from conftest import write_prompt_sets
 
 COMMANDS = sorted(main.commands)
-TINY = {"tiny": {"title": "Tiny", "description": "One prompt.",
-                 "prompts": [{"id": "hello", "text": "Hello world", "note": "Two tokens."}]}}
 
 
-@pytest.fixture()
-def tiny_prompts(tmp_path) -> Path:
-    return write_prompt_sets(tmp_path / "prompts", TINY)
-
-
-@pytest.fixture()
-def hub_unreachable(monkeypatch, tmp_path):
-    """No network and an empty Hugging Face cache."""
-    import huggingface_hub.constants
-
-    import generator.models
-    calls = []
-
-    def unreachable(*args, **kwargs):
-        calls.append(args)
-        return False
-
-    monkeypatch.setattr(generator.models, "_hub_reachable", unreachable)
-    home = tmp_path / "hf-home"
-    home.mkdir()
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    # huggingface_hub reads HF_HOME when it is imported: point its constant at the empty cache too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
-    return calls
 
 
 def invoke(*args: str):

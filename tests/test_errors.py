@@ -27,8 +27,6 @@ SLUGS = ("tiny-random-gpt2", "tiny-random-qwen2")
 SMALL = {"errs": {"title": "Errors", "description": "Two short prompts.",
                   "prompts": [{"id": "hello", "text": "Hello world", "note": "Two tokens."},
                               {"id": "cat", "text": "The cat sat", "note": "Three tokens."}]}}
-TINY = {"tiny": {"title": "Tiny", "description": "One prompt.",
-                 "prompts": [{"id": "hello", "text": "Hello world", "note": "Two tokens."}]}}
 GOOD_YAML = ('title: T\ndescription: D\nprompts:\n  - id: a\n    text: "Hello"\n    note: n\n'
              '  - id: b\n    text: "World"\n    note: n\n')
 
@@ -58,30 +56,6 @@ def json_files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.json")) if root.is_dir() else []
 
 
-@pytest.fixture()
-def tiny_prompts(tmp_path) -> Path:
-    return write_prompt_sets(tmp_path / "prompts", TINY)
-
-
-@pytest.fixture()
-def hub_unreachable(monkeypatch, tmp_path):
-    """No network and an empty Hugging Face cache; records every reachability check."""
-    import huggingface_hub.constants
-
-    import generator.models
-    calls = []
-
-    def unreachable(*args, **kwargs):
-        calls.append(args)
-        return False
-
-    monkeypatch.setattr(generator.models, "_hub_reachable", unreachable)
-    home = tmp_path / "hf-home"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
-    return calls
 
 
 @pytest.fixture(scope="module")

@@ -247,9 +247,9 @@ def test_set_page_shows_title_texts_and_notes_literally(browser, site_url):
         page = opened.page
         assert page.inner_text("article h1") == SET_TITLE
         assert page.inner_text(".atlas-lead") == SET_DESCRIPTION
-        texts = page.eval_on_selector_all(".atlas-table .atlas-text", "els => els.map(e => e.innerText)")
+        texts = page.eval_on_selector_all(".atlas-prompts .atlas-text", "els => els.map(e => e.innerText)")
         assert texts == [text for text, _ in PROMPTS.values()]
-        rows = page.eval_on_selector_all(".atlas-table tr", "rows => rows.slice(1).map("
+        rows = page.eval_on_selector_all(".atlas-prompts tr", "rows => rows.slice(1).map("
                                          "r => r.lastElementChild.innerText)")
         assert rows == [note for _, note in PROMPTS.values()]
         assert "49" not in "".join(texts)
