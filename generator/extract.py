@@ -78,7 +78,6 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         logits = (h @ weight[start:end].T).float()           # [R, C]
         if bias is not None:
             logits += bias[start:end].float()
-        lse = torch.logaddexp(lse, torch.logsumexp(logits, -1))
         v, i = logits.topk(min(k, end - start), dim=-1)
         top_val, sel = torch.cat([top_val, v], -1).topk(k, dim=-1)
         top_idx = torch.cat([top_idx, i + start], -1).gather(-1, sel)
@@ -88,6 +87,10 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         inside = has_target & (safe_t >= start) & (safe_t < end)
         own = logits.gather(1, (safe_t - start).clamp(0, end - start - 1)[:, None])[:, 0]
         higher -= (inside & (own > t_logit)).long()
+        # Log-sum-exp of the chunk, shifted by its maximum (the top-1 just found), in place:
+        # the chunk is not needed any more, and no [R, C] temporary is allocated.
+        m = v[:, 0]
+        lse = torch.logaddexp(lse, m + torch.log(logits.sub_(m[:, None]).exp_().sum(-1)))
     t_lp = torch.where(has_target, t_logit - lse, torch.full_like(lse, float("nan")))
     rank = torch.where(has_target, higher + 1, torch.zeros_like(higher))
     return top_idx, top_val - lse[:, None], t_lp, rank
