@@ -111,31 +111,6 @@ def workload(tokenizer: Any, prompts: list[Any], tokens: int, fill: bool) -> lis
             for p in prompts]
 
 
-def generator_continuations(lm: Any, items: list[tuple[Any, list[int]]],
-                            settings: Any) -> list[list[int]]:
-    """The generator's own greedy continuations of (prompt, prompt ids), through whichever entry
-    point this version of generator/ has (compute._continuations, extract.greedy_continuations
-    or extract.greedy_continuation)."""
-    from generator import compute as C
-    from generator import extract as X
-    n_new = int(getattr(settings, "continuation", 0) or 0)
-    if not n_new:
-        return [[] for _ in items]
-    tok = lm.tokenizer
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
-    if hasattr(C, "_continuations"):
-        report = C.ComputeReport()
-        rows = C._continuations(lm, [(p, None, ids, None) for p, ids in items], settings, report,
-                                lambda s: None)
-        if report.failures:
-            raise RuntimeError("; ".join(report.failures[:3]))
-        return rows
-    if hasattr(X, "greedy_continuations"):
-        return X.greedy_continuations(lm.model, [ids for _, ids in items], n_new, eos, pad)
-    return [X.greedy_continuation(lm.model, ids, n_new, eos) for _, ids in items]
-
-
 def artifact_sequences(paths: list[Path]) -> tuple[list[list[int]], list[int]]:
     """Each artifact's analysed token ids and its number of prompt (not generated) tokens."""
     seqs, prompt_lens = [], []
@@ -198,6 +173,10 @@ def timed(fn: Callable[[], Any], device: str) -> float:
 
 # --- the three measured passes -------------------------------------------------------------------
 
+FLOOR_CHUNK = 32768             # vocabulary columns per lens matmul in the floor
+FLOOR_CHUNK_ELEMENTS = 1 << 26  # logits per matmul at most (rows x columns)
+
+
 @torch.no_grad()
 def forward_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Bare forward pass: SDPA, no attention or hidden-state capture, logits of the last position."""
@@ -208,12 +187,11 @@ def forward_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
 @torch.no_grad()
 def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Bare SDPA forward with hidden states + final norm and unembedding of every layer's residual
-    stream at every real token, one stacked matmul per vocabulary chunk (the chunking of
-    generator.extract.lens_topk), and nothing else: no top-k, softmax, ranks, copies or encoding."""
+    stream at every real token, one stacked matmul per vocabulary chunk of FLOOR_CHUNK columns
+    (at most FLOOR_CHUNK_ELEMENTS logits at a time), and nothing else: no top-k, softmax, ranks,
+    copies or encoding. The chunking is the floor's own, not the generator's tiling."""
     from generator.models import final_norm
-    from generator import extract
-    chunk_max = getattr(extract, "VOCAB_CHUNK", 32768)
-    elems = getattr(extract, "MAX_CHUNK_ELEMENTS", 1 << 26)
+    chunk_max, elems = FLOOR_CHUNK, FLOOR_CHUNK_ELEMENTS
     norm = final_norm(model)
     unemb = model.get_output_embeddings()
     weight, bias = unemb.weight, getattr(unemb, "bias", None)
@@ -320,95 +298,71 @@ def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtyp
 
 # --- breakdown and profile of the compute path ---------------------------------------------------
 
-BREAKDOWN_PARTS = ("tokenize", "continuation_generate", "eager_forward_with_capture",
-                   "attention_quantize", "attention_to_host", "lens_stack_norm",
-                   "lens_topk_and_to_host", "build_artifact", "validate_artifact", "json_encode",
-                   "atomic_write_fsync")
+BREAKDOWN_PARTS = ("tokenize", "prefill_forward_with_capture", "generation_steps_with_capture",
+                   "attention_quantize", "lens_topk_and_to_host", "build_artifact",
+                   "validate_artifact", "write_artifact", "other")
+# part -> (module, function) of the generator whose calls are timed; forward passes are timed
+# on the model itself (prefill: more than one input position; generation step: one).
+TIMED_FUNCTIONS = {"tokenize": ("compute", "describe_tokens"),
+                   "attention_quantize": ("extract", "quantize_attention"),
+                   "lens_topk_and_to_host": ("extract", "lens_topk"),
+                   "build_artifact": ("compute", "build_artifact"),
+                   "validate_artifact": ("compute", "validate_artifact"),
+                   "write_artifact": ("compute", "write_artifact")}
+PROFILED_PARTS = ("build_artifact", "validate_artifact", "write_artifact")
 
 
 @torch.no_grad()
 def compute_breakdown(lm: Any, prompts: list[Any], batch_size: int, out_dir: Path, settings: Any,
                       host_profile: Any = None) -> dict[str, float]:
-    """Seconds spent in each part of the compute path, summed over the batches.
+    """Seconds spent in each part of one more run of the compute stage (`compute_pass`).
 
-    Mirrors generator.compute.compute_model and generator.extract.run_batch step by step (as they
-    were when this was written: all continuations first, then length-sorted capture batches of
-    `batch_size`) with a timer around each part; the generator's own functions do the work. `host_profile` (a cProfile.Profile) is enabled
-    around build_artifact, validation and JSON encoding only."""
-    from generator.compute import build_artifact, unit_key
-    from generator.extract import lens_topk, quantize_rows
-    from generator.models import final_norm
-    from generator.schema import validate_artifact
-    from generator.store import atomic_write_bytes, canonical_json
-    from generator import tokens as tk
-    dev, model, tok = lm.device, lm.model, lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    k = settings.top_k
+    The generator runs unchanged; the functions it calls (TIMED_FUNCTIONS) and the model's forward
+    are wrapped in timers (with a device synchronize on each side), so the parts stay in step with
+    the code. `lens_topk_and_to_host` includes the lens's copy to the host, which waits for it;
+    `other` is the rest of the run (batch assembly, hidden-state stacking and norm, attention
+    assembly on the host, key checks). `host_profile` (a cProfile.Profile) is enabled inside
+    PROFILED_PARTS only."""
+    from generator import compute as C
+    from generator import extract as X
+    modules = {"compute": C, "extract": X}
     parts = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
+    dev = lm.device
 
-    def clock(part: str, fn: Callable[[], Any], profiled: bool = False) -> Any:
-        sync(dev)
-        t0 = time.perf_counter()
-        if profiled and host_profile is not None:
-            host_profile.enable()
-        r = fn()
-        if profiled and host_profile is not None:
-            host_profile.disable()
-        sync(dev)
-        parts[part] += time.perf_counter() - t0
-        return r
+    def timer(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            if part == "prefill_forward_with_capture":
+                ids = k.get("input_ids", a[0] if a else None)
+                key = part if ids is None or ids.shape[1] > 1 else "generation_steps_with_capture"
+            else:
+                key = part
+            sync(dev)
+            t0 = time.perf_counter()
+            profiled = host_profile is not None and part in PROFILED_PARTS
+            if profiled:
+                host_profile.enable()
+            try:
+                return fn(*a, **k)
+            finally:
+                if profiled:
+                    host_profile.disable()
+                sync(dev)
+                parts[key] += time.perf_counter() - t0
+        return wrapped
 
-    tokenized, toks = [], {}
-    for p in prompts:
-        ids, records = clock("tokenize", lambda: tk.describe_tokens(tok, p.text))
-        tokenized.append((p, ids))
-        toks[p.key] = records
-    extras = clock("continuation_generate", lambda: generator_continuations(lm, tokenized, settings))
-    items = []
-    for (p, ids), extra in zip(tokenized, extras):
-        if extra:
-            toks[p.key] = toks[p.key] + tk.describe_ids(tok, extra, len(p.text))
-        items.append((p, ids + extra))
-    for batch in make_batches(items, batch_size):
-        ids, mask = tensors(batch, pad, dev)
-        out = clock("eager_forward_with_capture", lambda: model(
-            input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True,
-            use_cache=False, logits_to_keep=1))
-        q = clock("attention_quantize", lambda: torch.stack([quantize_rows(a) for a in out.attentions]))
-        attention = clock("attention_to_host", lambda: q.cpu().numpy())
-        m = mask.bool()
-        hs = out.hidden_states
-        norm = final_norm(model)
-        L = len(hs) - 1
-        stacked = clock("lens_stack_norm", lambda: torch.stack(
-            [norm(hs[l][m]) if l < L else hs[l][m] for l in range(1, L + 1)]))
-        nxt = torch.full_like(ids, -1)
-        nxt[:, :-1] = torch.where(m[:, 1:], ids[:, 1:], -1)
-        targets = nxt[m]
-        unemb = model.get_output_embeddings()
-        _, N, D = stacked.shape
-
-        def lens():
-            r = lens_topk(stacked.reshape(L * N, D), unemb.weight, getattr(unemb, "bias", None),
-                          targets.repeat(L), k)
-            return (r[0].view(L, N, k).cpu().numpy(), r[1].view(L, N, k).cpu().numpy(),
-                    r[2].view(L, N).cpu().numpy(), r[3].view(L, N).cpu().numpy())
-        ids_, lps, tlp, rank = clock("lens_topk_and_to_host", lens)
-        out = q = stacked = None  # free the batch's activations before the host work
-        off = 0
-        for b, (prompt, pids) in enumerate(batch):
-            n = len(pids)
-            sl = slice(off, off + n)
-            off += n
-            key = unit_key(lm.ref, prompt, settings)
-            art = clock("build_artifact", lambda: build_artifact(
-                lm, prompt, key, settings, toks[prompt.key], attention[:, b, :, :n, :n],
-                (ids_[:, sl], lps[:, sl], tlp[:, sl], rank[:, sl])), profiled=True)
-            clock("validate_artifact", lambda: validate_artifact(art, prompt.key), profiled=True)
-            data = clock("json_encode", lambda: (canonical_json(art) + "\n").encode("utf-8"),
-                         profiled=True)
-            clock("atomic_write_fsync", lambda: atomic_write_bytes(
-                out_dir / prompt.set_id / f"{prompt.id}.json", data))
+    saved = [(modules[m], name, getattr(modules[m], name)) for m, name in TIMED_FUNCTIONS.values()]
+    model = lm.model
+    try:
+        for part, (m, name) in TIMED_FUNCTIONS.items():
+            setattr(modules[m], name, timer(part, getattr(modules[m], name)))
+        model.forward = timer("prefill_forward_with_capture", model.forward)
+        total = timed(lambda: compute_pass(lm, prompts, out_dir, settings, lm.model.dtype,
+                                           batch_size), dev)
+    finally:
+        del model.forward  # back to the class's forward
+        for module, name, fn in saved:
+            setattr(module, name, fn)
+    parts["other"] = total - sum(parts.values())
     return parts
 
 
@@ -428,12 +382,13 @@ def profile_run_batch(lm: Any, batch: list, settings: Any, rows: int = 20) -> li
     """torch.profiler over one extract.run_batch call: the top operators by self time."""
     from torch.profiler import ProfilerActivity, profile
     from generator.extract import run_batch
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids, mask = tensors(batch, pad, lm.device)
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     cuda = lm.device.startswith("cuda")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        run_batch(lm.model, ids, mask, settings.top_k)
+        run_batch(lm.model, [ids for _, ids in batch], settings.continuation, tok.eos_token_id,
+                  pad, settings.top_k)
         sync(lm.device)
     sort_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_attr, 0), reverse=True)
@@ -449,14 +404,22 @@ def profile_run_batch(lm: Any, batch: list, settings: Any, rows: int = 20) -> li
 # --- checks on the written artifacts -------------------------------------------------------------
 
 def artifact_sizes(paths: list[Path]) -> dict[str, Any]:
-    raw, gz, toks = [], [], []
+    """Mean bytes of an artifact: its JSON plus the attention file beside it (schema 2), each
+    gzipped on its own as a web server or a CI cache would; the JSON part alone too."""
+    raw, gz, json_gz, toks = [], [], [], []
     for p in paths:
         data = p.read_bytes()
-        raw.append(len(data))
-        gz.append(len(gzip.compress(data, GZIP_LEVEL)))
-        toks.append(json.loads(data)["attention"]["length"])
+        files = [data]
+        meta = json.loads(data)["attention"]
+        if "file" in meta:
+            files.append((p.parent / meta["file"]).read_bytes())
+        raw.append(sum(len(f) for f in files))
+        gz.append(sum(len(gzip.compress(f, GZIP_LEVEL)) for f in files))
+        json_gz.append(len(gzip.compress(data, GZIP_LEVEL)))
+        toks.append(meta["length"])
     return {"prompts": len(paths), "tokens_mean": round(statistics.mean(toks), 1),
-            "raw": int(statistics.mean(raw)), "gzip": int(statistics.mean(gz))}
+            "raw": int(statistics.mean(raw)), "gzip": int(statistics.mean(gz)),
+            "gzip_json_part": int(statistics.mean(json_gz))}
 
 
 @torch.no_grad()
@@ -645,8 +608,13 @@ def render_stack_missing() -> list[str]:
             if importlib.util.find_spec(m) is None]
 
 
-SUMMARY_LINES = re.compile(r"^(compute: \d+ computed.*|render: \d+ files written.*|site: built.*)$",
+SUMMARY_LINES = re.compile(r"^(compute: \d+ computed.*|loaded .* in [\d.]+s|render: \d+ files written.*|"
+                           r"site: built.*)$",
                            re.M)
+
+
+COMPUTE_TIME = re.compile(r"^compute: .* failed in ([\d.]+)s")
+LOAD_TIME = re.compile(r"^loaded .* in ([\d.]+)s$")
 
 
 def cli(args: list[str], env: dict[str, str], summary: dict[str, Any], label: str) -> float:
@@ -717,6 +685,22 @@ def bench_site(device: str, tmp: Path, notes: list[str]) -> dict[str, Any]:
                                                  str(site)], env, log_lines, "rebuild"), 2)
         res["stage_timed"] = "build"
     res["rebuild_over_full"] = round(res["rebuild_one_prompt_s"] / res["full_build_s"], 2)
+    # The compute stage alone, from the CLI's own lines: its time, and the part of it that is
+    # loading models (a fixed cost per model that a rebuild of any prompt pays again).
+    for label in ("full_build", "rebuild"):
+        lines = log_lines.get(label, [])
+        total = [float(m.group(1)) for m in map(COMPUTE_TIME.search, lines) if m]
+        loads = [float(m.group(1)) for m in map(LOAD_TIME.search, lines) if m]
+        if total:
+            res[f"{label}_compute_s"] = total[0]
+            res[f"{label}_model_load_s"] = round(sum(loads), 2)
+    if res.get("full_build_compute_s") and "rebuild_compute_s" in res:
+        full, again = res["full_build_compute_s"], res["rebuild_compute_s"]
+        res["rebuild_compute_over_full_compute"] = round(again / full, 3)
+        work = full - res["full_build_model_load_s"]
+        if work > 0:
+            res["rebuild_compute_over_full_compute_excluding_model_load"] = round(
+                (again - res["rebuild_model_load_s"]) / work, 3)
     return res
 
 

@@ -22,13 +22,13 @@ import torch
 
 from . import __version__
 from .errors import AtlasError, OptionError
-from .extract import greedy_continuations, run_batch
+from .extract import SequenceOutput, run_batch
 from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, SCHEMA_VERSION, encode_attention_layer,
-                     validate_artifact)
-from .store import atomic_write_json, content_key, remove_stale_temporaries, sha256_bytes
+from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, ATTENTION_SUFFIX, SCHEMA_VERSION,
+                     current_attention, encode_attention, validate_artifact, write_artifact)
+from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 
 Log = Callable[[str], None]
@@ -90,11 +90,14 @@ def unit_key(ref: ModelRef, prompt: Prompt, settings: Settings) -> str:
 
 
 def _current_key(path: Path) -> str | None:
-    """The key of an existing artifact, or None if it is missing or unreadable (then recompute)."""
+    """The key of an existing artifact, or None if it is missing, unreadable or its attention file
+    does not match it (then recompute)."""
     import json
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data.get("key") if data.get("schema_version") == SCHEMA_VERSION else None
+        if data.get("schema_version") != SCHEMA_VERSION or not current_attention(path, data):
+            return None
+        return data.get("key")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -117,12 +120,13 @@ def _block(ids: np.ndarray, lps: np.ndarray, nlp: np.ndarray, rank: np.ndarray, 
 
 
 def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
-                   tokens: list[dict], attention: np.ndarray, lens: tuple[np.ndarray, ...]) -> dict:
-    """attention: uint8 [L, H, T, T]; lens: (ids [L, T, k], logprobs [L, T, k], next_lp [L, T],
-    next_rank [L, T]) for this prompt alone."""
+                   tokens: list[dict], seq: SequenceOutput) -> dict:
+    """The artifact of one prompt, in memory: its attention bytes in `["attention"]["data"]`
+    (`schema.write_artifact` writes them beside the JSON)."""
+    attention = seq.attention
     L, H, T, _ = attention.shape
-    rows, cols = np.tril_indices(T)
-    ids, lps, nlp, rank = lens
+    ids, lps, nlp, rank = seq.lens_ids, seq.lens_logprobs, seq.next_logprob, seq.next_rank
+    data = encode_attention(attention)
     referenced = np.unique(np.concatenate([ids[-1, :, :settings.top_k].ravel(),
                                            ids[:, :, :settings.lens_top_k].ravel()]))
     ref = lm.ref
@@ -148,8 +152,8 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         "lens": [_block(ids[l], lps[l], nlp[l], rank[l], settings.lens_top_k) for l in range(L)],
         "attention": {
             "encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": L, "heads": H,
-            "length": T,
-            "data": [encode_attention_layer(attention[l][:, rows, cols]) for l in range(L)],
+            "length": T, "file": prompt.id + ATTENTION_SUFFIX, "bytes": len(data),
+            "sha256": sha256_bytes(data), "data": data,
         },
         "vocab": vocab_entries(lm.tokenizer, referenced.tolist()),
         "generation": {"prompt_tokens": n_prompt, "generated_tokens": T - n_prompt,
@@ -177,13 +181,14 @@ def _round(x: Any, digits: int = 4) -> Any:
 
 
 def _batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
-             budget_bytes: int) -> list[list[tuple[Prompt, list[int]]]]:
-    """Length-sorted batches whose attention ([L, B, H, T, T] float32) fits `budget_bytes`."""
+             budget_bytes: int, extra: int = 0) -> list[list[tuple[Prompt, list[int]]]]:
+    """Length-sorted batches whose attention ([L, B, H, T, T] float32, T = the longest prompt
+    plus `extra` generated tokens) fits `budget_bytes`."""
     items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
     out: list[list] = []
     for it in items:
         if out:
-            t = len(it[1])  # the longest so far, since sorted
+            t = len(it[1]) + extra  # the longest so far, since sorted
             if (len(out[-1]) + 1) * layers * heads * t * t * 4 <= budget_bytes and len(out[-1]) < 64:
                 out[-1].append(it)
                 continue
@@ -195,19 +200,16 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Log):
-    """Run one batch; split it in halves on any error (out-of-memory included). Yields
-    (prompt, ids, result), where result is the exception for a prompt that failed on its own."""
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    T = max(len(ids) for _, ids in batch)
-    input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), T), dtype=torch.long)
-    for b, (_, ids) in enumerate(batch):
-        input_ids[b, :len(ids)] = torch.tensor(ids)
-        mask[b, :len(ids)] = 1
-    dev = lm.model.device
+def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Settings, log: Log):
+    """Run one batch (generation and capture); split it in halves on any error (out-of-memory
+    included). Yields (prompt, result): a SequenceOutput, or the exception of a prompt that failed
+    on its own."""
+    tok = lm.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     try:
-        out = run_batch(lm.model, input_ids.to(dev), mask.to(dev), k)
+        out = run_batch(lm.model, [ids for _, ids in batch], settings.continuation, eos, pad,
+                        settings.top_k)
     except Exception as e:  # noqa: BLE001 - OOM classes differ between backends
         if len(batch) > 1:
             # Split and retry: out of memory goes away in smaller batches, and any other error is
@@ -217,52 +219,13 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], k: int, log: Lo
             half = len(batch) // 2
             why = "out of memory" if _is_oom(e) else f"{type(e).__name__}"
             log(f"{why} on a batch of {len(batch)}; retrying as {half} + {len(batch) - half}")
-            yield from _run(lm, batch[:half], k, log)
-            yield from _run(lm, batch[half:], k, log)
+            yield from _run(lm, batch[:half], settings, log)
+            yield from _run(lm, batch[half:], settings, log)
             return
-        yield batch[0][0], batch[0][1], e  # a single prompt failed: its error instead of a result
+        yield batch[0][0], e  # a single prompt failed: its error instead of a result
         return
-    offset = 0
-    for b, (prompt, ids) in enumerate(batch):
-        n = len(ids)
-        sl = slice(offset, offset + n)
-        offset += n
-        yield prompt, ids, (out.attention[:, b, :, :n, :n], (
-            out.lens_ids[:, sl], out.lens_logprobs[:, sl], out.next_logprob[:, sl],
-            out.next_rank[:, sl]))
-
-
-CONTINUATION_BATCH = 16
-
-
-def _continuations(lm: LoadedModel, tokenized: list, settings: Settings, report: ComputeReport,
-                   log: Log) -> list[list[int] | None]:
-    """Greedy continuations, batched by length; a batch that fails is retried prompt by prompt
-    so one bad prompt fails alone (None in its place)."""
-    eos = lm.tokenizer.eos_token_id
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (eos or 0)
-    order = sorted(range(len(tokenized)), key=lambda i: (len(tokenized[i][2]), tokenized[i][0].key))
-    out: list[list[int] | None] = [None] * len(tokenized)
-    for start in range(0, len(order), CONTINUATION_BATCH):
-        chunk = order[start:start + CONTINUATION_BATCH]
-        try:
-            rows = greedy_continuations(lm.model, [tokenized[i][2] for i in chunk],
-                                        settings.continuation, eos, pad)
-        except Exception:  # noqa: BLE001 - narrow the failure down to single prompts
-            rows = []
-            for i in chunk:
-                try:
-                    rows.append(greedy_continuations(lm.model, [tokenized[i][2]],
-                                                     settings.continuation, eos, pad)[0])
-                except Exception as e:  # noqa: BLE001
-                    p = tokenized[i][0]
-                    report.failures.append(f"{p.key} ({lm.ref.model_id}): generation failed: {e}")
-                    rows.append(None)
-        for i, row in zip(chunk, rows):
-            out[i] = row
-    if settings.continuation:
-        log(f"{lm.ref.slug}: generated continuations of {len(tokenized)} prompts")
-    return out
+    for (prompt, _), seq in zip(batch, out):
+        yield prompt, seq
 
 
 def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
@@ -284,34 +247,31 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
         return
     lm = load_model(ref, device, dtype, log, device_map=device_map)
     context = lm.facts.get("context_length") or 10 ** 9
-    items, keys = [], {}
-    tokenized = []
+    items, tokens_of = [], {}
     for p, key in todo:
         ids, tokens = describe_tokens(lm.tokenizer, p.text)
         if len(ids) + settings.continuation > context:
             report.failures.append(f"{p.key} ({ref.model_id}): {len(ids)} tokens, longer than the "
                                    f"model's context of {context}; shorten field 'text'.")
             continue
-        tokenized.append((p, key, ids, tokens))
-    for (p, key, ids, tokens), extra in zip(tokenized, _continuations(lm, tokenized, settings,
-                                                                       report, log)):
-        if extra is None:
-            continue
-        items.append((p, ids + extra))
-        keys[p.key] = (key, tokens + describe_ids(lm.tokenizer, extra, len(p.text)))
+        items.append((p, ids))
+        tokens_of[p.key] = (key, tokens)
     if budget_bytes is None:
         budget_bytes = (2 << 30) if lm.device.startswith("cuda") else (512 << 20)
     facts = lm.facts
     t0, done = time.perf_counter(), 0
-    for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes):
-        for prompt, ids, result in _run(lm, batch, settings.top_k, log):
+    for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes,
+                          settings.continuation):
+        for prompt, result in _run(lm, batch, settings, log):
             try:
                 if isinstance(result, BaseException):
                     raise result
-                key, tokens = keys[prompt.key]
-                artifact = build_artifact(lm, prompt, key, settings, tokens, *result)
+                key, tokens = tokens_of[prompt.key]
+                extra = result.ids[len(tokens):]
+                tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
+                artifact = build_artifact(lm, prompt, key, settings, tokens, result)
                 validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
-                atomic_write_json(artifact_path(out_dir, ref.slug, prompt), artifact)
+                write_artifact(artifact_path(out_dir, ref.slug, prompt), artifact)
                 report.computed += 1
                 done += 1
             except AtlasError as e:

@@ -30,7 +30,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 from .errors import ArtifactError, AtlasError, OptionError
+from .schema import tril_by_key
 from .store import atomic_write_bytes, atomic_write_text, canonical_json
 
 Log = Callable[[str], None]
@@ -245,7 +248,8 @@ def _nothing_selected(inv: Inventory, model: str | None, prompt: str | None,
 def attention_rows(layer_file: dict[str, Any], head: int,
                    labels: Sequence[str]) -> list[dict[str, Any]]:
     """One head of one stored layer as heatmap rows, as atlas.js `attentionRows` (hideFirst off):
-    uint8 [heads, T*(T+1)/2], row q holds keys 0..q, weight = value / 255."""
+    uint8 [heads, T*(T+1)/2], the lower triangle key by key (uint8-tril-by-key), weight =
+    value / scale."""
     t = layer_file["length"]
     tri = t * (t + 1) // 2
     raw = base64.b64decode(layer_file["data"])
@@ -253,13 +257,12 @@ def attention_rows(layer_file: dict[str, Any], head: int,
         raise ArtifactError(f"attention layer {layer_file.get('layer')}: {len(raw)} bytes do not "
                             f"hold head {head} of {layer_file['heads']} heads of {t} tokens. "
                             f"Run `model-atlas render` again.")
-    rows, off = [], head * tri
-    for q in range(t):
-        for k in range(q + 1):
-            rows.append({"q": q, "k": k, "w": raw[off + k] / 255, "ql": labels[q],
-                         "kl": labels[k]})
-        off += q + 1
-    return rows
+    queries, keys = tril_by_key(t)
+    weights = np.zeros((t, t))
+    weights[queries, keys] = np.frombuffer(raw, np.uint8)[head * tri:(head + 1) * tri]
+    weights /= layer_file["scale"]
+    return [{"q": q, "k": k, "w": float(weights[q, k]), "ql": labels[q], "kl": labels[k]}
+            for q in range(t) for k in range(q + 1)]
 
 
 def dataset_names(spec: Any) -> list[str]:

@@ -1,4 +1,9 @@
-"""Device-side reductions of one batched forward pass (imports torch).
+"""Device-side capture and reductions of one batch of prompts (imports torch).
+
+`run_batch` generates each prompt's greedy continuation and captures everything it analyses in the
+same passes: one eager prefill over the left-padded prompts, then one single-token step over the
+KV cache per generated token, each returning its attention rows and hidden states. Attention is
+never recomputed for the continuation and the prompt+continuation is never run a second time.
 
 Everything is reduced and quantized on the device before it is copied to the host: attention goes
 over as uint8 (4x smaller than float32), predictions as top-k ids and log-probabilities.
@@ -19,35 +24,31 @@ import numpy as np
 import torch
 
 from .models import final_norm
+from .schema import ATTENTION_SCALE
 
 VOCAB_CHUNK = 32768
 MAX_CHUNK_ELEMENTS = 1 << 26  # rows x vocabulary columns of one chunk of lens logits
 
 
 @dataclass
-class BatchOutput:
-    """Host-side results for one batch. N = total real tokens in the batch (padding dropped)."""
-    attention: Any        # uint8 [L, B, H, T, T] (numpy), rows sum to 255
-    lens_ids: Any         # int64 [L, N, k]
-    lens_logprobs: Any    # float32 [L, N, k]
-    next_logprob: Any     # float32 [L, N] (NaN where there is no next token)
-    next_rank: Any        # int64 [L, N] (1 = top prediction; 0 where there is no next token)
+class SequenceOutput:
+    """Host-side results for one sequence of a batch: its T analysed tokens (prompt, then the
+    generated tokens, cut after end-of-text)."""
+    ids: list[int]              # [T] token ids
+    attention: Any              # uint8 [L, H, T, T] (numpy), q / ATTENTION_SCALE, zero above the diagonal
+    lens_ids: Any               # int64 [L, T, k]
+    lens_logprobs: Any          # float32 [L, T, k]
+    next_logprob: Any           # float32 [L, T] (NaN where there is no next token)
+    next_rank: Any              # int64 [L, T] (1 = top prediction; 0 where there is no next token)
 
 
-def quantize_rows(p: torch.Tensor) -> torch.Tensor:
-    """Probabilities [..., T] -> uint8 [..., T] summing to exactly 255 per row (largest remainder).
+def quantize_attention(p: torch.Tensor) -> torch.Tensor:
+    """Probabilities -> uint8 q = round(p * 128), so q / 128 is within 1/256 (< 1/255) of p.
 
-    Each value is within 1/255 of p*255 / 255: floor, then the row's missing units go to the
-    entries with the largest remainders.
+    Elementwise, on the tensor's device: no sort, no row coupling. A step of 1/128 is the coarsest
+    grid whose rounding error stays under the format's bound of 1/255; 129 levels fit a byte.
     """
-    x = p.float().clamp_min(0) * 255
-    x = x * (255 / x.sum(-1, keepdim=True).clamp_min(1e-12))   # renormalize rounding in bf16/fp16
-    f = x.floor()
-    r = x - f
-    deficit = (255 - f.sum(-1, keepdim=True)).round()
-    order = r.argsort(dim=-1, descending=True, stable=True)
-    ranks = order.argsort(dim=-1)
-    return (f + (ranks < deficit).to(f.dtype)).to(torch.uint8)
+    return (p.float() * ATTENTION_SCALE).round_().clamp_(0, ATTENTION_SCALE).to(torch.uint8)
 
 
 @torch.no_grad()
@@ -97,73 +98,94 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 @torch.no_grad()
-def run_batch(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              k: int) -> BatchOutput:
-    """One forward pass with capture. input_ids, attention_mask: [B, T], right-padded."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
-                output_hidden_states=True, use_cache=False, logits_to_keep=1)
+def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
+              k: int) -> list[SequenceOutput]:
+    """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
+    attention and the logit lens of prompt + continuation captured on the way.
+
+    The batch is left-padded, positions counted from each row's first real token. The prefill
+    returns the prompts' attention [B, H, P, P] and hidden states; each of the n_new steps feeds one
+    token per row over the KV cache and returns that token's attention row [B, H, 1, keys] and
+    hidden states. The last step feeds the last generated token only to capture it. Nothing waits
+    for the device inside the loop: the generated ids stay on it until the end.
+    """
+    dev = model.device
+    lengths = [len(s) for s in seqs]
+    B, P = len(seqs), max(lengths)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, P - len(s):] = torch.tensor(s)
+        mask[b, P - len(s):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)                           # [B, P]
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    capture = dict(output_attentions=True, output_hidden_states=True, use_cache=n_new > 0,
+                   logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
-    # attentions: L x [B, H, T, T] -> quantized uint8 [L, B, H, T, T]
-    # Layers may sit on different devices (device_map="auto"): reduce each where it is.
-    attention = np.stack([quantize_rows(a).cpu().numpy() for a in out.attentions])
-    hs = out.hidden_states                                          # (L+1) x [B, T, D]
-    norm = final_norm(model)
-    unemb = model.get_output_embeddings()
-    dev = unemb.weight.device
-    mask = attention_mask.bool().to(dev)                            # [B, T]
-    layers = len(hs) - 1
-    # Real positions only, layers stacked: [L, N, D]; the last entry is already normed.
-    norm_dev = next(norm.parameters()).device
-    stacked = torch.stack([norm(hs[l].to(norm_dev)[mask.to(norm_dev)]).to(dev) if l < layers
-                           else hs[l].to(dev)[mask] for l in range(1, layers + 1)])
-    ids = input_ids.to(dev)
-    nxt = torch.full_like(ids, -1)
-    nxt[:, :-1] = torch.where(mask[:, 1:], ids[:, 1:], -1)
-    targets = nxt[mask]                                              # [N]
-    L, N, D = stacked.shape
-    ids, lps, t_lp, rank = lens_topk(stacked.reshape(L * N, D), unemb.weight,
-                                     getattr(unemb, "bias", None), targets.repeat(L), k)
-    return BatchOutput(attention, ids.view(L, N, k).cpu().numpy(),
-                       lps.view(L, N, k).cpu().numpy(), t_lp.view(L, N).cpu().numpy(),
-                       rank.view(L, N).cpu().numpy())
-
-
-@torch.no_grad()
-def greedy_continuations(model: Any, seqs: list[list[int]], n: int, eos_id: int | None,
-                         pad_id: int) -> list[list[int]]:
-    """Each sequence's greedy continuation: up to n new tokens, cut after end-of-text.
-
-    The batch is left-padded with positions counted from each row's first real token, then one
-    prefill and n - 1 single-token steps over the KV cache: the cost of n forward passes per batch
-    rather than per prompt.
-    """
-    if n <= 0 or not seqs:
-        return [[] for _ in seqs]
-    dev = model.device
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.tensor(s)
-        mask[b, T - len(s):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)                           # [B, T]
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)                        # [B, T]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                logits_to_keep=1)
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)                # [B, 1]
-    new = [nxt]
-    for _ in range(n - 1):
+    # Per pass: L x uint8 [B, H, queries, keys] and L x [B, queries, D] (entry L-1 already normed).
+    # Layers may sit on different devices (device_map="auto"): each is reduced where it is.
+    att_steps = [[quantize_attention(a) for a in out.attentions]]
+    hid_steps = [out.hidden_states[1:]]
+    new = []
+    for _ in range(n_new):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
+        new.append(nxt)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         pos = pos[:, -1:] + 1
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        new.append(nxt)
-    rows = torch.cat(new, dim=1).tolist()                           # [B, n]
-    result = []
-    for row in rows:
+                    past_key_values=out.past_key_values, **capture)
+        att_steps.append([quantize_attention(a) for a in out.attentions])
+        hid_steps.append(out.hidden_states[1:])
+
+    # Generated tokens kept per row: up to and including the first end-of-text.
+    gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
+    kept = []
+    for row in gen.tolist():
         if eos_id is not None and eos_id in row:
             row = row[:row.index(eos_id) + 1]
-        result.append(row)
-    return result
+        kept.append(row)
+    full = P + n_new
+    valid = torch.zeros((B, full), dtype=torch.bool)
+    for b in range(B):
+        valid[b, P - lengths[b]:P + len(kept[b])] = True
+
+    # Logit lens over every layer at every analysed position, layers stacked: [L, N, D].
+    unemb = model.get_output_embeddings()
+    out_dev = unemb.weight.device
+    norm = final_norm(model)
+    norm_dev = next(norm.parameters()).device
+    layers = len(hid_steps[0])
+    stacked = []
+    for l in range(layers):
+        h = torch.cat([step[l] for step in hid_steps], dim=1)       # [B, P + n_new, D]
+        h = h[valid.to(h.device)]
+        stacked.append((norm(h.to(norm_dev)) if l < layers - 1 else h).to(out_dev))
+    all_ids = torch.cat([ids, gen], dim=1).to(out_dev)
+    valid = valid.to(out_dev)
+    nxt_ids = torch.full_like(all_ids, -1)
+    nxt_ids[:, :-1] = torch.where(valid[:, 1:], all_ids[:, 1:], -1)
+    targets = nxt_ids[valid]                                         # [N]
+    h = torch.stack(stacked)
+    L, N, D = h.shape
+    top_ids, top_lps, t_lp, rank = lens_topk(h.reshape(L * N, D), unemb.weight,
+                                             getattr(unemb, "bias", None), targets.repeat(L), k)
+    top_ids, top_lps = top_ids.view(L, N, k).cpu().numpy(), top_lps.view(L, N, k).cpu().numpy()
+    t_lp, rank = t_lp.view(L, N).cpu().numpy(), rank.view(L, N).cpu().numpy()
+
+    # Attention on the host: the prefill's block, then one row per generated token.
+    prefill = np.stack([a.cpu().numpy() for a in att_steps[0]])      # [L, B, H, P, P]
+    rows = [np.stack([a.cpu().numpy() for a in step])[:, :, :, 0] for step in att_steps[1:]]
+    results, offset = [], 0
+    for b, (n_prompt, extra) in enumerate(zip(lengths, kept)):
+        pad, n = P - n_prompt, n_prompt + len(extra)
+        att = np.zeros((L, prefill.shape[2], n, n), dtype=np.uint8)
+        att[:, :, :n_prompt, :n_prompt] = prefill[:, b, :, pad:, pad:]
+        for s in range(len(extra)):                                 # row of token n_prompt + s
+            att[:, :, n_prompt + s, :n_prompt + s + 1] = rows[s][:, b, :, pad:]
+        sl = slice(offset, offset + n)
+        offset += n
+        results.append(SequenceOutput(seqs[b] + extra, att, top_ids[:, sl], top_lps[:, sl],
+                                      t_lp[:, sl], rank[:, sl]))
+    return results

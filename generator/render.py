@@ -9,6 +9,7 @@ only ever enter a page as escaped values, never as template source.
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 import shutil
@@ -25,7 +26,7 @@ from .charts import chart_specs
 from .errors import ArtifactError
 from .export import write_embed_pages
 from .prompts import PromptSet
-from .schema import SCHEMA_VERSION, read_artifact
+from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
 
 Log = Callable[[str], None]
@@ -177,10 +178,16 @@ def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dic
         w.json(f"{base}.json", {"tokens": tokens, "predictions": pd.prediction_rows(a)})
         w.json(f"{base}.lens.json", {"lens": pd.lens_rows(a)})
         w.json(f"{base}.heads.json", {"heads": pd.head_rows(a), "groups": pd.group_rows(a)})
-        for layer, blob in enumerate(a["attention"]["data"]):
-            w.json(f"{base}/L{layer}.json", {"layer": layer, "heads": a["attention"]["heads"],
-                                             "length": a["attention"]["length"], "data": blob})
-        w.copy(catalog.paths[(m.slug, p.key)], f"artifacts/{m.slug}/{s.id}/{p.id}.json")
+        att = a["attention"]
+        for layer in range(att["layers"]):
+            # base64 in JSON: web servers compress JSON but often not binary files.
+            w.json(f"{base}/L{layer}.json", {
+                "layer": layer, "heads": att["heads"], "length": att["length"],
+                "encoding": att["encoding"], "scale": att["scale"],
+                "data": base64.b64encode(attention_layer(a, layer)).decode("ascii")})
+        src = catalog.paths[(m.slug, p.key)]
+        w.copy(src, f"artifacts/{m.slug}/{s.id}/{p.id}.json")
+        w.copy(attention_path(src), f"artifacts/{m.slug}/{s.id}/{attention_path(src).name}")
         per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens,
                           "generation": a["generation"]})
     return per_model

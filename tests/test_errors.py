@@ -303,6 +303,29 @@ def test_hand_edited_artifact(computed, tmp_path, demo_dirs, change, fragments):
     assert not (tmp_path / "site").exists()
 
 
+@pytest.mark.parametrize("damage, fragments", [
+    (lambda p: p.unlink(), ["its attention file cat.attention.bin is missing"]),
+    (lambda p: p.write_bytes(p.read_bytes()[:-1]), ["bytes that do not match", "different builds"]),
+    (lambda p: p.write_bytes(bytes([p.read_bytes()[0] ^ 1]) + p.read_bytes()[1:]),
+     ["bytes that do not match", "different builds"]),
+], ids=["missing", "truncated", "flipped-byte"])
+def test_damaged_attention_file(computed, tmp_path, demo_dirs, damage, fragments):
+    """The attention beside an artifact must be the one its JSON records (size and SHA-256):
+    render refuses the pair naming the file and the fix, and compute recomputes it."""
+    build = copy_build(computed, tmp_path, demo_dirs)
+    path = build / "artifacts" / SLUGS[0] / "errs" / "cat.attention.bin"
+    damage(path)
+    result = _render(build, computed[1], tmp_path / "site")
+    assert_clean_failure(result, "cat", *fragments, "run `model-atlas compute`")
+    assert not (tmp_path / "site").exists()
+    result = invoke("compute", "--demo", "--prompts", computed[1], "--build-dir", build,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "compute: 1 computed, 3 reused, 0 failed" in result.output
+    assert path.read_bytes() == (computed[0] / "artifacts" / SLUGS[0] / "errs" /
+                                 "cat.attention.bin").read_bytes()
+
+
 def test_other_schema_version_render_says_how_to_recompute(computed, tmp_path, demo_dirs):
     build = copy_build(computed, tmp_path, demo_dirs)
     path = build / "artifacts" / SLUGS[0] / "errs" / "hello.json"

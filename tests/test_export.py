@@ -69,13 +69,11 @@ def expected_attention(built: Path, slug: str, key: str, layer: int, head: int) 
     labels = [t["label"] for t in tokens["tokens"]]
     stored = attention_layer(built, slug, key, layer)
     t, raw = stored["length"], base64.b64decode(stored["data"])
+    assert (stored["encoding"], stored["scale"]) == ("uint8-tril-by-key", 128)
     tri = t * (t + 1) // 2
-    rows, off = [], head * tri
-    for q in range(t):
-        rows += [{"q": q, "k": k, "w": raw[off + k] / 255, "ql": labels[q], "kl": labels[k]}
-                 for k in range(q + 1)]
-        off += q + 1
-    return rows
+    at = lambda q, k: raw[head * tri + k * t - k * (k - 1) // 2 + (q - k)]  # key k: queries k..t-1
+    return [{"q": q, "k": k, "w": at(q, k) / 128, "ql": labels[q], "kl": labels[k]}
+            for q in range(t) for k in range(q + 1)]
 
 
 # --- the export command --------------------------------------------------------------------------

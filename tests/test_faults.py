@@ -199,13 +199,11 @@ def test_a_failing_prompt_fails_alone(monkeypatch, prompts, demo_dirs, tmp_path)
     real = generator.compute.run_batch
     sizes = []
 
-    def flaky(model, input_ids, attention_mask, k):
-        sizes.append(input_ids.shape[0])
-        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            ids = [t for t, m in zip(row, mask) if m]
-            if any(ids[:len(b)] == b for b in bad):
-                raise RuntimeError("simulated failure in the forward pass")
-        return real(model, input_ids, attention_mask, k)
+    def flaky(model, seqs, *args):
+        sizes.append(len(seqs))
+        if any(ids[:len(b)] == b for ids in seqs for b in bad):
+            raise RuntimeError("simulated failure in the forward pass")
+        return real(model, seqs, *args)
 
     monkeypatch.setattr(generator.compute, "run_batch", flaky)
     root = _linked_root(tmp_path / "build", demo_dirs)
@@ -216,6 +214,7 @@ def test_a_failing_prompt_fails_alone(monkeypatch, prompts, demo_dirs, tmp_path)
         assert f"faults/cat ({slug}): RuntimeError: simulated failure in the forward pass" \
             in result.output
         assert not (root / "artifacts" / slug / "faults" / "cat.json").exists()
+        assert not (root / "artifacts" / slug / "faults" / "cat.attention.bin").exists()
         for pid in ("hello", "count"):
             read_artifact(root / "artifacts" / slug / "faults" / f"{pid}.json")
     assert max(sizes) == 3, "the three prompts should first run as one batch"
@@ -232,11 +231,11 @@ def test_out_of_memory_batches_are_split_and_retried(monkeypatch, reference, pro
     real = generator.compute.run_batch
     sizes = []
 
-    def small_memory(model, input_ids, attention_mask, k):
-        sizes.append(input_ids.shape[0])
-        if input_ids.shape[0] > 1:
+    def small_memory(model, seqs, *args):
+        sizes.append(len(seqs))
+        if len(seqs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, input_ids, attention_mask, k)
+        return real(model, seqs, *args)
 
     monkeypatch.setattr(generator.compute, "run_batch", small_memory)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)

@@ -25,20 +25,20 @@
     return out;
   }
 
-  // One head of one layer as heatmap rows. Stored layout (artifact-format): uint8
-  // [heads, T*(T+1)/2], row q holds keys 0..q, weight = value / 255. With hideFirst, key 0 is
-  // dropped and each row re-normalized over the rest (row 0 then has nothing left to show).
+  // One head of one layer as heatmap rows. Stored layout (artifact-format, uint8-tril-by-key):
+  // uint8 [heads, T*(T+1)/2], the lower triangle key by key (key k holds queries k..T-1),
+  // weight = value / scale. With hideFirst, key 0 is dropped and each row re-normalized over the
+  // rest (row 0 then has nothing left to show).
   function attentionRows(layer, head, labels, hideFirst) {
     const t = layer.length, tri = (t * (t + 1)) / 2, bytes = bytesOf(layer.data);
+    const base = head * tri;
+    const at = (q, k) => bytes[base + k * t - (k * (k - 1)) / 2 + (q - k)];
     const rows = [];
-    let off = head * tri;
     for (let q = 0; q < t; q++) {
-      const row = bytes.subarray(off, off + q + 1);
-      off += q + 1;
-      let total = 255;
-      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += row[k]; }
+      let total = layer.scale;
+      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += at(q, k); }
       for (let k = hideFirst ? 1 : 0; k <= q; k++) {
-        rows.push({ q: q, k: k, w: total > 0 ? row[k] / total : 0, ql: labels[q], kl: labels[k] });
+        rows.push({ q: q, k: k, w: total > 0 ? at(q, k) / total : 0, ql: labels[q], kl: labels[k] });
       }
     }
     return rows;
