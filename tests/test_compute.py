@@ -462,3 +462,23 @@ def test_architecture_facts_on_the_meta_device(config_dir):
     model = _full_size_model(config_dir, on_meta=True)
     facts = architecture_facts(model, load_real_tokenizer(tokenizer_name))
     assert {k: facts[k] for k in expected} == expected
+
+
+def test_device_map_auto_gives_the_same_artifacts(computed, demo_dirs, scratch):
+    """`--device-map auto` loads through accelerate (which places every layer itself; on this
+    CPU-only machine all of them on the CPU) and must give the same numbers as a plain load.
+    Spreading over several GPUs cannot be tried here."""
+    out = scratch("device-map") / "artifacts"
+    texts = {k: TEXTS[k] for k in ("two", "induction")}
+    report = run_compute([str(demo_dirs[1])], [prompt_set(texts)], out, SETTINGS, device="cpu",
+                         dtype="float32", log=quiet, device_map="auto")
+    assert (report.computed, report.failures) == (2, [])
+    for pid in texts:
+        ours = read_artifact(out / SLUGS["qwen2_model"] / "tests" / f"{pid}.json")
+        plain = artifact(computed, "qwen2_model", pid)
+        assert ours["key"] == plain["key"] and ours["tokens"] == plain["tokens"]
+        diff = np.abs(np.frombuffer(ours["attention"]["data"], np.uint8).astype(int)
+                      - np.frombuffer(plain["attention"]["data"], np.uint8).astype(int))
+        assert diff.max() <= 1
+        np.testing.assert_allclose(ours["predictions"]["probs"], plain["predictions"]["probs"],
+                                   atol=1e-5)

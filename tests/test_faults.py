@@ -340,3 +340,73 @@ def test_readme_documents_building_in_ci():
     for needle in ("MODEL_ATLAS_GPU", "~/.cache/huggingface", "build/artifacts",
                    "model-atlas compute --shard", "model-atlas render", "GitLab"):
         assert needle in section, needle
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_shards_compute_disjoint_shares_that_combine_into_one_site(reference, prompts, demo_dirs,
+                                                                    tmp_path):
+    """Two runners (--shard 1/2 and 2/2) each compute only their share; gathered into one
+    artifacts directory the shares do not overlap, cover every prompt, and render the site."""
+    from generator.compute import Shard
+    from generator.prompts import load_prompt_sets
+    every = [p for s in load_prompt_sets([prompts]) for p in s.prompts]
+    gathered = _linked_root(tmp_path / "gathered", demo_dirs)
+    seen: dict[str, str] = {}
+    for k in (1, 2):
+        root = _linked_root(tmp_path / f"runner{k}", demo_dirs)
+        result = CliRunner().invoke(main, ["compute", "--demo", "--prompts", str(prompts),
+                                           "--build-dir", str(root), "--device", "cpu",
+                                           "--shard", f"{k}/2"])
+        assert result.exit_code == 0, result.output
+        share = {p.id for p in Shard(k, 2).take(every)}
+        files = sorted(f.relative_to(root / "artifacts") for f in (root / "artifacts").rglob("*")
+                       if f.is_file())
+        assert {f.name.split(".", 1)[0] for f in files} == share, (k, files)
+        assert len(files) == 2 * len(share) * len(SLUGS)  # JSON + attention file per model
+        for f in files:
+            assert str(f) not in seen, f"{f} computed by shard {seen.get(str(f))} and {k}"
+            seen[str(f)] = str(k)
+            (gathered / "artifacts" / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "artifacts" / f, gathered / "artifacts" / f)
+    assert len(seen) == 2 * TOTAL
+    result = CliRunner().invoke(main, ["render", "--demo", "--prompts", str(prompts),
+                                       "--build-dir", str(gathered), "--out",
+                                       str(gathered / "site")])
+    assert result.exit_code == 0, result.output
+    assert sorted(tree_digest(gathered / "site")) == sorted(tree_digest(reference / "site"))
+    for path in assert_artifacts_valid(gathered):
+        ref = read_artifact(reference / path.relative_to(gathered))
+        ours = read_artifact(path)
+        assert ours["key"] == ref["key"] and ours["tokens"] == ref["tokens"]
+
+
+def test_workflow_keeps_only_its_shards_artifacts(tmp_path):
+    """The workflow's "Keep only this shard's artifacts" script, run as the workflow runs it on a
+    restored cache holding every prompt's JSON and attention file: only this shard's remain."""
+    from generator.compute import Shard
+    from generator.prompts import default_prompt_dir, load_prompt_sets
+    wf = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    step = next(s for s in wf["jobs"]["compute"]["steps"]
+                if s.get("name") == "Keep only this shard's artifacts")
+    script = step["run"].split("<<'PY'\n", 1)[1].rsplit("PY", 1)[0]
+    every = [p for s in load_prompt_sets([default_prompt_dir()]) for p in s.prompts]
+    for slug in ("gpt2", "qwen2.5-0.5b"):
+        for p in every:
+            d = tmp_path / "build" / "artifacts" / slug / p.set_id
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{p.id}.json").write_text("{}")
+            (d / f"{p.id}.attention.bin").write_bytes(b"\0")
+    env = dict(ENV, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-", "2/3"], input=script, text=True, cwd=tmp_path,
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    share = {f"{p.set_id}/{p.id}" for p in Shard(2, 3).take(every)}
+    left = sorted(f.relative_to(tmp_path / "build" / "artifacts")
+                  for f in (tmp_path / "build" / "artifacts").rglob("*") if f.is_file())
+    expected = sorted(Path(slug) / f"{key}{suffix}" for slug in ("gpt2", "qwen2.5-0.5b")
+                      for key in share for suffix in (".json", ".attention.bin"))
+    assert left == expected
+    assert f"shard 2/3: {2 * len(share)} artifacts kept" in proc.stdout
