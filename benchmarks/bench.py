@@ -12,9 +12,10 @@ Definitions of every number are in benchmarks/README.md. In short, per model and
   unavoidable matrix products (final norm + unembedding of every layer's residual stream for every
   real token, one stacked matmul per vocabulary chunk), nothing else;
 * compute_ms_per_prompt: the generator's own compute stage, `generator.compute.compute_model`,
-  with only model loading and batch formation replaced (the full-size random-weight model built
-  here is handed in, and prompts go in length-sorted batches of --batch): eager attention,
-  `extract.run_batch`, `build_artifact`, validation, JSON encoding and atomic writes;
+  with only model loading replaced (the full-size random-weight model built here is handed in)
+  and, with --batch N, batch formation (length-sorted batches of N; by default the compute
+  stage's own batches): greedy generation and capture in one pass (`extract.run_batch`),
+  `build_artifact`, validation, JSON encoding and atomic writes;
 * compute_over_floor = compute / floor.
 
 Forward, floor and compute run interleaved, one repetition of each in turn, on the same weights
@@ -121,12 +122,6 @@ def artifact_sequences(paths: list[Path]) -> tuple[list[list[int]], list[int]]:
     return seqs, prompt_lens
 
 
-def make_batches(items: list[tuple[Any, list[int]]], batch: int) -> list[list[tuple[Any, list[int]]]]:
-    """Length-sorted batches of `batch` (prompt, ids), in the order generator.compute._batches uses."""
-    items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
-    return [items[i:i + batch] for i in range(0, len(items), batch)]
-
-
 def tensors(batch: list[tuple[Any, list[int]]], pad: int, device: str):
     T = max(len(ids) for _, ids in batch)
     input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
@@ -173,10 +168,6 @@ def timed(fn: Callable[[], Any], device: str) -> float:
 
 # --- the three measured passes -------------------------------------------------------------------
 
-FLOOR_CHUNK = 32768             # vocabulary columns per lens matmul in the floor
-FLOOR_CHUNK_ELEMENTS = 1 << 26  # logits per matmul at most (rows x columns)
-
-
 @torch.no_grad()
 def forward_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Bare forward pass: SDPA, no attention or hidden-state capture, logits of the last position."""
@@ -187,11 +178,13 @@ def forward_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -
 @torch.no_grad()
 def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Bare SDPA forward with hidden states + final norm and unembedding of every layer's residual
-    stream at every real token, one stacked matmul per vocabulary chunk of FLOOR_CHUNK columns
-    (at most FLOOR_CHUNK_ELEMENTS logits at a time), and nothing else: no top-k, softmax, ranks,
-    copies or encoding. The chunking is the floor's own, not the generator's tiling."""
+    stream at every real token, and nothing else: no top-k, softmax, ranks, copies or encoding.
+
+    The unembedding runs as one matmul per block of rows and vocabulary columns into one reused
+    buffer, in the blocks of generator.extract.lens_tiles (on this CPU 7-20 % faster than one
+    matmul per 2^26-logit chunk, the tiling before it existed, so the floor is the faster one)."""
+    from generator import extract
     from generator.models import final_norm
-    chunk_max, elems = FLOOR_CHUNK, FLOOR_CHUNK_ELEMENTS
     norm = final_norm(model)
     unemb = model.get_output_embeddings()
     weight, bias = unemb.weight, getattr(unemb, "bias", None)
@@ -204,11 +197,17 @@ def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> 
         layers = len(hs) - 1
         h = torch.cat([norm(hs[l][m]) if l < layers else hs[l][m] for l in range(1, layers + 1)])
         h = h.to(weight.dtype)
-        chunk = max(1024, min(chunk_max, elems // max(h.shape[0], 1)))
-        for start in range(0, vocab, chunk):
-            logits = h @ weight[start:start + chunk].T
-            if bias is not None:
-                logits = logits + bias[start:start + chunk]
+        rt, ct = extract.lens_tiles(h.shape[0], h.device)
+        buf = torch.empty(min(rt, h.shape[0]) * min(ct, vocab), dtype=weight.dtype,
+                          device=h.device)
+        for c0 in range(0, vocab, ct):
+            wt = weight[c0:c0 + ct].T
+            for r0 in range(0, h.shape[0], rt):
+                x = buf[:min(rt, h.shape[0] - r0) * wt.shape[1]].view(-1, wt.shape[1])
+                if bias is None:
+                    torch.mm(h[r0:r0 + rt], wt, out=x)
+                else:
+                    torch.addmm(bias[c0:c0 + ct], h[r0:r0 + rt], wt, out=x)
 
 
 @torch.no_grad()
@@ -257,18 +256,33 @@ def loaded_model(name: str, model: Any, tokenizer: Any, device: str, dtype: torc
                        architecture_facts(model, tokenizer))
 
 
+def prompt_groups(lm: Any, prompts: list[Any], batch: int | None, n_new: int) -> list[list[Any]]:
+    """The prompts of each batch the compute stage runs: with `batch` None its own batching
+    (generator.compute._batches: length-sorted, sized to its memory budget for the device), else
+    length-sorted groups of exactly `batch`. Forward, floor and continuation floor run the same
+    groups."""
+    from generator import compute as C
+    from generator.tokens import describe_tokens
+    items = [(p, describe_tokens(lm.tokenizer, p.text)[0]) for p in prompts]
+    if batch is None:
+        groups = C._batches(items, lm.facts["layers"], lm.facts["query_heads"],
+                            C.default_budget(lm.device), n_new)
+    else:
+        items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
+        groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    return [[p for p, _ in g] for g in groups]
+
+
 @contextlib.contextmanager
-def patched_compute(lm: Any, batch: int):
-    """Hand our model to generator.compute.compute_model and make it batch by `batch` exactly."""
+def patched_compute(lm: Any, batch: int | None):
+    """Hand our model to generator.compute.compute_model; with `batch` set, make it batch by
+    `batch` exactly (None: its own batching)."""
     from generator import compute as C
     names = ("resolve_model", "load_model", "_batches")
     missing = [n for n in names if not hasattr(C, n)]
     if missing:
         raise RuntimeError(f"generator.compute no longer has {missing}; update benchmarks/bench.py")
     saved = {n: getattr(C, n) for n in names}
-    if hasattr(C, "CONTINUATION_BATCH"):  # continuations in batches of `batch` too
-        saved["CONTINUATION_BATCH"] = C.CONTINUATION_BATCH
-        C.CONTINUATION_BATCH = batch
 
     def batches(items, *a, **k):
         items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
@@ -276,7 +290,8 @@ def patched_compute(lm: Any, batch: int):
 
     C.resolve_model = lambda *a, **k: lm.ref
     C.load_model = lambda *a, **k: lm
-    C._batches = batches
+    if batch is not None:
+        C._batches = batches
     try:
         yield C
     finally:
@@ -428,12 +443,12 @@ def attention_error(ref_model: Any, paths: list[Path], device: str) -> float:
 
     Each artifact's own token ids (prompt and any generated continuation) are run alone (batch 1,
     no padding) through `ref_model`."""
-    from generator.schema import decode_attention
+    from generator.schema import decode_attention, read_artifact
     before = ref_model.config._attn_implementation
     set_attention(ref_model, "eager")
     worst = 0.0
     for path in paths:
-        art = json.loads(path.read_text(encoding="utf-8"))
+        art = read_artifact(path)
         ids = torch.tensor([[t["id"] for t in art["tokens"]]], device=device)
         out = ref_model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True,
                         use_cache=False, logits_to_keep=1)
@@ -473,12 +488,14 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     seqs, prompt_lens = artifact_sequences([artifact_path(warm, lm.ref.slug, p) for p in prompts])
     shutil.rmtree(warm, ignore_errors=True)
     analysed = list(zip(prompts, seqs))
-    batches = make_batches(analysed, args.batch)
+    # The same groups of prompts as the compute stage's batches, each sorted by analysed length.
+    groups = prompt_groups(lm, prompts, args.batch, n_new)
+    of = {p.key: (ids, k) for (p, ids), k in zip(analysed, prompt_lens)}
+    batches = [sorted([(p, of[p.key][0]) for p in g], key=lambda it: len(it[1])) for g in groups]
     dev_batches = [tensors(b, pad, device) for b in batches]
-    # Continuation floor: the prompts alone, batched, left-padded.
-    prompt_only = make_batches([(p, ids[:k]) for (p, ids), k in zip(analysed, prompt_lens)],
-                               args.batch)
-    gen_batches = [left_padded(b, pad, device) for b in prompt_only]
+    # Continuation floor: the prompts alone, the same groups, left-padded.
+    gen_batches = [left_padded([(p, of[p.key][0][:of[p.key][1]]) for p in g], pad, device)
+                   for g in groups]
     n_tokens = sum(len(ids) for _, ids in analysed)
 
     set_attention(model, "sdpa")
@@ -523,7 +540,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
         "parameters": lm.facts["parameters"], "layers": lm.facts["layers"],
         "heads": lm.facts["query_heads"], "vocab": lm.facts["vocab_size"],
         "model_build_s": round(build_s, 1), "settings": asdict_or_repr(settings),
-        "prompts": n, "batches": len(batches),
+        "prompts": n, "batches": len(batches), "batch_sizes": [len(b) for b in batches],
         "prompt_tokens_mean": round(sum(prompt_lens) / n, 1),
         "analysed_tokens_mean": round(n_tokens / n, 1),
         "analysed_tokens_max": max(len(i) for _, i in analysed),
@@ -555,7 +572,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
 
     # Where compute time goes (one more pass, with a timer around each part).
     set_attention(model, "eager")
-    with patched_compute(lm, args.batch):  # the generator's continuation batch = --batch
+    with patched_compute(lm, args.batch):
         parts = compute_breakdown(lm, prompts, args.batch, tmp / f"{name}-breakdown", settings)
     bd = {k: round(v / n * 1000, 2) for k, v in parts.items()}
     bd["total"] = round(sum(parts.values()) / n * 1000, 2)
@@ -763,7 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill", action=argparse.BooleanOptionalAction, default=None,
                     help="repeat each prompt's text to exactly --tokens tokens (default: on when "
                          f"--tokens > {NATURAL_MAX}; the curated prompts are 3-44 tokens)")
-    ap.add_argument("--batch", type=int, default=8, help="prompts per forward pass (8)")
+    ap.add_argument("--batch", default="auto",
+                    help="prompts per batch: 'auto' (the compute stage's own batching, sized to "
+                         "its memory budget) or a number, for every timing (auto)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (3; 5 on cuda)")
     ap.add_argument("--size-prompts", type=int, default=None,
                     help="prompts filled to 64 and 256 tokens for artifact sizes (1; 8 on cuda)")
@@ -785,6 +804,12 @@ def main(argv: list[str] | None = None) -> int:
     args.size_prompts = args.size_prompts or (8 if cuda and not args.quick else 1)
     if args.fill is None:
         args.fill = args.tokens > NATURAL_MAX
+    if args.batch == "auto":
+        args.batch = None
+    elif not args.batch.isdigit() or int(args.batch) < 1:
+        ap.error(f"--batch {args.batch}: a positive number or 'auto'")
+    else:
+        args.batch = int(args.batch)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -803,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "model-atlas reference workload", "version": 1,
         "settings": {"device": args.device, "dtype": str(dtype).replace("torch.", ""),
                      "models": names, "prompts": args.prompts, "tokens": args.tokens,
-                     "fill": args.fill, "batch": args.batch, "reps": args.reps,
+                     "fill": args.fill, "batch": args.batch or "auto", "reps": args.reps,
                      "size_prompts": args.size_prompts, "quick": args.quick},
         "machine": machine(args.device, dtype),
         "code": code_version(),

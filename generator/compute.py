@@ -196,6 +196,11 @@ def _batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
     return out
 
 
+def default_budget(device: str) -> int:
+    """Bytes of float32 attention one batch may capture: 2 GiB on a GPU, 512 MiB on the CPU."""
+    return (2 << 30) if device.startswith("cuda") else (512 << 20)
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -257,7 +262,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
         items.append((p, ids))
         tokens_of[p.key] = (key, tokens)
     if budget_bytes is None:
-        budget_bytes = (2 << 30) if lm.device.startswith("cuda") else (512 << 20)
+        budget_bytes = default_budget(lm.device)
     facts = lm.facts
     t0, done = time.perf_counter(), 0
     for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes,

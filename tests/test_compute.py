@@ -198,6 +198,38 @@ def test_generation_stops_after_end_of_text(gpt2_model):
     assert out[1].ids[:len(seqs[1])] == seqs[1]
 
 
+@pytest.mark.parametrize("tiles, bias", [((1024, 4096), False), ((7, 512), True), ((7, 64), True),
+                                         ((5, 16), False)],
+                         ids=["default-tiles", "prefilter-and-merges", "narrow-blocks-bias",
+                              "very-narrow-blocks"])
+def test_lens_topk_equals_the_full_log_softmax(monkeypatch, tiles, bias):
+    """The blocked top-k / log-sum-exp / rank against the full logits computed the plain way, with
+    several row tiles, vocabulary blocks that do not divide the vocabulary, blocks too narrow for the
+    top-k prefilter, candidate merges, rows without a target, and a logit bias."""
+    from generator import extract
+    monkeypatch.setattr(extract, "CPU_ROW_TILE", tiles[0])
+    monkeypatch.setattr(extract, "CPU_COL_TILE", tiles[1])
+    g = torch.Generator().manual_seed(3)
+    R, D, V, k = 37, 24, 1999, 10
+    h = torch.randn(R, D, generator=g)
+    W = torch.randn(V, D, generator=g) * 0.5
+    b = torch.randn(V, generator=g) if bias else None
+    targets = torch.randint(0, V, (R,), generator=g)
+    targets[::5] = -1
+    ids, lps, t_lp, rank = extract.lens_topk(h, W, b, targets, k)
+    logits = (h.double() @ W.double().T) + (b.double() if bias else 0)
+    full = torch.log_softmax(logits, -1)
+    ref = full.topk(k, -1)
+    np.testing.assert_array_equal(ids.numpy(), ref.indices.numpy())
+    np.testing.assert_allclose(lps.numpy(), ref.values.numpy(), atol=1e-4)
+    has = targets >= 0
+    safe = targets.clamp_min(0)[:, None]
+    np.testing.assert_allclose(t_lp[has].numpy(), full.gather(1, safe)[:, 0][has].numpy(), atol=1e-4)
+    assert torch.isnan(t_lp[~has]).all() and (rank[~has] == 0).all()
+    expected_rank = 1 + (logits > logits.gather(1, safe)).sum(1)
+    np.testing.assert_array_equal(rank[has].numpy(), expected_rank[has].numpy())
+
+
 def test_quantize_attention_error_and_range():
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
