@@ -570,6 +570,18 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
                      "continuation_floor": [round(x, 3) for x in gen],
                      "compute": [round(x, 3) for x in com]}
 
+    # A one-prompt rebuild, the model already loaded (loading is a fixed cost a rebuild shares
+    # with a full build): the compute stage over one edited prompt, against the whole workload.
+    from generator.prompts import Prompt
+    p0 = prompts[0]
+    edited = [Prompt(p0.set_id, p0.id, "Indeed, " + p0.text, p0.note, p0.tags)]
+    one = timed(lambda: compute_pass(lm, edited, tmp / f"{name}-edited", settings, dtype,
+                                     args.batch), device)
+    full = statistics.median(com)
+    res["rebuild_one_prompt_compute_s"] = round(one, 3)
+    res["full_compute_s"] = round(full, 3)
+    res["rebuild_one_prompt_over_full_compute"] = round(one / full, 3)
+
     # Where compute time goes (one more pass, with a timer around each part).
     set_attention(model, "eager")
     with patched_compute(lm, args.batch):

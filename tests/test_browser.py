@@ -99,6 +99,21 @@ def wait_redrawn(page, chart, key: str, value: str, watched: Watched) -> None:
     assert not error, f"redraw for {key}={value} failed: {error}; {watched.errors}"
 
 
+def canvas_pixels(chart) -> str:
+    """The drawn pixels of a chart's Vega canvas, as a data URL."""
+    return chart.locator("canvas.marks").evaluate("(c) => c.toDataURL()")
+
+
+def canvas_colours(chart) -> int:
+    """How many distinct colours a chart's Vega canvas shows."""
+    return chart.locator("canvas.marks").evaluate("""(c) => {
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        return seen.size;
+    }""")
+
+
 def test_prompt_page_charts_render_and_redraw(site_url, watched):
     page = watched.page
     page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
@@ -110,29 +125,35 @@ def test_prompt_page_charts_render_and_redraw(site_url, watched):
     for i in range(charts.count()):
         chart = charts.nth(i)
         assert chart.get_attribute("data-rendered") == "true"
-        assert chart.locator("svg.marks").count() == 1, f"chart {i} has no Vega svg"
-    for kind in ("attention", "predictions", "surprisal"):
+        assert chart.locator("svg.marks, canvas.marks").count() == 1, f"chart {i} has no Vega view"
+    for kind in ("predictions", "surprisal"):
         kind_charts = page.locator(f'[data-spec$="charts/{kind}.vl.json"] .atlas-chart')
         assert kind_charts.count() == 2, f"{kind}: one chart per model expected"
         for i in range(2):
             svg = kind_charts.nth(i).locator("svg.marks")
             assert svg.locator("path, rect, text").count() > 0, f"{kind} chart {i} is empty"
+    # The heatmaps are drawn on a canvas: it must hold many distinct colours (cells of different
+    # weights), not a blank or single-colour area.
+    heatmaps = page.locator(".atlas-attention .atlas-chart")
+    assert heatmaps.count() == 2, "one attention heatmap per model expected"
+    for i in range(2):
+        assert canvas_colours(heatmaps.nth(i)) > 20, f"attention heatmap {i} is empty"
 
     # Changing the layer, then the head, redraws the first model's heatmap.
     box = page.locator(".atlas-attention").first
     chart = box.locator(".atlas-chart")
-    before = chart.inner_html()
+    before = canvas_pixels(chart)
     layers = box.locator(".atlas-layer option").count()
     heads = box.locator(".atlas-head option").count()
     assert layers >= 2 and heads >= 2
     box.locator(".atlas-layer").select_option(str(layers - 1))
     wait_redrawn(page, chart, "layer", str(layers - 1), watched)
-    after_layer = chart.inner_html()
+    after_layer = canvas_pixels(chart)
     assert after_layer != before, "changing the layer did not redraw the heatmap"
     box.locator(".atlas-head").select_option(str(heads - 1))
     wait_redrawn(page, chart, "head", str(heads - 1), watched)
-    assert chart.inner_html() != after_layer, "changing the head did not redraw the heatmap"
-    assert chart.locator("svg.marks").count() == 1, "the redraw added a second chart"
+    assert canvas_pixels(chart) != after_layer, "changing the head did not redraw the heatmap"
+    assert chart.locator("canvas.marks").count() == 1, "the redraw added a second chart"
     assert not page.locator(".atlas-error").count()
 
     assert not watched.errors, watched.errors

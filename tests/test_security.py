@@ -222,13 +222,16 @@ def test_chart_tooltip_shows_markup_as_text(browser, site_url, pid):
     opened = Opened(browser, f"{site_url}prompts/{SET_ID}/{pid}.html", height=900)
     try:
         page = opened.page
-        chart = page.locator(".atlas-attention .atlas-chart").first
+        # The predictions chart (SVG; the attention heatmap is a canvas): its first bar is the
+        # prediction after position 0, labelled with the "<" token.
+        selector = '[data-spec$="charts/predictions.vl.json"] .atlas-chart'
+        chart = page.locator(selector).first
         chart.scroll_into_view_if_needed()
         page.wait_for_function(
-            "() => document.querySelector('.atlas-attention .atlas-chart').dataset.rendered === 'true'",
+            f"() => document.querySelector('{selector}').dataset.rendered === 'true'",
             timeout=CHART_TIMEOUT_MS)
-        cell = chart.locator("svg [role='graphics-symbol']").first  # query 0, key 0: the "<" token
-        cell.hover(force=True)
+        cell = chart.locator("svg [role='graphics-symbol']").first
+        cell.hover(position={"x": 2, "y": 2}, force=True)  # the corner: the text sits mid-cell
         tooltip = page.locator("#vg-tooltip-element")
         tooltip.wait_for(state="visible", timeout=10_000)
         assert "0: <" in tooltip.inner_text()

@@ -49,10 +49,10 @@
     el.classList.add("atlas-error");
   }
 
-  async function embed(el, spec, datasets) {
+  async function embed(el, spec, datasets, renderer) {
     const s = JSON.parse(JSON.stringify(spec));
     s.datasets = Object.assign({}, s.datasets || {}, datasets);
-    const result = await vegaEmbed(el, s, EMBED);
+    const result = await vegaEmbed(el, s, renderer ? Object.assign({}, EMBED, { renderer }) : EMBED);
     el.dataset.rendered = "true";
     // For benchmarks/page_bench.py: when the page first showed a chart.
     if (!performance.getEntriesByName("atlas-first-chart").length) {
@@ -94,7 +94,9 @@
         const layer = await getJSON(box.dataset.attn + layerSel.value + ".json");
         return attentionRows(layer, Number(headSel.value), labels, sink.checked);
       };
-      const result = await embed(el, spec, { attention: await rowsFor() });
+      // Canvas: a heatmap has T(T+1)/2 cells (2,628 at 72 tokens, 35,000 at 264), too many
+      // SVG elements to draw quickly. The embed page's SVG and PNG downloads are unaffected.
+      const result = await embed(el, spec, { attention: await rowsFor() }, "canvas");
       const update = async () => {
         const rows = await rowsFor();
         // view.data replaces the named dataset (the bundle's global `vega` is not exported).
