@@ -434,6 +434,7 @@ def artifact_sizes(paths: list[Path]) -> dict[str, Any]:
         toks.append(meta["length"])
     return {"prompts": len(paths), "tokens_mean": round(statistics.mean(toks), 1),
             "raw": int(statistics.mean(raw)), "gzip": int(statistics.mean(gz)),
+            "gzip_min": min(gz), "gzip_median": int(statistics.median(gz)), "gzip_max": max(gz),
             "gzip_json_part": int(statistics.mean(json_gz))}
 
 

@@ -80,6 +80,7 @@ def lens_chart() -> alt.LayerChart:
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("pl:N", title="after"),
                  alt.Tooltip("top:N", title="top prediction"),
                  alt.Tooltip("p:Q", format=".3f", title="its probability"),
+                 alt.Tooltip("runners:N", title="next in line"),
                  alt.Tooltip("rank:Q", title="rank of actual next"),
                  alt.Tooltip("pnext:Q", format=".4f", title="p(actual next)")],
     )

@@ -63,7 +63,7 @@ compute_options = _options(
                  help="Hub revision (branch, tag or commit) of hub models."),
     click.option("--top-k", type=int, default=10, show_default=True,
                  help="Predictions stored per position."),
-    click.option("--lens-top-k", type=int, default=5, show_default=True,
+    click.option("--lens-top-k", type=int, default=3, show_default=True,
                  help="Logit-lens predictions stored per layer and position."),
     click.option("--continuation", type=int, default=8, show_default=True,
                  help="Greedy tokens generated after each prompt and analysed with it (0: none)."),

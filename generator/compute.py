@@ -38,7 +38,7 @@ Log = Callable[[str], None]
 class Settings:
     """Extraction settings; every field is part of each artifact's key."""
     top_k: int = 10        # predictions stored per position
-    lens_top_k: int = 5    # logit-lens predictions stored per layer and position
+    lens_top_k: int = 3    # logit-lens predictions stored per layer and position
     continuation: int = 8  # greedy tokens generated after the prompt, analysed like the prompt
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .metrics import HEAD_METRICS, aggregate
+from .tokens import entry_bytes
 
 LN2 = math.log(2)
 CHART_TOP_K = 5           # predictions per position drawn in the chart (the artifact holds more)
@@ -73,21 +74,28 @@ def prediction_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
         for r, (tid, p) in enumerate(zip(ids[:CHART_TOP_K], probs), start=1):
             v = vocab[str(tid)]
             rows.append({"pos": i, "pl": labels[i], "rank": r, "prob": p, "actual": actual,
-                         "token": show_token(v["text"], v["bytes"], tid)})
+                         "token": show_token(v["text"], entry_bytes(v), tid)})
     return rows
 
 
 def lens_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
-    """Logit lens: per layer and position, the top prediction and the rank of the actual next."""
+    """Logit lens: per layer and position, the top prediction, the ones after it (the stored
+    lens_top_k) and the rank of the actual next."""
     _, labels = _labels(a)
     vocab = a["vocab"]
+
+    def shown(tid: int) -> str:
+        v = vocab[str(tid)]
+        return show_token(v["text"], entry_bytes(v), tid)
+
     rows = []
     for layer, block in enumerate(a["lens"]):
         for i, (ids, probs) in enumerate(zip(block["ids"], block["probs"])):
-            v = vocab[str(ids[0])]
             rank = block["next_rank"][i]
             rows.append({"layer": layer, "pos": i, "pl": labels[i],
-                         "top": show_token(v["text"], v["bytes"], ids[0]), "p": probs[0],
+                         "top": shown(ids[0]), "p": probs[0],
+                         "runners": ", ".join(f"{shown(t)} ({p:.3f})"
+                                              for t, p in zip(ids[1:], probs[1:])),
                          "rank": rank, "lrank": None if rank is None else round(math.log10(rank), 3),
                          "pnext": None if block["next_logprob"][i] is None
                          else round(math.exp(block["next_logprob"][i]), 5)})
@@ -191,7 +199,7 @@ def top1_agreement(artifacts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _top1(a: dict[str, Any], i: int) -> dict[str, Any]:
     tid = a["predictions"]["ids"][i][0]
     v = a["vocab"][str(tid)]
-    return {"text": show_token(v["text"], v["bytes"], tid), "raw": v["bytes"],
+    return {"text": show_token(v["text"], entry_bytes(v), tid), "raw": entry_bytes(v),
             "prob": a["predictions"]["probs"][i][0]}
 
 

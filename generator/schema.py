@@ -131,8 +131,9 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "vocab": {
             "type": "object",
             "additionalProperties": {
-                "type": "object", "required": ["text", "bytes"],
-                "properties": {"text": {"type": ["string", "null"]}, "bytes": {"type": "string"}},
+                "type": "object", "required": ["text"],
+                "properties": {"text": {"type": ["string", "null"]},
+                               "bytes": {"type": "string", "pattern": "^([0-9a-f]{2})+$"}},
             },
         },
     },
@@ -171,6 +172,9 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
             raise ValueError(f"metrics.{name} must be [layers][heads]")
     if a["generation"]["prompt_tokens"] + a["generation"]["generated_tokens"] != t:
         raise ValueError("generation.prompt_tokens + generated_tokens must equal the token count")
+    undecodable = [tid for tid, v in a["vocab"].items() if v["text"] is None and "bytes" not in v]
+    if undecodable:
+        raise ValueError(f"vocab[{undecodable[0]}] has no text, so it needs its bytes")
     missing = {str(i) for row in a["predictions"]["ids"] for i in row} - a["vocab"].keys()
     if missing:
         raise ValueError(f"vocab lacks {len(missing)} predicted ids, e.g. {sorted(missing)[0]}")

@@ -87,10 +87,18 @@ def describe_ids(tokenizer: Any, ids: Sequence[int], offset: int) -> list[dict[s
 
 
 def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any]]:
-    """Display records for predicted token ids, keyed by id as a string (JSON object keys)."""
+    """Display records for predicted token ids, keyed by id as a string (JSON object keys):
+    {"text": ...} when the token's bytes are complete UTF-8 (they are then the text's UTF-8), else
+    {"text": None, "bytes": hex}. An artifact refers to hundreds of predicted ids; the hex of
+    every decodable one would be a third of the artifact's JSON after gzip for nothing."""
     unique = sorted({int(i) for i in ids})
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for tid, raw in zip(unique, token_bytes(tokenizer, unique)):
         shown, hexed = display(raw)
-        out[str(tid)] = {"text": shown, "bytes": hexed}
+        out[str(tid)] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
     return out
+
+
+def entry_bytes(entry: dict[str, Any]) -> str:
+    """The hex of a vocab entry's bytes (stored only when they are not complete UTF-8)."""
+    return entry["bytes"] if entry.get("text") is None else entry["text"].encode("utf-8").hex()

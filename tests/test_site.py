@@ -247,3 +247,26 @@ def test_render_command_works_without_torch(demo_build, tmp_path):
     # The same pages as the build that had torch.
     assert sorted(p.relative_to(out) for p in out.rglob("*.html")) == \
         sorted(p.relative_to(demo_build.site) for p in demo_build.site.rglob("*.html"))
+
+
+def test_lens_rows_show_the_stored_top_k(demo_build):
+    """The logit-lens chart's rows carry every stored prediction of a layer: the top one, then the
+    others with their probabilities, shown as the page shows tokens (partial characters as bytes)."""
+    from generator.pagedata import show_token
+    from generator.schema import read_artifact
+    from generator.tokens import entry_bytes
+    for slug in DEMO_SLUGS:
+        a = read_artifact(demo_build.site / "artifacts" / slug / "mixed" / "cjk-emoji.json")
+        k = a["provenance"]["settings"]["lens_top_k"]
+        assert k == 3 and a["lens"][0]["k"] == k
+        rows = json.loads((demo_build.site / "data" / slug / "mixed" / "cjk-emoji.lens.json")
+                          .read_text("utf-8"))["lens"]
+        assert len(rows) == len(a["lens"]) * len(a["tokens"])
+        for row in rows:
+            block = a["lens"][row["layer"]]
+            ids, probs = block["ids"][row["pos"]], block["probs"][row["pos"]]
+            shown = [show_token(a["vocab"][str(t)]["text"], entry_bytes(a["vocab"][str(t)]), t)
+                     for t in ids]
+            assert row["top"] == shown[0] and row["p"] == probs[0]
+            assert row["runners"] == ", ".join(f"{s} ({p:.3f})" for s, p in zip(shown[1:],
+                                                                                probs[1:]))
