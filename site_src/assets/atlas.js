@@ -49,10 +49,17 @@
     el.classList.add("atlas-error");
   }
 
+  // Charts are drawn one after another, not interleaved: two charts started together would both
+  // appear only when both are done, while in turn the first shows as soon as it alone is done.
+  let drawing = Promise.resolve();
+
   async function embed(el, spec, datasets, renderer) {
     const s = JSON.parse(JSON.stringify(spec));
     s.datasets = Object.assign({}, s.datasets || {}, datasets);
-    const result = await vegaEmbed(el, s, renderer ? Object.assign({}, EMBED, { renderer }) : EMBED);
+    const options = renderer ? Object.assign({}, EMBED, { renderer }) : EMBED;
+    const turn = drawing.then(() => vegaEmbed(el, s, options));
+    drawing = turn.catch(() => undefined);
+    const result = await turn;
     el.dataset.rendered = "true";
     // For benchmarks/page_bench.py: when the page first showed a chart.
     if (!performance.getEntriesByName("atlas-first-chart").length) {
