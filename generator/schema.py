@@ -293,10 +293,10 @@ def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
     """Attention of one layer as float32 [heads, T, T] (zeros above the diagonal)."""
     att = artifact["attention"]
     h, t = att["heads"], att["length"]
-    size = h * tril_size(t)
-    flat = np.frombuffer(att["data"], dtype=np.uint8)[layer * size:(layer + 1) * size]
-    if flat.size != size:
-        raise ArtifactError(f"attention layer {layer} holds {flat.size} values, expected {size}")
+    flat = np.frombuffer(attention_layer(artifact, layer), dtype=np.uint8)
+    if flat.size != h * tril_size(t):
+        raise ArtifactError(f"attention layer {layer} holds {flat.size} values, expected "
+                            f"{h * tril_size(t)}")
     out = np.zeros((h, t, t), dtype=np.float32)
     queries, keys = tril_by_key(t)
     out[:, queries, keys] = flat.reshape(h, -1).astype(np.float32) / ATTENTION_SCALE
