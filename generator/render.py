@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import jinja2
 
 from . import pagedata as pd
-from .charts import chart_specs
+from .charts import ATLAS_TOP, chart_specs
 from .errors import ArtifactError
 from .export import write_embed_pages
 from .prompts import PromptSet
@@ -176,7 +176,8 @@ def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dic
         base = f"data/{m.slug}/{s.id}/{p.id}"
         tokens = pd.token_rows(a)
         w.json(f"{base}.json", {"tokens": tokens, "predictions": pd.prediction_rows(a)})
-        w.json(f"{base}.lens.json", {"lens": pd.lens_rows(a)})
+        lens = pd.lens_rows(a)
+        w.json(f"{base}.lens.json", {"lens": lens})
         w.json(f"{base}.heads.json", {"heads": pd.head_rows(a), "groups": pd.group_rows(a)})
         att = a["attention"]
         for layer in range(att["layers"]):
@@ -188,7 +189,7 @@ def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dic
         src = catalog.paths[(m.slug, p.key)]
         w.copy(src, f"artifacts/{m.slug}/{s.id}/{p.id}.json")
         w.copy(attention_path(src), f"artifacts/{m.slug}/{s.id}/{attention_path(src).name}")
-        per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens,
+        per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens, "lens": lens,
                           "generation": a["generation"]})
     return per_model
 
@@ -203,6 +204,24 @@ def _comparison(w: Writer, catalog: Catalog, s: PromptSet, p: Any,
     return {"segments": segments, "names": names,
             "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None,
             "data": f"data/compare/{s.id}/{p.id}.json"}
+
+
+def shared_domains(per_model: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Scale domains shared by both models' charts of one prompt page, so that the same colour
+    and the same axis position mean the same value side by side. Keyed by chart; each value is
+    the params of that chart's spec (generator/charts.py)."""
+    def top(values: Iterable[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return round(max(vals), 3) if vals else None
+
+    surprisal = top(t["surprisal"] for pm in per_model for t in pm["tokens"])
+    entropy = [v for pm in per_model for row in pm["artifact"]["metrics"]["entropy"] for v in row
+               if v is not None]
+    lrank = top(r["lrank"] for pm in per_model for r in pm["lens"])
+    return {"surprisal": {"surprisal_max": surprisal},
+            "heads": {"entropy_min": round(min(entropy), 3) if entropy else None,
+                      "entropy_max": round(max(entropy), 3) if entropy else None},
+            "lens": {"lrank_max": lrank}}
 
 
 def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = print) -> list[Any]:
@@ -229,9 +248,13 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     page("index.md", "home.md.j2")
     keys = [p.key for s in catalog.sets for p in s.prompts]
     for m in catalog.models:
-        atlas = pd.head_atlas(m.slug, keys, [catalog.artifacts[(m.slug, k)] for k in keys])
+        atlas = pd.head_atlas(
+            m.slug, keys, [catalog.artifacts[(m.slug, k)] for k in keys],
+            link=lambda key, layer, head, slug=m.slug:
+            f"../prompts/{key}.html?model={slug}&layer={layer}&head={head}")
         w.json(f"data/{m.slug}/atlas.json", {"atlas": atlas["rows"]})
-        page(f"models/{m.slug}.md", "model.md.j2", model=m, atlas=atlas["rows"])
+        page(f"models/{m.slug}.md", "model.md.j2", model=m, atlas=atlas["rows"],
+             atlas_top=min(ATLAS_TOP, m.facts["layers"] * m.facts["query_heads"]))
     done = 0
     tok_rows = []
     for s in catalog.sets:
@@ -240,7 +263,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
             per_model = _prompt_files(w, catalog, s, p)
             compare = _comparison(w, catalog, s, p, per_model)
             page(f"prompts/{s.id}/{p.id}.md", "prompt.md.j2", set=s, prompt=p,
-                 per_model=per_model, compare=compare)
+                 per_model=per_model, compare=compare, domains=shared_domains(per_model))
             tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
                              "stats": [pd.tokenizer_stats(p, pm["artifact"]) for pm in per_model],
                              "tokens": [pm["tokens"] for pm in per_model]})

@@ -1,0 +1,82 @@
+/* Model Atlas "every head at a glance": small multiples of every layer x head of one model on a
+ * prompt page, each drawn from the stored attention of that layer (the same files and decoder as
+ * the heatmap). A layer's row fetches its file only when it scrolls near the viewport; clicking a
+ * thumbnail opens that head in the page's heatmap. Loaded before atlas.js, which calls
+ * AtlasThumbs.mount(holder, page) for every .atlas-thumbs holder. */
+(function () {
+  "use strict";
+
+  function mount(holder, page) {
+    const layers = Number(holder.dataset.layers), heads = Number(holder.dataset.heads);
+    const model = holder.dataset.model;
+    const grid = document.createElement("div");
+    grid.className = "atlas-thumb-grid";
+    grid.style.gridTemplateColumns = "2.2em repeat(" + heads + ", var(--atlas-thumb))";
+    const head0 = document.createElement("span");
+    head0.className = "atlas-thumb-axis";
+    head0.textContent = "L\\H";
+    grid.append(head0);
+    for (let h = 0; h < heads; h++) {
+      const s = document.createElement("span");
+      s.className = "atlas-thumb-axis";
+      s.textContent = String(h);
+      grid.append(s);
+    }
+    const rows = [];
+    for (let l = 0; l < layers; l++) {
+      const name = document.createElement("span");
+      name.className = "atlas-thumb-axis atlas-thumb-layer";
+      name.textContent = String(l);
+      grid.append(name);
+      const row = { layer: l, buttons: [], anchor: name };
+      for (let h = 0; h < heads; h++) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "atlas-thumb";
+        b.dataset.layer = String(l);
+        b.dataset.head = String(h);
+        b.title = "layer " + l + ", head " + h + ": open in the heatmap";
+        b.setAttribute("aria-label", "open layer " + l + " head " + h + " in the heatmap");
+        b.append(document.createElement("canvas"));
+        b.addEventListener("click", () => page.openHead(model, l, h));
+        grid.append(b);
+        row.buttons.push(b);
+      }
+      rows.push(row);
+    }
+    holder.replaceChildren(grid);
+
+    const drawRow = async (row) => {
+      try {
+        const layer = await page.getJSON(holder.dataset.attn + row.layer + ".json");
+        row.file = layer;
+        paintRow(row, page);
+      } catch (err) {
+        row.anchor.classList.add("atlas-error");
+        row.anchor.title = "could not draw layer " + row.layer + ": " + err.message;
+      }
+    };
+    page.onTheme(() => rows.forEach((row) => { if (row.file) paintRow(row, page); }));
+    if (!("IntersectionObserver" in window)) { rows.forEach(drawRow); return; }
+    const seen = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (!entry.isIntersecting) continue;
+        seen.unobserve(entry.target);
+        drawRow(rows[Number(entry.target.dataset.layer)]);
+      }
+    }, { rootMargin: "200px 0px" });
+    rows.forEach((row) => seen.observe(row.buttons[0]));
+  }
+
+  function paintRow(row, page) {
+    const H = window.AtlasHeatmap;
+    row.buttons.forEach((b, h) => {
+      // One canvas pixel per token pair; CSS scales it to the thumbnail's size.
+      H.paint(b.querySelector("canvas"), H.headMatrix(row.file, h, false), row.file.length, 1,
+              page.theme());
+      b.dataset.drawn = "true";
+    });
+  }
+
+  window.AtlasThumbs = { mount: mount };
+})();
