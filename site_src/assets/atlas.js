@@ -80,7 +80,8 @@
     for (const p of s.params || []) {
       if (params && Object.prototype.hasOwnProperty.call(params, p.name)) p.value = params[p.name];
     }
-    const options = Object.assign({}, EMBED, { config: vegaConfig() });
+    const options = Object.assign({}, EMBED, { config: vegaConfig(),
+                                               tooltip: { theme: theme().dark ? "dark" : "light" } });
     const turn = drawing.then(() => vegaEmbed(el, s, options));
     drawing = turn.catch(() => undefined);
     const result = await turn;

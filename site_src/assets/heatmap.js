@@ -281,6 +281,12 @@
       this.chart.dataset.layer = layerNo;
       this.chart.dataset.head = String(head);
       this.chart.dataset.rendered = "true";
+      // The thumbnail of the head shown here is outlined ("every head at a glance").
+      document.querySelectorAll('.atlas-thumbs[data-model="' + this.box.dataset.model +
+                                '"] .atlas-thumb').forEach((b) => {
+        b.classList.toggle("atlas-thumb-on", b.dataset.layer === layerNo &&
+                           b.dataset.head === String(head));
+      });
       if (this.active) this.select(this.active[0], this.active[1]);
     }
 
