@@ -463,6 +463,14 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
     assert chart.get_attribute("data-head") == str(heads - 1)
     assert page.url.endswith(f"?model={QWEN}&layer={layers - 1}&head={heads - 1}")
     assert target.evaluate("(b) => b.classList.contains('atlas-thumb-on')")
+    # Keyboard: the grid is one tab stop, the arrows move, Enter opens.
+    first = page.locator(f'.atlas-thumbs[data-model="{QWEN}"] .atlas-thumb').first
+    assert first.get_attribute("tabindex") == "0"
+    first.focus()
+    for key in ("ArrowDown", "ArrowRight", "ArrowRight", "Enter"):
+        page.keyboard.press(key)
+    wait_redrawn(page, chart, "layer", "1", watched)
+    assert chart.get_attribute("data-head") == "2"
     assert not watched.errors, watched.errors
 
 
@@ -550,4 +558,34 @@ def test_embed_lens_does_not_scroll_the_window(long_url, watched):
     assert page.evaluate("(() => { const c = document.getElementById('atlas-chart');"
                          " return c.scrollWidth > c.clientWidth; })()"), \
         "the embedded lens should scroll in its frame"
+    assert not watched.errors, watched.errors
+
+
+AXIS_LABELS = """(svg) => [...svg.querySelectorAll('.role-axis')].map((axis) =>
+    [...axis.querySelectorAll('.role-axis-label text')].filter((t) => t.textContent).map((t) => {
+        const r = t.getBoundingClientRect();
+        return {text: t.textContent, font: parseFloat(getComputedStyle(t).fontSize),
+                x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+    }))"""
+
+
+def test_head_atlas_axis_labels_are_legible_and_apart(site_url, watched):
+    page = watched.page
+    page.goto(site_url + f"models/{QWEN}.html", wait_until="load")
+    render_all_charts(page)
+    charts = page.locator('[data-spec*="charts/atlas-"] svg.marks')
+    assert charts.count() >= 5
+    for i in range(charts.count()):
+        svg = charts.nth(i)
+        # Drawn at its own size: a shrunk SVG shrinks its text.
+        assert svg.evaluate("(s) => Math.abs(s.getBoundingClientRect().width - s.width.baseVal.value)"
+                            " < 1")
+        axes = svg.evaluate(AXIS_LABELS)
+        assert len(axes) == 2
+        for labels in axes:
+            assert labels
+            small = [(x["text"], x["font"]) for x in labels if x["font"] < 10]
+            assert not small, small
+            clash = overlaps(labels)
+            assert not clash, f"atlas chart {i}: labels overlap: {clash}"
     assert not watched.errors, watched.errors

@@ -45,6 +45,23 @@
       rows.push(row);
     }
     holder.replaceChildren(grid);
+    // One tab stop for the whole grid; the arrow keys move by head (left/right) and layer (up/down).
+    const at = (l, h) => rows[Math.max(0, Math.min(layers - 1, l))]
+      .buttons[Math.max(0, Math.min(heads - 1, h))];
+    rows.forEach((row) => row.buttons.forEach((b, h) => {
+      b.tabIndex = row.layer === 0 && h === 0 ? 0 : -1;
+      b.addEventListener("focus", () => {
+        rows.forEach((r) => r.buttons.forEach((x) => { x.tabIndex = -1; }));
+        b.tabIndex = 0;
+      });
+      b.addEventListener("keydown", (event) => {
+        const move = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0],
+                       ArrowDown: [1, 0] }[event.key];
+        if (!move) return;
+        event.preventDefault();
+        at(row.layer + move[0], h + move[1]).focus();
+      });
+    }));
 
     const drawRow = async (row) => {
       try {
