@@ -85,11 +85,22 @@
     rows.forEach((row) => seen.observe(row.buttons[0]));
   }
 
+  // Each row scaled to its largest weight: at thumbnail size a pattern is what matters, and a head
+  // that spreads its attention (weights ~1/q) would otherwise be a blank square.
+  function rowScaled(m, t) {
+    for (let q = 0; q < t; q++) {
+      let top = 0;
+      for (let k = 0; k <= q; k++) top = Math.max(top, m[q * t + k]);
+      if (top > 0) for (let k = 0; k <= q; k++) m[q * t + k] /= top;
+    }
+    return m;
+  }
+
   function paintRow(row, page) {
-    const H = window.AtlasHeatmap;
+    const H = window.AtlasHeatmap, t = row.file.length;
     row.buttons.forEach((b, h) => {
       // One canvas pixel per token pair; CSS scales it to the thumbnail's size.
-      H.paint(b.querySelector("canvas"), H.headMatrix(row.file, h, false), row.file.length, 1,
+      H.paint(b.querySelector("canvas"), rowScaled(H.headMatrix(row.file, h, false), t), t, 1,
               page.theme());
       b.dataset.drawn = "true";
     });
