@@ -30,7 +30,7 @@ from .store import atomic_write_bytes, canonical_json
 
 Log = Callable[[str], None]
 FORMATS = ("html", "json", "svg", "png")
-SUFFIXES = {"html": ".html", "json": ".vl.json", "svg": ".svg", "png": ".png"}
+SUFFIXES = {"html": ".html", "json": layout.SPEC_SUFFIX, "svg": ".svg", "png": ".png"}
 PNG_SCALE = 2
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .schema import ATTENTION_SUFFIX
-
 
 def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
     """`<root>/<slug>/<set>/<prompt>.json` (root: `build/artifacts`); its attention file lies
@@ -87,17 +85,16 @@ def atlas_data(slug: str) -> str:
 
 def artifact_copy(slug: str, key: str) -> str:
     """The artifact a prompt page links, copied into the site; its attention file lies beside it
-    (`attention_copy`)."""
+    (`schema.attention_path`)."""
     return f"artifacts/{slug}/{key}.json"
 
 
-def attention_copy(slug: str, key: str) -> str:
-    return f"artifacts/{slug}/{key}{ATTENTION_SUFFIX}"
+SPEC_SUFFIX = ".vl.json"   # a Vega-Lite spec: chart specs, downloads and `model-atlas export`
 
 
 def chart_spec(name: str) -> str:
     """The Altair spec of a chart kind, its named datasets empty (generator/charts.py)."""
-    return f"charts/{name}.vl.json"
+    return f"charts/{name}{SPEC_SUFFIX}"
 
 
 # --- charts standing alone: scopes, downloads, embed pages ---------------------------------------
@@ -131,7 +128,7 @@ def attention_stem(layer: int, head: int) -> str:
 
 def download(scope: str, stem: str) -> str:
     """The complete Vega-Lite spec of one chart, data inlined."""
-    return f"downloads/{chart_file(scope, stem)}.vl.json"
+    return f"downloads/{chart_file(scope, stem)}{SPEC_SUFFIX}"
 
 
 def embed_page(scope: str, stem: str) -> str:

@@ -99,10 +99,10 @@ def read_manifest(docs_dir: Path) -> Manifest:
         values["scope, stem"] = layout.chart_file(chart["scope"], chart["stem"])
         for name, value in values.items():
             if value is not None and not layout.is_docs_path(value):
-                raise _fail(path, f"invalid field charts/{i}/{name}: {value!r} is not a path "
+                raise _fail(path, f"invalid field {name} of chart {i}: {value!r} is not a path "
                                   f"inside the docs tree")
         if chart.get("model") is not None and chart["model"] not in {
                 m["slug"] for m in data["models"]}:
-            raise _fail(path, f"invalid field charts/{i}/model: {chart['model']!r} is not a "
+            raise _fail(path, f"invalid field model of chart {i}: {chart['model']!r} is not a "
                               f"model of the manifest")
     return Manifest(Path(docs_dir), data)

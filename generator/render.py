@@ -259,7 +259,7 @@ class _Site:
                 "data": base64.b64encode(attention_layer(a, layer)).decode("ascii")})
         src = self.catalog.paths[(slug, key)]
         self.w.copy(src, layout.artifact_copy(slug, key))
-        self.w.copy(attention_path(src), layout.attention_copy(slug, key))
+        self.w.copy(attention_path(src), attention_path(layout.artifact_copy(slug, key)).as_posix())
 
     def comparison(self, p: Any, per_model: list[dict[str, Any]]) -> dict[str, Any]:
         """The prompt's data and chart across models, and what its page shows of them."""

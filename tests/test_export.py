@@ -4,7 +4,6 @@ options that narrow and fail naming the valid values, and embed pages that rende
 
 from __future__ import annotations
 
-import base64
 import html.parser
 import json
 import re
@@ -16,6 +15,7 @@ from click.testing import CliRunner
 
 from conftest import run_demo_build, serve_directory, write_prompt_sets
 from generator.cli import main
+from generator.schema import decode_attention, read_artifact
 
 GPT2, QWEN2 = "tiny-random-gpt2", "tiny-random-qwen2"
 HOSTILE = "The cat sat. The cat </script><b>x</b>"
@@ -64,15 +64,14 @@ def attention_layer(built: Path, slug: str, key: str, layer: int) -> dict:
 
 
 def expected_attention(built: Path, slug: str, key: str, layer: int, head: int) -> list[dict]:
-    """atlas.js attentionRows, written out again here as the reference."""
+    """One head of the compute stage's artifact, decoded by the one Python decoder
+    (`schema.decode_attention`, itself checked against the written format in test_layout.py),
+    labelled by the page's token rows."""
     tokens = json.loads((built / "docs" / "data" / slug / f"{key}.json").read_text("utf-8"))
     labels = [t["label"] for t in tokens["tokens"]]
-    stored = attention_layer(built, slug, key, layer)
-    t, raw = stored["length"], base64.b64decode(stored["data"])
-    assert (stored["encoding"], stored["scale"]) == ("uint8-tril-by-key", 128)
-    tri = t * (t + 1) // 2
-    at = lambda q, k: raw[head * tri + k * t - k * (k - 1) // 2 + (q - k)]  # key k: queries k..t-1
-    return [{"q": q, "k": k, "w": at(q, k) / 128, "ql": labels[q], "kl": labels[k]}
+    weights = decode_attention(read_artifact(built / "artifacts" / slug / f"{key}.json"), layer)
+    t = weights.shape[-1]
+    return [{"q": q, "k": k, "w": float(weights[head, q, k]), "ql": labels[q], "kl": labels[k]}
             for q in range(t) for k in range(q + 1)]
 
 
