@@ -14,7 +14,7 @@ import altair as alt
 from . import layout
 
 WIDTH = 340
-ATLAS_PAGE = layout.model_page("model")   # the head atlas is drawn on a model page: links from there
+ATLAS_PAGE = layout.model_page("model")   # the head atlas is drawn on model pages: links start there
 
 
 def _tokens_sort(field: str) -> alt.EncodingSortField:

@@ -188,7 +188,8 @@ def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
     check_dirs(build_dir, out)
     do_compute(prompt_paths, models, demo, build_dir, **kw)
     do_render(prompt_paths, models, demo, build_dir, out)
-    log(f"done: open {out / layout.served(layout.HOME)} through a web server, e.g. `model-atlas serve`")
+    log(f"done: open {out / layout.served(layout.HOME)} through a web server, e.g. "
+        f"`model-atlas serve`")
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""The manifest of a built docs tree: what render wrote, for `model-atlas export` to read (no torch).
+"""The manifest of a built docs tree: what render wrote, for `model-atlas export` (no torch).
 
 Render records in `layout.MANIFEST` every model (names, shape, random weights, prompts), the chart
 kinds, and every chart of the site with the files it is drawn from (`embed.ChartRef`). Export reads

@@ -229,7 +229,8 @@ def test_the_documents_python_snippet_decodes_the_artifact(artifact_path, tmp_pa
     snippet = re.search(r"```python\n(.*?)```", FORMAT_DOC.read_text("utf-8"), re.S).group(1)
     raw = json.loads(artifact_path.read_text("utf-8"))
     shutil.copy(artifact_path, tmp_path / "prompt.json")
-    shutil.copy(artifact_path.parent / raw["attention"]["file"], tmp_path / raw["attention"]["file"])
+    name = raw["attention"]["file"]
+    shutil.copy(artifact_path.parent / name, tmp_path / name)
     scope: dict = {}
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -248,8 +249,8 @@ NODE = shutil.which("node")
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's attention "
                                          "codec outside a browser (Debian package 'nodejs').")
 def test_the_browser_codec_decodes_like_python(demo_build, artifact_path):
-    """site_src/assets/attention-codec.js on the site's per-layer file gives schema.decode_attention's
-    weights, and with "hide first token" metrics.renormalize_without_first's."""
+    """site_src/assets/attention-codec.js on the site's per-layer file gives the weights of
+    schema.decode_attention, and with "hide first token" those of renormalize_without_first."""
     a = read_artifact(artifact_path)
     slug, key, layer = "tiny-random-qwen2", "basics/repeat", 1
     layer_file = demo_build.root / "docs" / layout.attention_layer(slug, key, layer)
