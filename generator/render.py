@@ -1,10 +1,13 @@
 """The render stage: artifacts -> Markdown pages, chart specs and data files (never imports torch).
 
-`render_docs` reads and validates every artifact, then writes a complete MkDocs `docs_dir` (the
-hand-written `site_src/` tree copied in, plus generated pages, data and charts) into a fresh
-directory that replaces the old one only when it is complete. Generated files never mix into
-`site_src/`. Pages are Jinja templates with autoescaping on: prompt text, tokens and model names
-only ever enter a page as escaped values, never as template source.
+`load_catalog` reads and validates every artifact; `render_docs` then writes a complete MkDocs
+`docs_dir` (the hand-written `site_src/` tree copied in, plus generated pages, data files, chart
+specs, and for every chart a download and an embed page, generator/embed.py) into a fresh
+directory that replaces the old one only when it is complete. Every path it writes comes from
+generator/layout.py. Last it writes the manifest (generator/manifest.py), the record that
+`model-atlas export` reads. Generated files never mix into `site_src/`. Pages are Jinja templates
+with autoescaping on (`environment`, the one Jinja environment of the site): prompt text, tokens
+and model names only ever enter a page as escaped values, never as template source.
 """
 
 from __future__ import annotations
@@ -203,7 +206,8 @@ class _Site:
         embed.write_chart(self.w.text, self.env, self.models, ref, spec, datasets)
         self.charts.append(ref)
 
-    def copy_sources(self, vendor_js: Path) -> None:
+    def static_files(self, vendor_js: Path) -> None:
+        """site_src/ as it is, the Vega bundle and the chart specs."""
         src = resource_dir("site_src")
         for f in sorted(src.rglob("*")):
             if f.is_file():
@@ -257,9 +261,9 @@ class _Site:
                 "layer": layer, "heads": att["heads"], "length": att["length"],
                 "encoding": att["encoding"], "scale": att["scale"],
                 "data": base64.b64encode(attention_layer(a, layer)).decode("ascii")})
-        src = self.catalog.paths[(slug, key)]
-        self.w.copy(src, layout.artifact_copy(slug, key))
-        self.w.copy(attention_path(src), attention_path(layout.artifact_copy(slug, key)).as_posix())
+        src, copy = self.catalog.paths[(slug, key)], layout.artifact_copy(slug, key)
+        self.w.copy(src, copy)
+        self.w.copy(attention_path(src), attention_path(copy).as_posix())
 
     def comparison(self, p: Any, per_model: list[dict[str, Any]]) -> dict[str, Any]:
         """The prompt's data and chart across models, and what its page shows of them."""
@@ -312,7 +316,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     t0 = time.perf_counter()
     w = Writer(docs_dir)
     site = _Site(catalog, w, log)
-    site.copy_sources(vendor_js)
+    site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
     site.comparison_pages(site.prompt_pages())
