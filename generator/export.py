@@ -361,8 +361,8 @@ def script_json(obj: Any) -> str:
 def _template() -> Any:
     import jinja2
 
-    from .render import resource_dir
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
+    from .resources import resource_path
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_path("templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     return env.get_template("embed.html.j2")

@@ -26,20 +26,11 @@ from .charts import chart_specs
 from .errors import ArtifactError
 from .export import write_embed_pages
 from .prompts import PromptSet
+from .resources import resource_path
 from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parent.parent
-
-
-def resource_dir(name: str) -> Path:
-    """templates/ and site_src/ of the checkout, or the copies installed inside the package."""
-    for candidate in (REPO / name, Path(__file__).parent / "_data" / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"cannot find the {name}/ directory of Model Atlas")
-
 
 def build_date() -> str:
     """The one place the build date comes from: SOURCE_DATE_EPOCH if set, else today (UTC)."""
@@ -112,7 +103,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(resource_dir("templates")),
+        loader=jinja2.FileSystemLoader(resource_path("templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
@@ -211,7 +202,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     t0 = time.perf_counter()
     env = _environment()
     w = Writer(docs_dir)
-    src = resource_dir("site_src")
+    src = resource_path("site_src")
     for f in sorted(src.rglob("*")):
         if f.is_file():
             w.copy(f, str(f.relative_to(src)))

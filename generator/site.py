@@ -19,7 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import AtlasError
-from .render import REPO
+from .resources import resource_path
 
 Log = Callable[[str], None]
 
@@ -37,10 +37,8 @@ def vendor_bundle(build_dir: Path) -> Path:
 
 
 def write_mkdocs_config(build_dir: Path, nav: list[Any], base_config: Path | None = None) -> Path:
-    """build/mkdocs.yml: inherits the checkout's mkdocs.yml, adds docs_dir and the generated nav."""
-    base = base_config or (REPO / "mkdocs.yml")
-    if not base.is_file():
-        base = Path(__file__).parent / "_data" / "mkdocs.yml"
+    """build/mkdocs.yml: inherits the package's mkdocs.yml, adds docs_dir and the generated nav."""
+    base = base_config or resource_path("mkdocs.yml")
     config = {"INHERIT": os.path.relpath(base, build_dir), "docs_dir": "docs", "nav": nav}
     path = build_dir / "mkdocs.yml"
     from .store import atomic_write_text
