@@ -133,8 +133,10 @@ def _overlay_venv(path: Path) -> Path:
 @needs_setuptools
 def test_installed_wheel_builds_the_demo_site_from_an_empty_directory(wheel, tmp_path):
     python = _overlay_venv(tmp_path / "venv")
+    # --ignore-installed: the test venv's own (editable) model-atlas is visible through the .pth
+    # and would otherwise count as installed already.
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                           "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True)
+                           "--no-deps", "--no-index", "--ignore-installed", str(wheel)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     work = tmp_path / "empty"
     work.mkdir()
