@@ -32,6 +32,7 @@ from .store import canonical_json
 
 Log = Callable[[str], None]
 
+
 def build_date() -> str:
     """The one place the build date comes from: SOURCE_DATE_EPOCH if set, else today (UTC)."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
