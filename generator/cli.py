@@ -47,7 +47,9 @@ common_options = _options(
                       "Default: the curated sets in prompt_sets/."),
     click.option("--model", "models", multiple=True, metavar="ID_OR_DIR",
                  help="Hugging Face model id or local checkpoint directory (repeatable). "
-                      "Default: gpt2 and Qwen/Qwen2.5-0.5B."),
+                      "Default: gpt2 and Qwen/Qwen2.5-0.5B. Files and URLs name it by its "
+                      "slug: a directory by its own name, a hub id whole (render finds it "
+                      "without the checkpoint: give render the same --model as compute)."),
     click.option("--demo", is_flag=True,
                  help="Use the offline demo: tiny random-weight GPT-2 and Qwen2 models with the "
                       "real tokenizers, no network needed. Pages say the weights are random."),
@@ -93,11 +95,11 @@ def _model_ids(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str
 
 
 def _slugs(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
-    from .store import slugify
+    from .store import render_slug
     if demo:
         from .demo import DEMO_SPECS
         return list(DEMO_SPECS)
-    return [slugify(m) for m in (models or DEFAULT_MODELS)]
+    return [render_slug(m, build_dir / "artifacts") for m in (models or DEFAULT_MODELS)]
 
 
 def check_dirs(build_dir: Path, out: Path | None = None) -> None:

@@ -31,19 +31,11 @@ from .embed import ChartRef, ModelInfo
 from .errors import ArtifactError
 from .manifest import manifest_data
 from .prompts import PromptSet
+from .resources import resource_path
 from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parent.parent
-
-
-def resource_dir(name: str) -> Path:
-    """templates/ and site_src/ of the checkout, or the copies installed inside the package."""
-    for candidate in (REPO / name, Path(__file__).parent / "_data" / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"cannot find the {name}/ directory of Model Atlas")
 
 
 def build_date() -> str:
@@ -118,7 +110,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
 def environment() -> jinja2.Environment:
     """The one Jinja environment of the site (pages and embed pages): autoescape on."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(resource_dir("templates")),
+        loader=jinja2.FileSystemLoader(resource_path("templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True,
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
@@ -208,7 +200,7 @@ class _Site:
 
     def static_files(self, vendor_js: Path) -> None:
         """site_src/ as it is, the Vega bundle and the chart specs."""
-        src = resource_dir("site_src")
+        src = resource_path("site_src")
         for f in sorted(src.rglob("*")):
             if f.is_file():
                 self.w.copy(f, f.relative_to(src).as_posix())

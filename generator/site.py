@@ -20,7 +20,7 @@ import yaml
 
 from . import layout
 from .errors import AtlasError
-from .render import REPO
+from .resources import resource_path
 
 Log = Callable[[str], None]
 
@@ -40,9 +40,7 @@ def vendor_bundle(build_dir: Path) -> Path:
 def write_mkdocs_config(build_dir: Path, nav: list[Any], base_config: Path | None = None) -> Path:
     """build/mkdocs.yml: inherits the checkout's mkdocs.yml, adds docs_dir, the generated nav and
     the stylesheet and scripts of every page (generator/layout.py)."""
-    base = base_config or (REPO / "mkdocs.yml")
-    if not base.is_file():
-        base = Path(__file__).parent / "_data" / "mkdocs.yml"
+    base = base_config or resource_path("mkdocs.yml")
     config = {"INHERIT": os.path.relpath(base, build_dir), "docs_dir": "docs", "nav": nav,
               "extra_css": [layout.STYLESHEET], "extra_javascript": list(layout.PAGE_SCRIPTS)}
     path = build_dir / "mkdocs.yml"
