@@ -16,7 +16,7 @@ import click
 from . import layout
 from .errors import AtlasError
 
-DEFAULT_MODELS = ("gpt2", "Qwen/Qwen2.5-0.5B")  # also in generator.models (which imports torch)
+DEFAULT_MODELS = ("gpt2", "Qwen/Qwen2.5-0.5B")
 
 
 def log(message: str) -> None:
