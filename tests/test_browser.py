@@ -304,7 +304,7 @@ def test_hover_and_focus_highlight_row_column_and_shade_the_chips(long_url, watc
     chips = page.locator(f'[data-tokens-of="{QWEN}"] .atlas-tok')
     cell = page.evaluate("AtlasHeatmap.CELL")
     layer = page.evaluate("(u) => fetch(u).then((r) => r.json())",
-                          box.get_attribute("data-attn") + "0.json")
+                          box.get_attribute("data-attn").replace("{layer}", "0"))
     stored = base64.b64decode(layer["data"])
     t = layer["length"]
 

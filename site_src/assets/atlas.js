@@ -1,9 +1,11 @@
 /* Model Atlas page script: draws a page's Altair (Vega-Lite) charts from the data files it
  * fetches, when each chart scrolls into view; hands the attention heatmaps and the head
- * thumbnails of prompt pages to heatmap.js and thumbs.js; keeps the URL and the attention
- * selectors in step (?model=M&layer=L&head=H); re-themes every chart when the page switches
- * between light and dark. Vega, Vega-Lite and vega-embed come from the bundled
- * assets/vendor/vega-bundle.js; nothing is fetched from outside the site. */
+ * thumbnails of prompt pages to heatmap.js and thumbs.js (which decode with the shared codec,
+ * attention-codec.js); keeps the URL and the attention selectors in step
+ * (?model=M&layer=L&head=H, generator/layout.py head_query); re-themes every chart when the page
+ * switches between light and dark. Every URL comes from the data attributes render writes into
+ * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
+ * bundle; nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();

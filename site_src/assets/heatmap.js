@@ -4,31 +4,26 @@
  * token (either axis, or a chip in the page's Tokens section) highlights its row and column and
  * shades the chips it attends to. A rule separates prompt from generated tokens.
  *
- * Loaded before atlas.js (prompt pages only); atlas.js calls AtlasHeatmap.draw(box, page) when the
- * box scrolls into view. `page` is what atlas.js shares: getJSON, markFirstChart, theme. */
+ * Loaded after attention-codec.js and before atlas.js (generator/layout.py PAGE_SCRIPTS); atlas.js
+ * calls AtlasHeatmap.draw(box, page) when the box comes into view. `page` is what atlas.js shares:
+ * getJSON, showError, markFirstChart, theme, onTheme, openHead. The box's data-attn is the URL
+ * template of its layer files (AtlasAttention.layerUrl). */
 (function () {
   "use strict";
   const CELL = 16;        // px per token: labels of 11 px type on 16 px lines never overlap
 
-  function bytesOf(b64) {
-    const bin = atob(b64);
-    const out = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  }
-
   // One head of one stored layer as a dense [T, T] row-major Float32Array (query q, key k at
-  // q * T + k; zero above the diagonal). Stored layout (artifact-format, uint8-tril-by-key):
-  // uint8 [heads, T*(T+1)/2], the lower triangle key by key (key k holds queries k..T-1),
-  // weight = value / scale. With hideFirst, key 0 is dropped and each row re-normalized over the
-  // rest (row 0 then has nothing left to show).
+  // q * T + k; zero above the diagonal), decoded by the shared codec (attention-codec.js). With
+  // hideFirst, key 0 is dropped and each row re-normalized over the rest (row 0 then has nothing
+  // left to show), as AtlasAttention.headRows does.
   function headMatrix(layer, head, hideFirst) {
-    const t = layer.length, tri = (t * (t + 1)) / 2;
-    const bytes = layer._bytes || (layer._bytes = bytesOf(layer.data));
-    const base = head * tri, m = new Float32Array(t * t);
-    for (let k = 0; k < t; k++) {
-      const off = base + k * t - (k * (k - 1)) / 2 - k;
-      for (let q = k; q < t; q++) m[q * t + k] = bytes[off + q] / layer.scale;
+    const weight = layer._weight || (layer._weight = AtlasAttention.decodeLayer(layer));
+    if (!(head >= 0 && head < layer.heads)) {
+      throw new Error("head " + head + ": valid values are 0 to " + (layer.heads - 1));
+    }
+    const t = layer.length, m = new Float32Array(t * t);
+    for (let q = 0; q < t; q++) {
+      for (let k = 0; k <= q; k++) m[q * t + k] = weight(head, q, k);
     }
     if (hideFirst) {
       for (let q = 0; q < t; q++) {
@@ -272,7 +267,7 @@
 
     async show() {
       const layerNo = this.layerSel.value, head = Number(this.headSel.value);
-      const layer = await this.page.getJSON(this.box.dataset.attn + layerNo + ".json");
+      const layer = await this.page.getJSON(AtlasAttention.layerUrl(this.box.dataset.attn, layerNo));
       if (layer.length !== this.t) {
         throw new Error("layer file has " + layer.length + " tokens, the token file " + this.t);
       }

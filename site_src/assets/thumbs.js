@@ -65,7 +65,7 @@
 
     const drawRow = async (row) => {
       try {
-        const layer = await page.getJSON(holder.dataset.attn + row.layer + ".json");
+        const layer = await page.getJSON(AtlasAttention.layerUrl(holder.dataset.attn, row.layer));
         row.file = layer;
         paintRow(row, page);
       } catch (err) {
