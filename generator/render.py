@@ -6,8 +6,8 @@ specs, and for every chart a download and an embed page, generator/embed.py) int
 directory that replaces the old one only when it is complete. Every path it writes comes from
 generator/layout.py. Last it writes the manifest (generator/manifest.py), the record that
 `model-atlas export` reads. Generated files never mix into `site_src/`. Pages are Jinja templates
-with autoescaping on (`environment`, the one Jinja environment of the site): prompt text, tokens
-and model names only ever enter a page as escaped values, never as template source.
+with autoescaping on (generator/templating.py, the one Jinja environment of the site): prompt
+text, tokens and model names only ever enter a page as escaped values, never as template source.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import jinja2
-
 from . import embed, layout
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
@@ -34,6 +32,7 @@ from .prompts import PromptSet
 from .resources import resource_path
 from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
+from .templating import environment
 
 Log = Callable[[str], None]
 
@@ -105,27 +104,6 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
             models.append(summary)
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
     return Catalog(sets, models, artifacts, paths)
-
-
-def environment() -> jinja2.Environment:
-    """The one Jinja environment of the site (pages and embed pages): autoescape on."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(resource_path("templates")),
-        autoescape=True, trim_blocks=True, lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
-    env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
-    env.filters["surprisal_style"] = _surprisal_style
-    env.filters["char_style"] = lambda b: _surprisal_style(None if b is None else 4 * b)
-    return env
-
-
-def _surprisal_style(bits: float | None) -> str:
-    """Background colour for a token chip: white (expected) to deep orange (surprising)."""
-    if bits is None:
-        return "background: transparent"
-    level = min(bits / 16.0, 1.0)
-    return f"background: hsl(24, 95%, {98 - 48 * level:.0f}%)"
 
 
 class Writer:
