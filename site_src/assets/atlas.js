@@ -98,8 +98,11 @@
     const params = box.dataset.params ? JSON.parse(box.dataset.params) : null;
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
+      let shown = null;
       const show = async () => {
-        const result = await embed(el, spec, data, params);
+        // Redrawn in the other colour scheme: the old view's timers and listeners go with it.
+        if (shown) shown.finalize();
+        const result = shown = await embed(el, spec, data, params);
         if (box.dataset.model) {
           // All-heads chart: a click opens that head in the same model's attention heatmap.
           result.view.addEventListener("click", (event, item) => {
