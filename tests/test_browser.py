@@ -592,3 +592,33 @@ def test_head_atlas_axis_labels_are_legible_and_apart(site_url, watched):
             clash = overlaps(labels)
             assert not clash, f"atlas chart {i}: labels overlap: {clash}"
     assert not watched.errors, watched.errors
+
+
+def test_both_models_charts_share_their_scales(long_url, watched):
+    """The two models' surprisal axes, entropy legends and lens legends read the same (the shared
+    domains render computes), though the models' own maxima differ."""
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+
+    def drawn(kind: str) -> list:
+        charts = page.locator(f'[data-spec$="charts/{kind}.vl.json"] .atlas-chart')
+        assert charts.count() == 2
+        for i in range(2):
+            charts.nth(i).scroll_into_view_if_needed()
+            page.wait_for_function("(c) => c.dataset.rendered === 'true'",
+                                   arg=charts.nth(i).element_handle(), timeout=CHART_TIMEOUT_MS)
+        return [charts.nth(i).locator("svg.marks") for i in range(2)]
+
+    def texts(svg, role: str) -> list[str]:
+        return svg.evaluate(f"(s) => [...s.querySelectorAll('.{role} text')].map((t) => "
+                            "t.textContent)")
+
+    surprisal = drawn("surprisal")
+    y_axes = [s.evaluate("""(s) => [...s.querySelectorAll('.role-axis')].map((a) =>
+        [...a.querySelectorAll('.role-axis-label text')].map((t) => t.textContent))
+        .filter((ls) => ls.length && ls.every((x) => /^[0-9.]+$/.test(x)))""") for s in surprisal]
+    assert y_axes[0] and y_axes[0] == y_axes[1], y_axes
+    for kind in ("heads", "lens"):
+        legends = [texts(s, "role-legend-label") for s in drawn(kind)]
+        assert legends[0] and legends[0] == legends[1], (kind, legends)
+    assert not watched.errors, watched.errors
