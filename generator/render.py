@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import shutil
 import time
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import jinja2
+import markupsafe
 
 from . import pagedata as pd
+from . import typeset
 from .charts import chart_specs
 from .errors import ArtifactError
 from .export import write_embed_pages
@@ -119,15 +122,29 @@ def _environment() -> jinja2.Environment:
     env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
     env.filters["surprisal_style"] = _surprisal_style
     env.filters["char_style"] = lambda b: _surprisal_style(None if b is None else 4 * b)
+    env.filters["prompt_title"] = lambda p: pd.prompt_title(p.text)
+    env.filters["front_matter"] = _front_matter_string
+    env.filters["typeset"] = typeset.formula_html
+    env.globals["token_counts"] = pd.token_counts
     return env
 
 
+def _front_matter_string(value: str) -> markupsafe.Markup:
+    """A page title for the YAML front matter: MkDocs and Material write `page.meta.title` into
+    <title> and the header unescaped, so it is HTML-escaped here, then quoted as a JSON string
+    (valid YAML) so that quotes, colons and braces in a prompt's text stay text."""
+    return markupsafe.Markup(json.dumps(html.escape(value, quote=False), ensure_ascii=False))
+
+
 def _surprisal_style(bits: float | None) -> str:
-    """Background colour for a token chip: white (expected) to deep orange (surprising)."""
+    """A token chip's heat, 0 (expected) to 1 (16 bits or more), as the CSS variable --atlas-s.
+
+    atlas.css turns it into a colour laid over the page (pale to deep orange in the light scheme,
+    dark to orange in the dark one), so one page reads in both. No surprisal: no heat."""
     if bits is None:
-        return "background: transparent"
-    level = min(bits / 16.0, 1.0)
-    return f"background: hsl(24, 95%, {98 - 48 * level:.0f}%)"
+        return ""
+    level = min(max(bits, 0.0) / 16.0, 1.0)
+    return f"--atlas-s: {0.06 + 0.94 * level:.2f}"
 
 
 class Writer:
@@ -189,7 +206,7 @@ def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dic
         w.copy(src, f"artifacts/{m.slug}/{s.id}/{p.id}.json")
         w.copy(attention_path(src), f"artifacts/{m.slug}/{s.id}/{attention_path(src).name}")
         per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens,
-                          "generation": a["generation"]})
+                          "chips": pd.chip_groups(a, tokens), "generation": a["generation"]})
     return per_model
 
 
@@ -243,7 +260,9 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
                  per_model=per_model, compare=compare)
             tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
                              "stats": [pd.tokenizer_stats(p, pm["artifact"]) for pm in per_model],
-                             "tokens": [pm["tokens"] for pm in per_model]})
+                             "counts": [pd.token_counts(pm["artifact"]) for pm in per_model],
+                             "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
+                                                      generated=False) for pm in per_model]})
             done += 1
             if done % 10 == 0:
                 log(f"render: {done} prompt pages written")
@@ -258,9 +277,13 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     log(f"render: {w.count} files written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
     # MkDocs inserts nav titles into pages unescaped: escape the set titles and model ids here.
     nav: list[Any] = [{"Home": "index.md"}]
+    # Labels a reader can use: the set's overview as "Overview" under the set's title, each
+    # prompt by its first words (pd.prompt_title, as the page's own title), never by its slug.
     nav.append({"Prompt sets": [
         {html.escape(s.title, quote=False):
-         [f"sets/{s.id}.md"] + [{p.id: f"prompts/{s.id}/{p.id}.md"} for p in s.prompts]}
+         [{"Overview": f"sets/{s.id}.md"}]
+         + [{html.escape(pd.prompt_title(p.text), quote=False): f"prompts/{s.id}/{p.id}.md"}
+            for p in s.prompts]}
         for s in catalog.sets]})
     nav.append({"Models": [{html.escape(m.model_id, quote=False): f"models/{m.slug}.md"}
                            for m in catalog.models]})

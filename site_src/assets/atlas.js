@@ -1,10 +1,34 @@
 /* Model Atlas page script: draws a page's Altair (Vega-Lite) charts from the data files it
  * fetches, when each chart scrolls into view, and drives the attention view (layer, head, hiding
  * the first token, clicks in the all-heads chart). Vega, Vega-Lite and vega-embed come from the
- * bundled assets/vendor/vega-bundle.js; nothing is fetched from outside the site. */
+ * bundled assets/vendor/vega-bundle.js, which this script loads itself and only on pages that
+ * hold a chart; nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();
+  const CHARTS = ".atlas-attention, .atlas-plain";
+  // Resolved against this script's own URL, so the site works under any sub-path.
+  const BUNDLE_URL = new URL("vendor/vega-bundle.js",
+                             document.currentScript ? document.currentScript.src : location.href);
+  let bundle = null;
+
+  // The Vega bundle is 900 KB: a page without a chart (home, sets, reference) must not fetch it.
+  // mkdocs.yml therefore lists only this script, and the bundle is added here, once, as soon as
+  // a page with a chart runs this script (beside the prefetch of the first charts' data).
+  function loadVega() {
+    if (window.vegaEmbed) return Promise.resolve();
+    if (!bundle) {
+      bundle = new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.src = BUNDLE_URL.href;
+        script.onload = () => resolve();
+        script.onerror = () => reject(new Error(script.src + ": the chart library did not load"));
+        document.head.appendChild(script);
+      });
+    }
+    return bundle;
+  }
+  window.atlasLoadVega = loadVega;
   const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
                   renderer: "svg" };
 
@@ -57,7 +81,7 @@
     const s = JSON.parse(JSON.stringify(spec));
     s.datasets = Object.assign({}, s.datasets || {}, datasets);
     const options = renderer ? Object.assign({}, EMBED, { renderer }) : EMBED;
-    const turn = drawing.then(() => vegaEmbed(el, s, options));
+    const turn = drawing.then(loadVega).then(() => window.vegaEmbed(el, s, options));
     drawing = turn.catch(() => undefined);
     const result = await turn;
     el.dataset.rendered = "true";
@@ -122,7 +146,7 @@
   }
 
   function drawAll() {
-    const boxes = document.querySelectorAll(".atlas-attention, .atlas-plain");
+    const boxes = document.querySelectorAll(CHARTS);
     if (!("IntersectionObserver" in window)) { boxes.forEach(draw); return; }
     // Charts are drawn (and their data fetched) only when they come near the viewport.
     const seen = new IntersectionObserver((entries) => {
@@ -135,10 +159,11 @@
     boxes.forEach((box) => seen.observe(box));
   }
 
-  // This script runs before the Vega bundle (see mkdocs.yml): start downloading the data of the
-  // charts on the first screen now, while the browser is still parsing the bundle.
+  // Start downloading the bundle and the data of the charts on the first screen now, together.
   function prefetch() {
-    document.querySelectorAll(".atlas-attention, .atlas-plain").forEach((box) => {
+    if (!document.querySelector(CHARTS)) return;
+    loadVega().catch(() => {});
+    document.querySelectorAll(CHARTS).forEach((box) => {
       if (box.getBoundingClientRect().top > window.innerHeight + 400) return;
       getJSON(box.dataset.spec).catch(() => {});
       getJSON(box.dataset.src).catch(() => {});
@@ -146,8 +171,8 @@
     });
   }
 
+  prefetch();
   if (document.readyState === "loading") {
-    prefetch();
     document.addEventListener("DOMContentLoaded", drawAll);
   } else drawAll();
 })();
