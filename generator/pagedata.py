@@ -177,7 +177,9 @@ def lens_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
             rank = block["next_rank"][i]
             rows.append({"layer": layer, "pos": i, "pl": labels[i],
                          "top": shown(ids[0]), "p": probs[0],
-                         "runners": ", ".join(f"{shown(t)} ({p:.3f})"
+                         # FSI..PDI isolate each token: a right-to-left one (Hebrew, Arabic)
+                         # must not swap places with its probability.
+                         "runners": ", ".join(f"\u2068{shown(t)}\u2069 ({p:.3f})"
                                               for t, p in zip(ids[1:], probs[1:])),
                          "rank": rank, "lrank": None if rank is None else round(math.log10(rank), 3),
                          "pnext": None if block["next_logprob"][i] is None

@@ -268,5 +268,6 @@ def test_lens_rows_show_the_stored_top_k(demo_build):
             shown = [show_token(a["vocab"][str(t)]["text"], entry_bytes(a["vocab"][str(t)]), t)
                      for t in ids]
             assert row["top"] == shown[0] and row["p"] == probs[0]
-            assert row["runners"] == ", ".join(f"{s} ({p:.3f})" for s, p in zip(shown[1:],
-                                                                                probs[1:]))
+            # Each token isolated (U+2068 .. U+2069) so right-to-left text keeps its place.
+            assert row["runners"] == ", ".join(f"\u2068{s}\u2069 ({p:.3f})"
+                                               for s, p in zip(shown[1:], probs[1:]))
