@@ -16,7 +16,8 @@ import markupsafe
 
 # An identifier with an optional subscript: a_ij, a_i,i−1, a_h′,i, Σ_{k∈S_i}, Σ_j, log2.
 _TOKEN = re.compile(r"""
-    (?P<log>\blog2\b)
+    (?P<entity>&[a-z]+;)
+  | (?P<log>\blog2\b)
   | (?P<name>[A-Za-zΣ]+)(?P<prime>′*)
     (?:_(?:\{(?P<braced>[^{}]*)\}|(?P<plain>[A-Za-z0-9′]+(?:,[A-Za-z0-9′−+]+)?)))?
 """, re.VERBOSE)
@@ -29,6 +30,8 @@ _UPRIGHT = {"mean", "over", "of", "and", "in", "a", "group", "pairs", "heads", "
 def _inline(text: str, in_sub: bool = False) -> str:
     """Typeset an already HTML-escaped fragment (in a subscript, `ij` is two indices)."""
     def one(m: re.Match) -> str:
+        if m.group("entity"):      # &lt; &gt; &amp; of the escaping stay as they are
+            return m.group("entity")
         if m.group("log"):
             return "log<sub>2</sub>"
         name, prime = m.group("name"), m.group("prime")
