@@ -212,3 +212,18 @@ def test_search_index_is_small_and_holds_no_data(demo_site_full):
     text = " ".join(d["text"] for d in docs)
     assert "lantern" in text          # a prompt's text is still searchable
     assert "Provenance" not in " ".join(d["title"] for d in docs)
+
+
+def test_agreement_table_isolates_tokens_and_fixes_decimals(demo_build):
+    """A right-to-left token must not swap places with its probability (each token sits in a
+    <bdi>), and each quantity has one number of decimals (probabilities 3, bits 2)."""
+    page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
+    table = page[page.index('class="atlas-table atlas-small atlas-agreement"'):]
+    table = table[:table.index("</table>")]
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table)
+    assert rows, "no agreement row"
+    for row in rows:
+        cells = row.split("</td><td>")
+        for cell in cells[1:3]:
+            assert re.fullmatch(r'<bdi class="atlas-text">[^<]*</bdi> \(\d\.\d{3}\)', cell), cell
+        assert re.fullmatch(r"(\d+\.\d{2}|–) / (\d+\.\d{2}|–)", cells[4]), cells[4]
