@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -214,6 +215,8 @@ def floor_pass(model: Any, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> 
 def batched_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_new: int) -> torch.Tensor:
     """Greedy continuation of a left-padded batch with the KV cache: one prefill and n_new - 1
     single-token steps, positions counted from each row's first real token. -> [B, n_new]."""
+    from generator.extract import cache_argument
+    cache_kw = cache_argument(model)  # `cache` (transformers >= 5.24) or `past_key_values`
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                 logits_to_keep=1)
@@ -223,7 +226,7 @@ def batched_greedy(model: Any, ids: torch.Tensor, mask: torch.Tensor, n_new: int
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         pos = pos[:, -1:] + 1
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                    **{cache_kw: getattr(out, cache_kw)}, use_cache=True, logits_to_keep=1)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         new.append(nxt)
     return torch.cat(new, dim=1)
@@ -257,55 +260,27 @@ def loaded_model(name: str, model: Any, tokenizer: Any, device: str, dtype: torc
 
 
 def prompt_groups(lm: Any, prompts: list[Any], batch: int | None, n_new: int) -> list[list[Any]]:
-    """The prompts of each batch the compute stage runs: with `batch` None its own batching
-    (generator.compute._batches: length-sorted, sized to its memory budget for the device), else
+    """The prompts of each batch the compute stage runs (`generator.compute.plan_batches`): with
+    `batch` None its own batching (length-sorted, sized to its memory budget for the device), else
     length-sorted groups of exactly `batch`. Forward, floor and continuation floor run the same
     groups."""
     from generator import compute as C
     from generator.tokens import describe_tokens
     items = [(p, describe_tokens(lm.tokenizer, p.text)[0]) for p in prompts]
-    if batch is None:
-        groups = C._batches(items, lm.facts["layers"], lm.facts["query_heads"],
-                            C.default_budget(lm.device), n_new)
-    else:
-        items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
-        groups = [items[i:i + batch] for i in range(0, len(items), batch)]
+    groups = C.plan_batches(items, lm.facts["layers"], lm.facts["query_heads"],
+                        C.default_budget(lm.device), n_new, batch)
     return [[p for p, _ in g] for g in groups]
 
 
-@contextlib.contextmanager
-def patched_compute(lm: Any, batch: int | None):
-    """Hand our model to generator.compute.compute_model; with `batch` set, make it batch by
-    `batch` exactly (None: its own batching)."""
-    from generator import compute as C
-    names = ("resolve_model", "load_model", "_batches")
-    missing = [n for n in names if not hasattr(C, n)]
-    if missing:
-        raise RuntimeError(f"generator.compute no longer has {missing}; update benchmarks/bench.py")
-    saved = {n: getattr(C, n) for n in names}
-
-    def batches(items, *a, **k):
-        items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
-        return [items[i:i + batch] for i in range(0, len(items), batch)]
-
-    C.resolve_model = lambda *a, **k: lm.ref
-    C.load_model = lambda *a, **k: lm
-    if batch is not None:
-        C._batches = batches
-    try:
-        yield C
-    finally:
-        for n, f in saved.items():
-            setattr(C, n, f)
-
-
 def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtype: torch.dtype,
-                 batch: int) -> None:
-    """The generator's compute stage for these prompts into a fresh `out_dir` (nothing reused)."""
-    with patched_compute(lm, batch) as C:
-        report = C.ComputeReport()
-        C.compute_model(lm.ref.model_id, prompts, out_dir, settings, lm.device, dtype,
-                        lambda s: None, report)
+                 batch: int | None) -> None:
+    """The generator's compute stage for these prompts into a fresh `out_dir` (nothing reused),
+    on our already loaded model (`compute_model(model=...)`), batched by `batch` (None: its own
+    batching)."""
+    from generator import compute as C
+    report = C.ComputeReport()
+    C.compute_model(lm.ref.model_id, prompts, out_dir, settings, lm.device, dtype,
+                    lambda s: None, report, model=lm, batch_size=batch)
     if report.failures or report.computed != len(prompts):
         raise RuntimeError(f"compute stage failed: {report.computed}/{len(prompts)} computed; "
                            + "; ".join(report.failures[:3]))
@@ -403,7 +378,7 @@ def profile_run_batch(lm: Any, batch: list, settings: Any, rows: int = 20) -> li
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         run_batch(lm.model, [ids for _, ids in batch], settings.continuation, tok.eos_token_id,
-                  pad, settings.top_k)
+                  pad, settings.top_k, settings.lens_top_k)
         sync(lm.device)
     sort_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, sort_attr, 0), reverse=True)
@@ -462,8 +437,32 @@ def attention_error(ref_model: Any, paths: list[Path], device: str) -> float:
 
 # --- one model -----------------------------------------------------------------------------------
 
-def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
-                tmp: Path, notes: list[str]) -> dict[str, Any]:
+@dataclasses.dataclass
+class Bench:
+    """One model's benchmark state: the models, the workload as the compute stage analyses it, and
+    the batches every timed pass runs."""
+    name: str
+    lm: Any                  # generator.models.LoadedModel of `model`
+    fp32: Any                # the float32 model (the fidelity reference)
+    model: Any               # the model that runs: fp32 itself, or a copy in the benchmark's dtype
+    settings: Any            # generator.compute.Settings
+    prompts: list[Any]
+    analysed: list[tuple[Any, list[int]]]   # (prompt, prompt + continuation token ids)
+    prompt_lens: list[int]
+    batches: list[list[tuple[Any, list[int]]]]
+    dev_batches: list[tuple[torch.Tensor, torch.Tensor]]   # right-padded analysed ids, mask
+    gen_batches: list[tuple[torch.Tensor, torch.Tensor]]   # left-padded prompts, mask
+    build_s: float
+
+    @property
+    def n_new(self) -> int:
+        return int(getattr(self.settings, "continuation", 0) or 0)
+
+
+def prepare(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
+            tmp: Path) -> Bench:
+    """Build the model, run the compute stage once (warm-up) and take from its artifacts the token
+    sequences that forward and floor then run on, batched as the compute stage batches them."""
     from generator.compute import Settings, artifact_path
     from generator.demo import load_real_tokenizer
     folder, tok_name = MODELS[name]
@@ -477,12 +476,7 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     settings = Settings()
     n_new = int(getattr(settings, "continuation", 0) or 0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
     prompts = workload(tokenizer, reference_prompts(args.prompts), args.tokens, args.fill)
-    n = len(prompts)
-    # Warm-up, and the token sequences the compute stage analyses: one untimed run of the compute
-    # stage over the whole workload; forward and floor then run on exactly the token ids its
-    # artifacts hold (prompt + greedy continuation), batched as it batches them.
     set_attention(model, "eager")
     warm = tmp / f"{name}-warm"
     compute_pass(lm, prompts, warm, settings, dtype, args.batch)
@@ -497,54 +491,60 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     # Continuation floor: the prompts alone, the same groups, left-padded.
     gen_batches = [left_padded([(p, of[p.key][0][:of[p.key][1]]) for p in g], pad, device)
                    for g in groups]
-    n_tokens = sum(len(ids) for _, ids in analysed)
+    return Bench(name, lm, fp32, model, settings, prompts, analysed, prompt_lens, batches,
+                 dev_batches, gen_batches, build_s)
 
+
+def time_passes(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dtype,
+                tmp: Path) -> tuple[dict[str, list[float]], Path]:
+    """Forward, floor, continuation floor and compute, one repetition of each in turn, after a
+    warm-up: seconds per repetition, and the folder of the last compute repetition's artifacts."""
+    model, n = b.model, len(b.prompts)
     set_attention(model, "sdpa")
-    forward_pass(model, dev_batches[:1])
-    floor_pass(model, dev_batches[:1])
-    if n_new:
-        continuation_floor_pass(model, gen_batches[:1], n_new)
+    forward_pass(model, b.dev_batches[:1])
+    floor_pass(model, b.dev_batches[:1])
+    if b.n_new:
+        continuation_floor_pass(model, b.gen_batches[:1], b.n_new)
     sync(device)
-
-    fwd, flo, gen, com = [], [], [], []
+    t: dict[str, list[float]] = {"forward": [], "floor": [], "continuation_floor": [],
+                                 "compute": []}
     for rep in range(args.reps):
         set_attention(model, "sdpa")
-        fwd.append(timed(lambda: forward_pass(model, dev_batches), device))
-        flo.append(timed(lambda: floor_pass(model, dev_batches), device))
-        if n_new:
-            gen.append(timed(lambda: continuation_floor_pass(model, gen_batches, n_new),
-                             device))
+        t["forward"].append(timed(lambda: forward_pass(model, b.dev_batches), device))
+        t["floor"].append(timed(lambda: floor_pass(model, b.dev_batches), device))
+        if b.n_new:
+            t["continuation_floor"].append(timed(
+                lambda: continuation_floor_pass(model, b.gen_batches, b.n_new), device))
         set_attention(model, "eager")
-        out_dir = tmp / f"{name}-rep{rep}"
-        com.append(timed(lambda: compute_pass(lm, prompts, out_dir, settings, dtype, args.batch),
-                         device))
-        log(f"{name}: rep {rep + 1}/{args.reps}: forward {fwd[-1]:.2f}s, floor {flo[-1]:.2f}s, "
-            + (f"continuation floor {gen[-1]:.2f}s, " if gen else "")
-            + f"compute {com[-1]:.2f}s for {n} prompts")
+        out_dir = tmp / f"{b.name}-rep{rep}"
+        t["compute"].append(timed(lambda: compute_pass(b.lm, b.prompts, out_dir, b.settings,
+                                                       dtype, args.batch), device))
+        gen = t["continuation_floor"]
+        log(f"{b.name}: rep {rep + 1}/{args.reps}: forward {t['forward'][-1]:.2f}s, floor "
+            f"{t['floor'][-1]:.2f}s, " + (f"continuation floor {gen[-1]:.2f}s, " if gen else "")
+            + f"compute {t['compute'][-1]:.2f}s for {n} prompts")
         if rep < args.reps - 1:
             shutil.rmtree(out_dir, ignore_errors=True)
-    last = tmp / f"{name}-rep{args.reps - 1}"
-    paths = [artifact_path(last, lm.ref.slug, p) for p in prompts]
+    return t, tmp / f"{b.name}-rep{args.reps - 1}"
 
-    # Every repetition must have analysed the same tokens forward and floor ran on.
-    stored, _ = artifact_sequences(paths)
-    differ = [p.key for (p, ids), got in zip(analysed, stored) if got != ids]
-    if differ:
-        notes.append(f"{name}: {len(differ)} artifact(s) of the last repetition hold other tokens "
-                     f"than the warm-up run (e.g. {differ[0]}): the continuation is not "
-                     f"reproducible from run to run")
+
+def timing_results(b: Bench, t: dict[str, list[float]]) -> dict[str, Any]:
+    """Per-prompt figures and ratios from the repetitions' seconds."""
+    n = len(b.prompts)
+    fwd, flo, gen, com = t["forward"], t["floor"], t["continuation_floor"], t["compute"]
 
     def per_prompt_ms(xs: list[float]) -> float | None:
         return round(statistics.median(xs) / n * 1000, 2) if xs else None
 
+    facts = b.lm.facts
     res: dict[str, Any] = {
-        "parameters": lm.facts["parameters"], "layers": lm.facts["layers"],
-        "heads": lm.facts["query_heads"], "vocab": lm.facts["vocab_size"],
-        "model_build_s": round(build_s, 1), "settings": asdict_or_repr(settings),
-        "prompts": n, "batches": len(batches), "batch_sizes": [len(b) for b in batches],
-        "prompt_tokens_mean": round(sum(prompt_lens) / n, 1),
-        "analysed_tokens_mean": round(n_tokens / n, 1),
-        "analysed_tokens_max": max(len(i) for _, i in analysed),
+        "parameters": facts["parameters"], "layers": facts["layers"],
+        "heads": facts["query_heads"], "vocab": facts["vocab_size"],
+        "model_build_s": round(b.build_s, 1), "settings": asdict_or_repr(b.settings),
+        "prompts": n, "batches": len(b.batches), "batch_sizes": [len(x) for x in b.batches],
+        "prompt_tokens_mean": round(sum(b.prompt_lens) / n, 1),
+        "analysed_tokens_mean": round(sum(len(ids) for _, ids in b.analysed) / n, 1),
+        "analysed_tokens_max": max(len(i) for _, i in b.analysed),
         "forward_ms_per_prompt": per_prompt_ms(fwd),
         "floor_ms_per_prompt": per_prompt_ms(flo),
         "compute_ms_per_prompt": per_prompt_ms(com),
@@ -559,68 +559,93 @@ def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.d
     # On a shared machine the load changes within seconds: the fastest repetition is the best
     # estimate of uncontended time, and the ratio within each repetition (same load, roughly)
     # is steadier than a ratio of medians taken from different repetitions.
-    res["min_ms_per_prompt"] = {k: round(min(v) / n * 1000, 2) for k, v in
-                                (("forward", fwd), ("floor", flo), ("continuation_floor", gen),
-                                 ("compute", com)) if v}
+    res["min_ms_per_prompt"] = {k: round(min(v) / n * 1000, 2) for k, v in t.items() if v}
     res["compute_over_floor_min"] = round(min(com) / min(flo), 2)
     res["compute_over_floor_per_rep"] = [round(c / f, 2) for c, f in zip(com, flo)]
     if gen:
         res["compute_over_floor_incl_continuation_per_rep"] = [
             round(c / (f + g), 2) for c, f, g in zip(com, flo, gen)]
-    res["reps_s"] = {"forward": [round(x, 3) for x in fwd], "floor": [round(x, 3) for x in flo],
-                     "continuation_floor": [round(x, 3) for x in gen],
-                     "compute": [round(x, 3) for x in com]}
+    res["reps_s"] = {k: [round(x, 3) for x in v] for k, v in t.items()}
+    return res
 
-    # A one-prompt rebuild, the model already loaded (loading is a fixed cost a rebuild shares
-    # with a full build): the compute stage over one edited prompt, against the whole workload.
+
+def rebuild_one_prompt(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dtype,
+                       tmp: Path, full_s: float) -> dict[str, Any]:
+    """A one-prompt rebuild, the model already loaded (loading is a fixed cost a rebuild shares
+    with a full build): the compute stage over one edited prompt, against the whole workload."""
     from generator.prompts import Prompt
-    p0 = prompts[0]
+    p0 = b.prompts[0]
     edited = [Prompt(p0.set_id, p0.id, "Indeed, " + p0.text, p0.note, p0.tags)]
-    one = timed(lambda: compute_pass(lm, edited, tmp / f"{name}-edited", settings, dtype,
+    one = timed(lambda: compute_pass(b.lm, edited, tmp / f"{b.name}-edited", b.settings, dtype,
                                      args.batch), device)
-    full = statistics.median(com)
-    res["rebuild_one_prompt_compute_s"] = round(one, 3)
-    res["full_compute_s"] = round(full, 3)
-    res["rebuild_one_prompt_over_full_compute"] = round(one / full, 3)
+    return {"rebuild_one_prompt_compute_s": round(one, 3), "full_compute_s": round(full_s, 3),
+            "rebuild_one_prompt_over_full_compute": round(one / full_s, 3)}
 
-    # Where compute time goes (one more pass, with a timer around each part).
-    set_attention(model, "eager")
-    with patched_compute(lm, args.batch):
-        parts = compute_breakdown(lm, prompts, args.batch, tmp / f"{name}-breakdown", settings)
+
+def breakdown(b: Bench, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Where compute time goes (one more pass, a timer around each part); with --profile, the
+    host's top functions and run_batch's top operators over the last batch."""
+    n = len(b.prompts)
+    set_attention(b.model, "eager")
+    parts = compute_breakdown(b.lm, b.prompts, args.batch, tmp / f"{b.name}-breakdown",
+                              b.settings)
     bd = {k: round(v / n * 1000, 2) for k, v in parts.items()}
     bd["total"] = round(sum(parts.values()) / n * 1000, 2)
-    res["compute_breakdown_ms_per_prompt"] = bd
+    res: dict[str, Any] = {"compute_breakdown_ms_per_prompt": bd}
     if args.profile:  # separate passes over the last batch: profilers slow what they watch
         import cProfile
         prof = cProfile.Profile()
-        with patched_compute(lm, args.batch):
-            compute_breakdown(lm, [p for p, _ in batches[-1]], args.batch,
-                              tmp / f"{name}-profile", settings, prof)
+        compute_breakdown(b.lm, [p for p, _ in b.batches[-1]], args.batch,
+                          tmp / f"{b.name}-profile", b.settings, prof)
         res["profile_host_top_functions"] = host_profile_top(prof)
-        res["profile_run_batch_top_ops"] = profile_run_batch(lm, batches[-1], settings)
+        res["profile_run_batch_top_ops"] = profile_run_batch(b.lm, b.batches[-1], b.settings)
+    return res
 
+
+def sizes(b: Bench, args: argparse.Namespace, dtype: torch.dtype, tmp: Path,
+          paths: list[Path]) -> dict[str, Any]:
+    """Artifact sizes: the workload as run, and prompts filled to exactly 64 and 256 tokens."""
+    from generator.compute import artifact_path
+    out: dict[str, Any] = {"workload": artifact_sizes(paths)}
+    sample = reference_prompts(args.size_prompts)
+    set_attention(b.model, "eager")
+    for T in (64, 256):
+        filled = workload(b.lm.tokenizer, sample, T, fill=True)
+        d = tmp / f"{b.name}-size{T}"
+        compute_pass(b.lm, filled, d, b.settings, dtype, args.batch)
+        out[str(T)] = artifact_sizes([artifact_path(d, b.lm.ref.slug, p) for p in filled])
+        shutil.rmtree(d, ignore_errors=True)
+    out["gzip_level"] = GZIP_LEVEL
+    if b.n_new:
+        out["note"] = (f"64/256 = prompt tokens; each artifact also holds up to {b.n_new} "
+                       f"generated tokens (see tokens_mean)")
+    return out
+
+
+def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
+                tmp: Path, notes: list[str]) -> dict[str, Any]:
+    """Every figure of one model (see the module docstring and benchmarks/README.md)."""
+    from generator.compute import artifact_path
+    b = prepare(name, args, device, dtype, tmp)
+    t, last = time_passes(b, args, device, dtype, tmp)
+    paths = [artifact_path(last, b.lm.ref.slug, p) for p in b.prompts]
+    # Every repetition must have analysed the same tokens forward and floor ran on.
+    stored, _ = artifact_sequences(paths)
+    differ = [p.key for (p, ids), got in zip(b.analysed, stored) if got != ids]
+    if differ:
+        notes.append(f"{name}: {len(differ)} artifact(s) of the last repetition hold other tokens "
+                     f"than the warm-up run (e.g. {differ[0]}): the continuation is not "
+                     f"reproducible from run to run")
+    res = timing_results(b, t)
+    res.update(rebuild_one_prompt(b, args, device, dtype, tmp, statistics.median(t["compute"])))
+    res.update(breakdown(b, args, tmp))
     # Fidelity: stored attention against the model's own float32 attention.
-    res["attention_max_abs_error"] = round(attention_error(fp32, paths, device), 6)
+    res["attention_max_abs_error"] = round(attention_error(b.fp32, paths, device), 6)
     res["attention_error_bound"] = round(1 / 255, 6)
     if dtype != torch.float32:
         res["attention_max_abs_error_vs_own_dtype"] = round(
-            attention_error(model, paths, device), 6)
-
-    # Artifact sizes: the workload as run, and prompts filled to exactly 64 and 256 tokens.
-    sizes: dict[str, Any] = {"workload": artifact_sizes(paths)}
-    sample = reference_prompts(args.size_prompts)
-    set_attention(model, "eager")
-    for T in (64, 256):
-        filled = workload(tokenizer, sample, T, fill=True)
-        d = tmp / f"{name}-size{T}"
-        compute_pass(lm, filled, d, settings, dtype, args.batch)
-        sizes[str(T)] = artifact_sizes([artifact_path(d, lm.ref.slug, p) for p in filled])
-        shutil.rmtree(d, ignore_errors=True)
-    sizes["gzip_level"] = GZIP_LEVEL
-    if n_new:
-        sizes["note"] = (f"64/256 = prompt tokens; each artifact also holds up to {n_new} "
-                         f"generated tokens (see tokens_mean)")
-    res["artifact_bytes_per_prompt"] = sizes
+            attention_error(b.model, paths, device), 6)
+    res["artifact_bytes_per_prompt"] = sizes(b, args, dtype, tmp, paths)
     log(f"{name}: forward {res['forward_ms_per_prompt']} ms, floor {res['floor_ms_per_prompt']} ms, "
         f"compute {res['compute_ms_per_prompt']} ms per prompt (x{res['compute_over_floor']} floor)")
     return res

@@ -11,7 +11,10 @@ from typing import Any
 
 import altair as alt
 
+from . import layout
+
 WIDTH = 340
+ATLAS_PAGE = layout.model_page("model")   # the head atlas is drawn on model pages: links start there
 
 
 def _tokens_sort(field: str) -> alt.EncodingSortField:
@@ -139,7 +142,8 @@ def atlas_chart(metric: str, title: str) -> alt.Chart:
         f"isValid(datum.{metric})").transform_window(
         rank="row_number()", sort=[alt.SortField(metric, order=order)]).transform_filter(
         "datum.rank <= 20").transform_calculate(
-        url=f"'../prompts/' + datum.{metric}_best + '.html'").mark_bar(cursor="pointer").encode(
+        url=layout.prompt_url_expr(ATLAS_PAGE, f"datum.{metric}_best")).mark_bar(
+        cursor="pointer").encode(
         x=alt.X(f"{metric}:Q", title=title),
         y=alt.Y("name:N", sort=alt.EncodingSortField(field=metric, order=order), title="head"),
         href="url:N",

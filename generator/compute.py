@@ -10,24 +10,24 @@ retried; a prompt that fails is reported and the others are kept.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, layout
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (ATTENTION_ENCODING, ATTENTION_SCALE, ATTENTION_SUFFIX, SCHEMA_VERSION,
-                     current_attention, encode_attention, validate_artifact, write_artifact)
+from .schema import (ATTENTION_SCALE, SCHEMA_VERSION, Artifact, Attention, Generation, KVGroup,
+                     LayerGroups, PromptInfo, Provenance, TopK, current_attention,
+                     validate_artifact, write_artifact)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 
@@ -82,7 +82,7 @@ class ComputeReport:
 
 
 def artifact_path(root: Path, slug: str, prompt: Prompt) -> Path:
-    return root / slug / prompt.set_id / f"{prompt.id}.json"
+    return layout.artifact_path(root, slug, prompt.set_id, prompt.id)
 
 
 def unit_key(ref: ModelRef, prompt: Prompt, settings: Settings) -> str:
@@ -108,83 +108,56 @@ def library_versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _block(ids: np.ndarray, lps: np.ndarray, nlp: np.ndarray, rank: np.ndarray, k: int) -> dict:
-    """Per-position top-k for one layer of one prompt. ids, lps: [T, >=k]; nlp, rank: [T]."""
-    return {
-        "k": k,
-        "ids": ids[:, :k].tolist(),
-        "probs": np.round(np.exp(lps[:, :k].astype(np.float64)), 6).tolist(),
-        "next_logprob": [None if math.isnan(x) else round(float(x), 4) for x in nlp],
-        "next_rank": [None if r == 0 else int(r) for r in rank],
-    }
-
-
 def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
-                   tokens: list[dict], seq: SequenceOutput) -> dict:
-    """The artifact of one prompt, in memory: its attention bytes in `["attention"]["data"]`
-    (`schema.write_artifact` writes them beside the JSON)."""
-    attention = seq.attention
+                   tokens: list[dict], seq: SequenceOutput) -> Artifact:
+    """The artifact of one prompt, in memory, built through the schema's typed constructor."""
+    attention = seq.attention                                       # uint8 [L, H, T, T]
     L, H, T, _ = attention.shape
-    ids, lps, nlp, rank = seq.lens_ids, seq.lens_logprobs, seq.next_logprob, seq.next_rank
-    data = encode_attention(attention)
-    referenced = np.unique(np.concatenate([ids[-1, :, :settings.top_k].ravel(),
-                                           ids[:, :, :settings.lens_top_k].ravel()]))
     ref = lm.ref
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
-    token_ids = [t["id"] for t in tokens]
-    decoded = [attention[l].astype(np.float32) / ATTENTION_SCALE for l in range(L)]  # L x [H, T, T]
-    per_head = layer_metrics(np.stack(decoded), token_ids)                          # name -> [L, H]
+    decoded = attention.astype(np.float32) / ATTENTION_SCALE        # [L, H, T, T]
+    referenced = np.unique(np.concatenate([seq.top_ids.ravel(), seq.lens_ids.ravel()]))
     kv = lm.facts["kv_heads"]
-    return {
-        "format": "model-atlas-artifact",
-        "schema_version": SCHEMA_VERSION,
-        "key": key,
-        "provenance": {
-            "model_id": ref.model_id, "model_slug": ref.slug, "revision": ref.revision,
-            "random_weights": ref.random_weights, "prompt_sha256": sha256_bytes(prompt.text.encode()),
-            "device": lm.device.split(":")[0], "dtype": lm.dtype, "attn_implementation": "eager",
-            "libraries": library_versions(), "settings": asdict(settings),
-        },
-        "model": lm.facts,
-        "prompt": {"set": prompt.set_id, "id": prompt.id, "text": prompt.text, "note": prompt.note},
-        "tokens": tokens,
-        "predictions": _block(ids[-1], lps[-1], nlp[-1], rank[-1], settings.top_k),
-        "lens": [_block(ids[l], lps[l], nlp[l], rank[l], settings.lens_top_k) for l in range(L)],
-        "attention": {
-            "encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": L, "heads": H,
-            "length": T, "file": prompt.id + ATTENTION_SUFFIX, "bytes": len(data),
-            "sha256": sha256_bytes(data), "data": data,
-        },
-        "vocab": vocab_entries(lm.tokenizer, referenced.tolist()),
-        "generation": {"prompt_tokens": n_prompt, "generated_tokens": T - n_prompt,
-                       "method": "greedy"},
-        "metrics": {name: _round(values) for name, values in sorted(per_head.items())},
-        # Grouped-query attention: per layer, how alike the query heads sharing a key/value head
-        # attend, and (for contrast) heads of different groups. Empty for multi-head models.
-        "groups": [{"between": _round(between_group_similarity(decoded[l], kv)),
-                    "groups": [{**g, "similarity": _round(g["similarity"]),
-                                "mean_js": _round(g["mean_js"])}
-                               for g in group_similarity(decoded[l], kv)]}
-                   for l in range(L)] if kv < H else [],
-    }
+    return Artifact(
+        key=key,
+        provenance=Provenance(
+            model_id=ref.model_id, model_slug=ref.slug, revision=ref.revision,
+            random_weights=ref.random_weights, prompt_sha256=sha256_bytes(prompt.text.encode()),
+            device=lm.device.split(":")[0], dtype=lm.dtype, libraries=library_versions(),
+            settings=asdict(settings)),
+        model=lm.facts,
+        prompt=PromptInfo(prompt.set_id, prompt.id, prompt.text, prompt.note),
+        tokens=tokens,
+        predictions=TopK.from_arrays(seq.top_ids, seq.top_logprobs, seq.next_logprob[-1],
+                                     seq.next_rank[-1], settings.top_k),
+        lens=[TopK.from_arrays(seq.lens_ids[l], seq.lens_logprobs[l], seq.next_logprob[l],
+                               seq.next_rank[l], settings.lens_top_k) for l in range(L)],
+        attention=Attention.from_quantized(attention, prompt.id),
+        vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
+        generation=Generation(n_prompt, T - n_prompt),
+        metrics=layer_metrics(decoded, [t["id"] for t in tokens]),  # name -> [L, H]
+        groups=_groups(decoded, kv) if kv < H else [],
+    )
 
 
-def _round(x: Any, digits: int = 4) -> Any:
-    """Round floats (nested lists too) for storage; NaN (undefined) becomes null."""
-    if isinstance(x, np.ndarray):
-        x = x.tolist()
-    if isinstance(x, list):
-        return [_round(v, digits) for v in x]
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return None
-    return round(float(x), digits)
+def _groups(decoded: np.ndarray, kv_heads: int) -> list[LayerGroups]:
+    """Grouped-query attention: per layer, how alike the query heads sharing a key/value head
+    attend, and (for contrast) heads of different groups. decoded: float [L, H, T, T]."""
+    return [LayerGroups(between_group_similarity(layer, kv_heads),
+                        [KVGroup(g["group"], g["heads"], g["similarity"], g["mean_js"])
+                         for g in group_similarity(layer, kv_heads)])
+            for layer in decoded]
 
 
-def _batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
-             budget_bytes: int, extra: int = 0) -> list[list[tuple[Prompt, list[int]]]]:
+def plan_batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
+             budget_bytes: int, extra: int = 0,
+             batch_size: int | None = None) -> list[list[tuple[Prompt, list[int]]]]:
     """Length-sorted batches whose attention ([L, B, H, T, T] float32, T = the longest prompt
-    plus `extra` generated tokens) fits `budget_bytes`."""
+    plus `extra` generated tokens) fits `budget_bytes`; with `batch_size`, batches of exactly that
+    many (the last one smaller), whatever their memory."""
     items = sorted(items, key=lambda it: (len(it[1]), it[0].key))
+    if batch_size is not None:
+        return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     out: list[list] = []
     for it in items:
         if out:
@@ -214,7 +187,7 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Setti
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     try:
         out = run_batch(lm.model, [ids for _, ids in batch], settings.continuation, eos, pad,
-                        settings.top_k)
+                        settings.top_k, settings.lens_top_k)
     except Exception as e:  # noqa: BLE001 - OOM classes differ between backends
         if len(batch) > 1:
             # Split and retry: out of memory goes away in smaller batches, and any other error is
@@ -236,8 +209,37 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Setti
 def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
                   device: str, dtype: torch.dtype, log: Log, report: ComputeReport,
                   revision: str = "main", budget_bytes: int | None = None,
-                  device_map: str | None = None) -> None:
-    ref = resolve_model(model_id, revision)
+                  device_map: str | None = None, model: LoadedModel | None = None,
+                  batch_size: int | None = None) -> None:
+    """Compute the artifacts of `prompts` that are missing or stale for one model.
+
+    `model`: an already loaded model (then `model_id`, `revision`, `device`, `dtype` and
+    `device_map` are not used to find or load one; its `ref` names the artifacts). The benchmark
+    hands in full-size models it built itself this way. `batch_size`: batches of exactly this many
+    prompts instead of batches sized to `budget_bytes`.
+    """
+    ref = model.ref if model is not None else resolve_model(model_id, revision)
+    todo = _stale(ref, prompts, out_dir, settings, report)
+    if not todo:
+        log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
+        return
+    lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
+    items, tokens_of = _tokenize(lm, todo, settings, report)
+    if budget_bytes is None:
+        budget_bytes = default_budget(lm.device)
+    facts = lm.facts
+    t0, done = time.perf_counter(), 0
+    for batch in plan_batches(items, facts["layers"], facts["query_heads"], budget_bytes,
+                          settings.continuation, batch_size):
+        for prompt, result in _run(lm, batch, settings, log):
+            done += _store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, report)
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        log(f"{ref.slug}: {done}/{len(items)} prompts computed ({rate:.1f} prompts/s)")
+
+
+def _stale(ref: ModelRef, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
+           report: ComputeReport) -> list[tuple[Prompt, str]]:
+    """(prompt, key) of every prompt whose artifact is missing or stale; the others are reused."""
     todo = []
     for p in prompts:
         key = unit_key(ref, p, settings)
@@ -247,47 +249,49 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
             report.reused += 1
         else:
             todo.append((p, key))
-    if not todo:
-        log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
-        return
-    lm = load_model(ref, device, dtype, log, device_map=device_map)
+    return todo
+
+
+def _tokenize(lm: LoadedModel, todo: list[tuple[Prompt, str]], settings: Settings,
+              report: ComputeReport):
+    """Token ids of every prompt to run, and per prompt key its (artifact key, token records);
+    prompts longer than the model's context are reported as failures."""
     context = lm.facts.get("context_length") or 10 ** 9
     items, tokens_of = [], {}
     for p, key in todo:
         ids, tokens = describe_tokens(lm.tokenizer, p.text)
         if len(ids) + settings.continuation > context:
-            report.failures.append(f"{p.key} ({ref.model_id}): {len(ids)} tokens, longer than the "
-                                   f"model's context of {context}; shorten field 'text'.")
+            report.failures.append(f"{p.key} ({lm.ref.model_id}): {len(ids)} tokens, longer than "
+                                   f"the model's context of {context}; shorten field 'text'.")
             continue
         items.append((p, ids))
         tokens_of[p.key] = (key, tokens)
-    if budget_bytes is None:
-        budget_bytes = default_budget(lm.device)
-    facts = lm.facts
-    t0, done = time.perf_counter(), 0
-    for batch in _batches(items, facts["layers"], facts["query_heads"], budget_bytes,
-                          settings.continuation):
-        for prompt, result in _run(lm, batch, settings, log):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                key, tokens = tokens_of[prompt.key]
-                extra = result.ids[len(tokens):]
-                tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
-                artifact = build_artifact(lm, prompt, key, settings, tokens, result)
-                validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
-                write_artifact(artifact_path(out_dir, ref.slug, prompt), artifact)
-                report.computed += 1
-                done += 1
-            except AtlasError as e:
-                report.failures.append(f"{prompt.key} ({ref.model_id}): {e}")
-            except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
-                kind = ("out of memory even at batch size 1" if _is_oom(e)
-                        else f"{type(e).__name__}: {e}")
-                report.failures.append(f"{prompt.key} ({ref.model_id}): {kind}")
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        log(f"{ref.slug}: {done}/{len(items)} prompts computed ({rate:.1f} prompts/s)")
-    del lm
+    return items, tokens_of
+
+
+def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseException,
+           key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path,
+           report: ComputeReport) -> int:
+    """Build, check and write one prompt's artifact; 1 if written, 0 if it failed (reported)."""
+    ref = lm.ref
+    try:
+        if isinstance(result, BaseException):
+            raise result
+        key, tokens = key_tokens
+        extra = result.ids[len(tokens):]
+        tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
+        artifact = build_artifact(lm, prompt, key, settings, tokens, result).to_dict()
+        validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
+        write_artifact(artifact_path(out_dir, ref.slug, prompt), artifact)
+        report.computed += 1
+        return 1
+    except AtlasError as e:
+        report.failures.append(f"{prompt.key} ({ref.model_id}): {e}")
+    except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
+        kind = ("out of memory even at batch size 1" if _is_oom(e)
+                else f"{type(e).__name__}: {e}")
+        report.failures.append(f"{prompt.key} ({ref.model_id}): {kind}")
+    return 0
 
 
 def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir: Path,

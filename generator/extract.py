@@ -17,6 +17,7 @@ applied; the norm is applied to every other layer's entry, never twice.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +45,10 @@ class SequenceOutput:
     generated tokens, cut after end-of-text)."""
     ids: list[int]              # [T] token ids
     attention: Any              # uint8 [L, H, T, T] (numpy), q / ATTENTION_SCALE, zero above the diagonal
-    lens_ids: Any               # int64 [L, T, k]
-    lens_logprobs: Any          # float32 [L, T, k]
+    top_ids: Any                # int64 [T, k]: the model's top-k predictions (the output layer)
+    top_logprobs: Any           # float32 [T, k]
+    lens_ids: Any               # int64 [L, T, lens_k] (the output layer's: the first lens_k of top_ids)
+    lens_logprobs: Any          # float32 [L, T, lens_k]
     next_logprob: Any           # float32 [L, T] (NaN where there is no next token)
     next_rank: Any              # int64 [L, T] (1 = top prediction; 0 where there is no next token)
 
@@ -84,8 +87,9 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     Returns (topk_ids [R, k], topk_logprobs [R, k], target_logprob [R], target_rank [R]).
 
     Each block of logits is written into one preallocated buffer and read by a few vectorized
-    passes while it is hot; per-block results go to small buffers combined at the end, and nothing
-    waits for the device inside the loop (no .item(), no data-dependent branch):
+    passes while it is hot (`_tile_candidates`, `_tile_reductions`); per-block results go to small
+    buffers combined at the end (`_combine`), and nothing waits for the device inside the loop
+    (no .item(), no data-dependent branch):
     - top-k by a row/column-maxima prefilter: each row's block of w = a*b logits is viewed as an
       [a, b] grid; an entry of the row's top k lies in one of the k grid rows with the largest
       maxima and in one of the k grid columns with the largest maxima, so the top k are among the
@@ -98,19 +102,16 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     rows, vocab = h.shape[0], weight.shape[0]
     dev, f32 = h.device, torch.float32
     h = h.to(weight.dtype)
-    has_target = targets >= 0
     safe_t = targets.clamp_min(0)
     # The target's logit, from the same rows of the unembedding: [R]
     t_logit = (h.float() * weight[safe_t].float()).sum(-1)
     if bias is not None:
         t_logit = t_logit + bias[safe_t].float()
-    t_col = t_logit[:, None]
+    t_col = t_logit[:, None]                                        # [R, 1]
     rt, ct = lens_tiles(rows, dev)
     nb = -(-vocab // ct)
-    blk_max = torch.empty((rows, nb), dtype=f32, device=dev)
-    blk_sum = torch.empty((rows, nb), dtype=f32, device=dev)
-    blk_cnt = torch.empty((rows, nb), dtype=f32, device=dev)
-    own = torch.empty((rows, nb), dtype=f32, device=dev)
+    # Per row and vocabulary block: max logit, sum of exp, count above the target, target's own.
+    blk = torch.empty((4, rows, nb), dtype=f32, device=dev)         # [4, R, blocks]
     cand_v: list[torch.Tensor] = []          # candidates per vocabulary block: [R, n]
     cand_i: list[torch.Tensor] = []
     direct = weight.dtype == f32 and (bias is None or bias.dtype == f32)
@@ -118,25 +119,22 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     logit_buf = torch.empty(rt0 * ct0, dtype=f32, device=dev)
     cmp_buf = torch.empty_like(logit_buf)
     a0, b0 = _grid(ct0, k)
-    maxima = torch.full((rt0, 2, max(a0, b0, 1)), -float("inf"), device=dev)
+    maxima = torch.full((rt0, 2, max(a0, b0, 1)), -float("inf"), device=dev)  # [rows, 2, a|b]
     for bi, c0 in enumerate(range(0, vocab, ct)):
         c1 = min(vocab, c0 + ct)
         w = c1 - c0
-        wt = weight[c0:c1].T
+        wt = weight[c0:c1].T                                        # [D, w]
         bb = bias[c0:c1] if bias is not None else None
         a, b = _grid(w, k)
-        main = a * b
-        ncand = (k * k if a else 0) + (w - main)
+        ncand = (k * k if a else 0) + (w - a * b)
         cv = torch.empty((rows, ncand), dtype=f32, device=dev)
         ci = torch.empty((rows, ncand), dtype=torch.long, device=dev)
         if a and (a, b) != (a0, b0):
             maxima.fill_(-float("inf"))      # the padding may hold a previous block's maxima
-        n = max(a, b)
-        t_loc = (safe_t - c0).clamp_(0, w - 1)[:, None]
+        t_loc = (safe_t - c0).clamp_(0, w - 1)[:, None]             # [R, 1]
         for r0 in range(0, rows, rt):
             r1 = min(rows, r0 + rt)
-            r = r1 - r0
-            x = logit_buf[:r * w].view(r, w)
+            x = logit_buf[:(r1 - r0) * w].view(r1 - r0, w)          # [r, w] logits of the tile
             if direct:
                 if bb is None:
                     torch.mm(h[r0:r1], wt, out=x)
@@ -146,139 +144,250 @@ def lens_topk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 x.copy_(h[r0:r1] @ wt)
                 if bb is not None:
                     x += bb.float()
-            if a:
-                grid = x[:, :main].view(r, a, b)
-                m2 = maxima[:r, :, :n]
-                torch.amax(grid, 2, out=m2[:, 0, :a])
-                torch.amax(grid, 1, out=m2[:, 1, :b])
-                sel = m2.topk(k, dim=-1, sorted=False)[1]             # [r, 2, k]
-                ids = ci[r0:r1, :k * k]
-                torch.add(sel[:, 1, None, :], sel[:, 0, :, None], alpha=b, out=ids.view(r, k, k))
-                torch.gather(x, 1, ids, out=cv[r0:r1, :k * k])
-                m = m2[:, 0, :a].amax(1, keepdim=True)
-                if main < w:  # columns past the grid (the last block only): all candidates
-                    cv[r0:r1, k * k:] = x[:, main:]
-                    ci[r0:r1, k * k:] = torch.arange(main, w, device=dev)
-                    m = torch.maximum(m, x[:, main:].amax(1, keepdim=True))
-            else:
-                cv[r0:r1] = x
-                ci[r0:r1] = torch.arange(w, device=dev)
-                m = x.amax(1, keepdim=True)
-            blk_max[r0:r1, bi] = m[:, 0]
-            g = cmp_buf[:r * w].view(r, w)
-            torch.gt(x, t_col[r0:r1], out=g)
-            torch.sum(g, 1, out=blk_cnt[r0:r1, bi])
-            # The target's own logit from this product (used only for the block holding it).
-            own[r0:r1, bi] = x.gather(1, t_loc[r0:r1])[:, 0]
-            # sum exp(x - max) = sum 2^((x - max) log2 e), in place: the block is done with.
-            torch.add(m.mul_(-LOG2E), x, alpha=LOG2E, out=x)
-            torch.sum(x.clamp_(min=EXP2_FLOOR).exp2_(), 1, out=blk_sum[r0:r1, bi])
+            m = _tile_candidates(x, k, a, b, maxima, cv[r0:r1], ci[r0:r1])
+            _tile_reductions(x, m, t_col[r0:r1], t_loc[r0:r1], cmp_buf, blk[:, r0:r1, bi])
         cand_v.append(cv)
         cand_i.append(ci.add_(c0))
         if sum(c.shape[1] for c in cand_v) > MAX_CANDIDATES:  # bound memory: merge down to k
             v, sel = torch.cat(cand_v, 1).topk(k, dim=-1)
             cand_v, cand_i = [v], [torch.cat(cand_i, 1).gather(1, sel)]
-    gmax = blk_max.amax(1, keepdim=True)
+    return _combine(blk, cand_v, cand_i, t_logit, targets, ct, k)
+
+
+def _tile_candidates(x: torch.Tensor, k: int, a: int, b: int, maxima: torch.Tensor,
+                     cv: torch.Tensor, ci: torch.Tensor) -> torch.Tensor:
+    """Top-k candidates of a tile of logits x [r, w] into cv, ci [r, n] (column indices within the
+    block); returns the rows' maxima [r, 1]. With a grid (a > 0): the k*k crossings of the k grid
+    rows and k grid columns with the largest maxima, plus every column past the grid; without
+    one, every column."""
+    r, w = x.shape
+    if not a:
+        cv.copy_(x)
+        ci.copy_(torch.arange(w, device=x.device))
+        return x.amax(1, keepdim=True)
+    main = a * b
+    grid = x[:, :main].view(r, a, b)                                # [r, a, b]
+    m2 = maxima[:r, :, :max(a, b)]                                  # [r, 2, max(a, b)]
+    torch.amax(grid, 2, out=m2[:, 0, :a])
+    torch.amax(grid, 1, out=m2[:, 1, :b])
+    sel = m2.topk(k, dim=-1, sorted=False)[1]                       # [r, 2, k]
+    ids = ci[:, :k * k]
+    torch.add(sel[:, 1, None, :], sel[:, 0, :, None], alpha=b, out=ids.view(r, k, k))
+    torch.gather(x, 1, ids, out=cv[:, :k * k])
+    m = m2[:, 0, :a].amax(1, keepdim=True)                          # [r, 1]
+    if main < w:  # columns past the grid (the last block only): all candidates
+        cv[:, k * k:] = x[:, main:]
+        ci[:, k * k:] = torch.arange(main, w, device=x.device)
+        m = torch.maximum(m, x[:, main:].amax(1, keepdim=True))
+    return m
+
+
+def _tile_reductions(x: torch.Tensor, m: torch.Tensor, t_col: torch.Tensor, t_loc: torch.Tensor,
+                     cmp_buf: torch.Tensor, out: torch.Tensor) -> None:
+    """Per row of the tile x [r, w]: out[0] its maximum m, out[1] sum exp(x - m), out[2] how many
+    logits beat the target's t_col [r, 1], out[3] the logit at column t_loc [r, 1] (the target's
+    own, for the block that holds it). out: [4, r]. Overwrites x."""
+    r, w = x.shape
+    out[0] = m[:, 0]
+    g = cmp_buf[:r * w].view(r, w)
+    torch.gt(x, t_col, out=g)
+    torch.sum(g, 1, out=out[2])
+    out[3] = x.gather(1, t_loc)[:, 0]
+    # sum exp(x - max) = sum 2^((x - max) log2 e), in place: the block is done with.
+    torch.add(m.mul_(-LOG2E), x, alpha=LOG2E, out=x)
+    torch.sum(x.clamp_(min=EXP2_FLOOR).exp2_(), 1, out=out[1])
+
+
+def _combine(blk: torch.Tensor, cand_v: list[torch.Tensor], cand_i: list[torch.Tensor],
+             t_logit: torch.Tensor, targets: torch.Tensor, ct: int,
+             k: int) -> tuple[torch.Tensor, ...]:
+    """Merge the per-block results (blk [4, R, blocks]: max, sum exp, count above, own logit) into
+    lens_topk's (topk_ids, topk_logprobs, target_logprob, target_rank)."""
+    blk_max, blk_sum, blk_cnt, own = blk
+    has_target = targets >= 0
+    gmax = blk_max.amax(1, keepdim=True)                            # [R, 1]
     lse = gmax[:, 0] + torch.log((blk_sum * torch.exp(blk_max - gmax)).sum(1))
-    top_val, sel = torch.cat(cand_v, 1).topk(k, dim=-1)
+    top_val, sel = torch.cat(cand_v, 1).topk(k, dim=-1)             # [R, k]
     top_idx = torch.cat(cand_i, 1).gather(1, sel)
     # The target counted itself if its own logit from the product beats t_logit: take it out.
-    own_t = own.gather(1, (safe_t // ct)[:, None])[:, 0]
+    own_t = own.gather(1, (targets.clamp_min(0) // ct)[:, None])[:, 0]
     higher = blk_cnt.sum(1, dtype=torch.float64).long() - (has_target & (own_t > t_logit)).long()
     t_lp = torch.where(has_target, t_logit - lse, torch.full_like(lse, float("nan")))
     rank = torch.where(has_target, higher + 1, torch.zeros_like(higher))
     return top_idx, top_val - lse[:, None], t_lp, rank
 
 
-@torch.no_grad()
-def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
-              k: int) -> list[SequenceOutput]:
-    """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
-    attention and the logit lens of prompt + continuation captured on the way.
+def cache_argument(model: Any) -> str:
+    """The keyword under which this transformers takes (and returns) the KV cache.
 
-    The batch is left-padded, positions counted from each row's first real token. The prefill
-    returns the prompts' attention [B, H, P, P] and hidden states; each of the n_new steps feeds one
-    token per row over the KV cache and returns that token's attention row [B, H, 1, keys] and
-    hidden states. The last step feeds the last generated token only to capture it. Nothing waits
-    for the device inside the loop: the generated ids stay on it until the end.
+    Newer transformers (5.24 here) name it `cache`, in the forward's arguments and in its outputs,
+    and warn that the old name `past_key_values` goes in 5.40; 5.17, the oldest release we support,
+    knows only `past_key_values`. Detected from the forward's signature, not from a version.
     """
-    dev = model.device
-    lengths = [len(s) for s in seqs]
-    B, P = len(seqs), max(lengths)
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@dataclass
+class Passes:
+    """What the prefill and the generation steps of one batch returned, still on the device.
+
+    attention[s][l]: uint8 [B, H, queries, keys] of pass s and layer l (pass 0 = the prefill over
+    the P prompt positions; pass s >= 1 = one generated token, queries = 1, keys = P + s);
+    hidden[s][l]: [B, queries, D], layer l's output (entry L-1 already has the final norm);
+    generated: [B, n_new] greedy ids (before cutting at end-of-text).
+    """
+    attention: list[list[torch.Tensor]]
+    hidden: list[tuple[torch.Tensor, ...]]
+    generated: torch.Tensor
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences left-padded into ids and attention mask, both [B, P] on `dev`."""
+    B, P = len(seqs), max(len(s) for s in seqs)
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     mask = torch.zeros((B, P), dtype=torch.long)
     for b, s in enumerate(seqs):
         ids[b, P - len(s):] = torch.tensor(s)
         mask[b, P - len(s):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)                           # [B, P]
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    return ids.to(dev), mask.to(dev)
+
+
+@torch.no_grad()
+def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
+                          n_new: int) -> Passes:
+    """One eager prefill over the left-padded prompts, then n_new single-token steps over the KV
+    cache, each returning its attention rows and hidden states (quantized / kept on the device).
+
+    Positions count from each row's first real token. The last step feeds the last generated token
+    only to capture it. Nothing waits for the device inside the loop.
+    """
+    dev = ids.device
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)                        # [B, P]
     capture = dict(output_attentions=True, output_hidden_states=True, use_cache=n_new > 0,
                    logits_to_keep=1)
+    cache_kw = cache_argument(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
-    # Per pass: L x uint8 [B, H, queries, keys] and L x [B, queries, D] (entry L-1 already normed).
     # Layers may sit on different devices (device_map="auto"): each is reduced where it is.
-    att_steps = [[quantize_attention(a) for a in out.attentions]]
-    hid_steps = [out.hidden_states[1:]]
+    att_steps = [[quantize_attention(a) for a in out.attentions]]   # L x uint8 [B, H, P, P]
+    hid_steps = [out.hidden_states[1:]]                             # L x [B, P, D]
     new = []
     for _ in range(n_new):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
         new.append(nxt)
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        pos = pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)       # [B, keys]
+        pos = pos[:, -1:] + 1                                       # [B, 1]
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
-                    past_key_values=out.past_key_values, **capture)
-        att_steps.append([quantize_attention(a) for a in out.attentions])
-        hid_steps.append(out.hidden_states[1:])
+                    **{cache_kw: getattr(out, cache_kw)}, **capture)
+        att_steps.append([quantize_attention(a) for a in out.attentions])  # L x [B, H, 1, keys]
+        hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
+    gen = torch.cat(new, dim=1) if new else torch.zeros((ids.shape[0], 0), dtype=torch.long,
+                                                         device=dev)
+    return Passes(att_steps, hid_steps, gen)
 
-    # Generated tokens kept per row: up to and including the first end-of-text.
-    gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
+
+def kept_continuations(generated: torch.Tensor, eos_id: int | None) -> list[list[int]]:
+    """Generated ids kept per row: up to and including the first end-of-text."""
     kept = []
-    for row in gen.tolist():
+    for row in generated.tolist():
         if eos_id is not None and eos_id in row:
             row = row[:row.index(eos_id) + 1]
         kept.append(row)
-    full = P + n_new
-    valid = torch.zeros((B, full), dtype=torch.bool)
-    for b in range(B):
-        valid[b, P - lengths[b]:P + len(kept[b])] = True
+    return kept
 
-    # Logit lens over every layer at every analysed position, layers stacked: [L, N, D].
+
+@torch.no_grad()
+def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.Tensor,
+               k: int, lens_k: int) -> tuple[np.ndarray, ...]:
+    """The logit lens at every analysed position (valid: bool [B, P + n_new]), layers stacked.
+
+    The output layer keeps its top k (the model's predictions); every other layer its top lens_k.
+    Returns host arrays (N = valid positions, batch-major):
+    top_ids int64 [N, k], top_logprobs float32 [N, k] (the output layer),
+    lens_ids int64 [L, N, lens_k], lens_logprobs float32 [L, N, lens_k] (the output layer's are the
+    first lens_k of its top k), next_logprob float32 [L, N], next_rank int64 [L, N].
+    """
     unemb = model.get_output_embeddings()
     out_dev = unemb.weight.device
+    bias = getattr(unemb, "bias", None)
     norm = final_norm(model)
     norm_dev = next(norm.parameters()).device
-    layers = len(hid_steps[0])
+    layers = len(passes.hidden[0])
     stacked = []
     for l in range(layers):
-        h = torch.cat([step[l] for step in hid_steps], dim=1)       # [B, P + n_new, D]
-        h = h[valid.to(h.device)]
+        h = torch.cat([step[l] for step in passes.hidden], dim=1)  # [B, P + n_new, D]
+        h = h[valid.to(h.device)]                                   # [N, D]
         stacked.append((norm(h.to(norm_dev)) if l < layers - 1 else h).to(out_dev))
-    all_ids = torch.cat([ids, gen], dim=1).to(out_dev)
-    valid = valid.to(out_dev)
-    nxt_ids = torch.full_like(all_ids, -1)
+    all_ids, valid = all_ids.to(out_dev), valid.to(out_dev)
+    nxt_ids = torch.full_like(all_ids, -1)                          # [B, P + n_new]
     nxt_ids[:, :-1] = torch.where(valid[:, 1:], all_ids[:, 1:], -1)
     targets = nxt_ids[valid]                                         # [N]
-    h = torch.stack(stacked)
+    h = torch.stack(stacked)                                         # [L, N, D]
     L, N, D = h.shape
-    top_ids, top_lps, t_lp, rank = lens_topk(h.reshape(L * N, D), unemb.weight,
-                                             getattr(unemb, "bias", None), targets.repeat(L), k)
-    top_ids, top_lps = top_ids.view(L, N, k).cpu().numpy(), top_lps.view(L, N, k).cpu().numpy()
-    t_lp, rank = t_lp.view(L, N).cpu().numpy(), rank.view(L, N).cpu().numpy()
+    # Layers before the output: lens_k each; the output layer: k (its top k are the predictions).
+    top = lens_topk(h[-1], unemb.weight, bias, targets, k)
+    if L > 1:
+        low = lens_topk(h[:-1].reshape((L - 1) * N, D), unemb.weight, bias,
+                        targets.repeat(L - 1), lens_k)
+    else:  # a one-layer model: the output layer is the only one
+        low = tuple(x[:0] for x in top)
+    lens_ids = torch.cat([low[0].view(L - 1, N, -1)[..., :lens_k], top[0][None, :, :lens_k]])
+    lens_lps = torch.cat([low[1].view(L - 1, N, -1)[..., :lens_k], top[1][None, :, :lens_k]])
+    t_lp = torch.cat([low[2].view(L - 1, N), top[2][None]])          # [L, N]
+    rank = torch.cat([low[3].view(L - 1, N), top[3][None]])          # [L, N]
+    return tuple(x.cpu().numpy() for x in (top[0], top[1], lens_ids, lens_lps, t_lp, rank))
 
-    # Attention on the host: the prefill's block, then one row per generated token.
-    prefill = np.stack([a.cpu().numpy() for a in att_steps[0]])      # [L, B, H, P, P]
-    rows = [np.stack([a.cpu().numpy() for a in step])[:, :, :, 0] for step in att_steps[1:]]
-    results, offset = [], 0
+
+def assemble_attention(passes: Passes, lengths: list[int], kept: list[list[int]]
+                       ) -> list[np.ndarray]:
+    """Each sequence's uint8 [L, H, n, n] attention (n = its prompt + kept continuation) on the
+    host: the prefill's block without the padding, then one row per generated token."""
+    prefill = np.stack([a.cpu().numpy() for a in passes.attention[0]])      # [L, B, H, P, P]
+    rows = [np.stack([a.cpu().numpy() for a in step])[:, :, :, 0]          # [L, B, H, keys]
+            for step in passes.attention[1:]]
+    L, _, H, P, _ = prefill.shape
+    out = []
     for b, (n_prompt, extra) in enumerate(zip(lengths, kept)):
         pad, n = P - n_prompt, n_prompt + len(extra)
-        att = np.zeros((L, prefill.shape[2], n, n), dtype=np.uint8)
+        att = np.zeros((L, H, n, n), dtype=np.uint8)
         att[:, :, :n_prompt, :n_prompt] = prefill[:, b, :, pad:, pad:]
         for s in range(len(extra)):                                 # row of token n_prompt + s
             att[:, :, n_prompt + s, :n_prompt + s + 1] = rows[s][:, b, :, pad:]
+        out.append(att)
+    return out
+
+
+@torch.no_grad()
+def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
+              k: int, lens_k: int | None = None) -> list[SequenceOutput]:
+    """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
+    attention and the logit lens of prompt + continuation captured on the way: the model's top k
+    predictions at every position, and the top lens_k (default k) of every other layer.
+
+    The stages, each its own function: `left_pad` -> `generate_with_capture` (every forward pass
+    of the batch: the prefill and the n_new steps) -> `kept_continuations` -> `logit_lens` ->
+    `assemble_attention`.
+    """
+    lens_k = k if lens_k is None else lens_k
+    lengths = [len(s) for s in seqs]
+    B, P = len(seqs), max(lengths)
+    ids, mask = left_pad(seqs, pad_id, model.device)                # [B, P]
+    passes = generate_with_capture(model, ids, mask, n_new)
+    kept = kept_continuations(passes.generated, eos_id)
+    valid = torch.zeros((B, P + n_new), dtype=torch.bool)           # analysed positions
+    for b in range(B):
+        valid[b, P - lengths[b]:P + len(kept[b])] = True
+    all_ids = torch.cat([ids, passes.generated.to(ids.device)], dim=1)  # [B, P + n_new]
+    top_ids, top_lps, lens_ids, lens_lps, t_lp, rank = logit_lens(model, passes, all_ids, valid,
+                                                                  k, lens_k)
+    results, offset = [], 0
+    for b, att in enumerate(assemble_attention(passes, lengths, kept)):
+        n = att.shape[-1]
         sl = slice(offset, offset + n)
         offset += n
-        results.append(SequenceOutput(seqs[b] + extra, att, top_ids[:, sl], top_lps[:, sl],
-                                      t_lp[:, sl], rank[:, sl]))
+        results.append(SequenceOutput(seqs[b] + kept[b], att, top_ids[sl], top_lps[sl],
+                                      lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl],
+                                      rank[:, sl]))
     return results

@@ -12,9 +12,7 @@ by hand.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -25,11 +23,9 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import ModelLoadError, OptionError
-from .store import sha256_file, slugify
+from .store import is_hub_id, model_slug, sha256_file
 
-DEFAULT_MODELS = ("gpt2", "Qwen/Qwen2.5-0.5B")
 DEMO_MARKER = "model_atlas_demo.json"   # written beside a checkpoint built with random weights
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -114,9 +110,9 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         marker = path / DEMO_MARKER
         # Named by its directory, not its absolute path, so artifacts do not depend on where the
         # checkout lives; the weights hash is the revision.
-        return ModelRef(path.resolve().name, slugify(str(path)), path.resolve(),
+        return ModelRef(path.resolve().name, model_slug(str(path), local_dir=True), path.resolve(),
                         _weights_fingerprint(path), random_weights=marker.is_file())
-    if not HUB_ID_RE.fullmatch(model_id) or ".." in model_id:  # fullmatch: no trailing "\n"
+    if not is_hub_id(model_id):
         raise ModelLoadError(f"--model {model_id!r}: neither an existing directory nor a valid "
                              f"Hugging Face model id (like 'gpt2' or 'Qwen/Qwen2.5-0.5B').")
     commit = _cached_revision(model_id, revision)
@@ -133,7 +129,8 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         except Exception as e:  # noqa: BLE001 - hub errors come in many classes
             raise ModelLoadError(f"--model {model_id!r}: not found on the Hugging Face hub or not "
                                  f"accessible ({type(e).__name__}: {e}).") from None
-    return ModelRef(model_id, slugify(model_id), None, commit, random_weights=False)
+    return ModelRef(model_id, model_slug(model_id, local_dir=False), None, commit,
+                    random_weights=False)
 
 
 @dataclass
@@ -213,46 +210,67 @@ def _first(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def architecture_facts(model: Any, tokenizer: Any) -> dict[str, Any]:
-    """What the model is, read from its config and the shapes of its weights."""
-    cfg = model.config
+def _storage(p: torch.Tensor) -> int:
+    """Identity of a tensor's storage; meta tensors (device_map offloading, empty models) all
+    report data_ptr() 0, so they are told apart by object."""
+    return id(p) if p.device.type == "meta" else p.data_ptr()
+
+
+def _parameter_counts(model: Any) -> tuple[int, int, bool]:
+    """(parameters, parameters without token and position embeddings, tied embeddings), each
+    shared tensor counted once."""
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
-    def storage(p: torch.Tensor) -> int:
-        # Meta tensors (device_map offloading, empty models) all report data_ptr() 0.
-        return id(p) if p.device.type == "meta" else p.data_ptr()
-
-    tied = out is not None and (out.weight is emb or storage(out.weight) == storage(emb))
+    tied = out is not None and (out.weight is emb or _storage(out.weight) == _storage(emb))
     unique: dict[int, torch.Tensor] = {}
     for p in model.parameters():
-        unique.setdefault(storage(p), p)
+        unique.setdefault(_storage(p), p)
     total = sum(p.numel() for p in unique.values())
     embedding = emb.numel() + (0 if tied or out is None else out.weight.numel())
-    positional = [m for n, m in model.named_modules() if n.endswith("wpe")
-                  or n.endswith("embed_positions")]
-    pos_params = sum(m.weight.numel() for m in positional if hasattr(m, "weight"))
-    heads = int(_first(cfg, "num_attention_heads", "n_head"))
-    kv_heads = int(_first(cfg, "num_key_value_heads", default=heads))
-    hidden = int(_first(cfg, "hidden_size", "n_embd"))
-    head_dim = int(_first(cfg, "head_dim", default=hidden // heads))
-    # Key/value heads read off the weights where the projection is separate (Qwen2, Llama).
-    k_proj = next((m for n, m in model.named_modules() if n.endswith("k_proj")), None)
-    if k_proj is not None and hasattr(k_proj, "weight"):
-        kv_heads = k_proj.weight.shape[0] // head_dim
-    norm = final_norm(model)
+    pos_params = sum(m.weight.numel() for m in _positional(model) if hasattr(m, "weight"))
+    return int(total), int(total - embedding - pos_params), bool(tied)
+
+
+def _positional(model: Any) -> list[torch.nn.Module]:
+    """Learned position embeddings (GPT-2's wpe); empty for rotary models."""
+    return [m for n, m in model.named_modules() if n.endswith("wpe") or n.endswith("embed_positions")]
+
+
+def _position_encoding(model: Any) -> str:
+    cfg = model.config
+    positional = _positional(model)
     rope = _first(cfg, "rope_theta")
     rope_params = getattr(cfg, "rope_parameters", None)
     if rope is None and isinstance(rope_params, dict):
         rope = rope_params.get("rope_theta")
     if positional:
-        position = f"learned absolute ({positional[0].weight.shape[0]} positions)"
-    elif rope is not None:
-        position = f"RoPE (theta {float(rope):,.0f})"
-    else:
-        position = "unknown"
+        return f"learned absolute ({positional[0].weight.shape[0]} positions)"
+    if rope is not None:
+        return f"RoPE (theta {float(rope):,.0f})"
+    return "unknown"
+
+
+def _module_ending(model: Any, *suffixes: str) -> torch.nn.Module | None:
+    return next((m for n, m in model.named_modules() if n.endswith(suffixes)), None)
+
+
+def architecture_facts(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """What the model is, read from its config and the shapes of its weights."""
+    cfg = model.config
+    emb = model.get_input_embeddings().weight
+    total, without_embeddings, tied = _parameter_counts(model)
+    heads = int(_first(cfg, "num_attention_heads", "n_head"))
+    kv_heads = int(_first(cfg, "num_key_value_heads", default=heads))
+    hidden = int(_first(cfg, "hidden_size", "n_embd"))
+    head_dim = int(_first(cfg, "head_dim", default=hidden // heads))
+    # Key/value heads read off the weights where the projection is separate (Qwen2, Llama).
+    k_proj = _module_ending(model, "k_proj")
+    if k_proj is not None and hasattr(k_proj, "weight"):
+        kv_heads = k_proj.weight.shape[0] // head_dim
+    norm = final_norm(model)
     act = _first(cfg, "activation_function", "hidden_act", default="unknown")
-    gated = any(n.endswith("gate_proj") for n, _ in model.named_modules())
-    q_proj = next((m for n, m in model.named_modules() if n.endswith(("q_proj", "c_attn"))), None)
+    gated = _module_ending(model, "gate_proj") is not None
+    q_proj = _module_ending(model, "q_proj", "c_attn")
     return {
         "architecture": type(model).__name__,
         "model_type": cfg.model_type,
@@ -266,20 +284,13 @@ def architecture_facts(model: Any, tokenizer: Any) -> dict[str, Any]:
         "vocab_size": int(emb.shape[0]),
         "tokenizer_size": len(tokenizer),
         "context_length": _first(cfg, "max_position_embeddings", "n_positions"),
-        "position_encoding": position,
+        "position_encoding": _position_encoding(model),
         "norm": f"{'RMSNorm' if 'RMS' in type(norm).__name__ else type(norm).__name__}"
                 f" (eps {getattr(norm, 'eps', getattr(norm, 'variance_epsilon', '?'))})",
         "activation": f"{act}{' gated (SwiGLU-style)' if gated else ''}",
         "attention_bias": bool(getattr(q_proj, "bias", None) is not None),
-        "tied_embeddings": bool(tied),
-        "parameters": int(total),
-        "parameters_without_embeddings": int(total - embedding - pos_params),
+        "tied_embeddings": tied,
+        "parameters": total,
+        "parameters_without_embeddings": without_embeddings,
         "weights_dtype": str(emb.dtype).replace("torch.", ""),
     }
-
-
-def read_demo_marker(ref: ModelRef) -> dict[str, Any] | None:
-    if ref.local_dir is None:
-        return None
-    marker = ref.local_dir / DEMO_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None

@@ -18,10 +18,11 @@ readers check both, so an artifact never pairs with another build's attention.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 
 from .errors import ArtifactError
@@ -140,7 +141,181 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
 }
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(ARTIFACT_SCHEMA)  # compiled once, not per artifact
+# --- the typed constructor: the compute stage supplies values, these classes write the fields ---
+
+def rounded(x: Any, digits: int = 4) -> Any:
+    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null."""
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, list):
+        return [rounded(v, digits) for v in x]
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return round(float(x), digits)
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Per-position top-k predictions of one layer (the lens) or of the model's output."""
+    k: int
+    ids: list[list[int]]                # [T][k] token ids, most likely first
+    probs: list[list[float]]            # [T][k] probabilities, 6 decimals
+    next_logprob: list[float | None]    # [T] log-probability of the token that came next; None last
+    next_rank: list[int | None]         # [T] its rank (1 = top prediction); None where none came
+
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
+                    next_rank: np.ndarray, k: int) -> "TopK":
+        """ids, logprobs: [T, >=k]; next_logprob: [T] (NaN = no next token); next_rank: [T]
+        (0 = no next token)."""
+        return cls(
+            k=k,
+            ids=ids[:, :k].tolist(),
+            probs=np.round(np.exp(logprobs[:, :k].astype(np.float64)), 6).tolist(),
+            next_logprob=[None if math.isnan(x) else round(float(x), 4) for x in next_logprob],
+            next_rank=[None if r == 0 else int(r) for r in next_rank],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "ids": self.ids, "probs": self.probs,
+                "next_logprob": self.next_logprob, "next_rank": self.next_rank}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the numbers come from; documented in `site_src/artifact-format.md`."""
+    model_id: str
+    model_slug: str
+    revision: str
+    random_weights: bool
+    prompt_sha256: str
+    device: str                         # "cpu", "cuda", "mps" (no device index)
+    dtype: str                          # the weights' dtype the model ran in
+    libraries: dict[str, str]
+    settings: dict[str, Any]
+    attn_implementation: str = "eager"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "model_slug": self.model_slug,
+                "revision": self.revision, "random_weights": self.random_weights,
+                "prompt_sha256": self.prompt_sha256, "device": self.device, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation,
+                "libraries": dict(self.libraries), "settings": dict(self.settings)}
+
+
+@dataclass(frozen=True)
+class PromptInfo:
+    set: str
+    id: str
+    text: str
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"set": self.set, "id": self.id, "text": self.text, "note": self.note}
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The stored attention: `data` is the `uint8-tril-by-key` bytes written beside the JSON."""
+    layers: int
+    heads: int
+    length: int
+    file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
+    data: bytes = field(repr=False)
+
+    @classmethod
+    def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
+        """q: uint8 [L, H, T, T], q / ATTENTION_SCALE, zero above the diagonal."""
+        L, H, T, _ = q.shape
+        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, encode_attention(q))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
+                "heads": self.heads, "length": self.length, "file": self.file,
+                "bytes": len(self.data), "sha256": sha256_bytes(self.data), "data": self.data}
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_tokens: int
+    generated_tokens: int
+    method: str = "greedy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "method": self.method}
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    """Within-group comparison of the query heads sharing key/value head `group`."""
+    group: int
+    heads: list[int]
+    similarity: float | None
+    mean_js: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "heads": list(self.heads),
+                "similarity": rounded(self.similarity), "mean_js": rounded(self.mean_js)}
+
+
+@dataclass(frozen=True)
+class LayerGroups:
+    """One layer's grouped-query comparison: `between` is the baseline across groups."""
+    between: float | None
+    groups: list[KVGroup]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"between": rounded(self.between), "groups": [g.to_dict() for g in self.groups]}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One (model, prompt) artifact in memory. `to_dict()` is the JSON object of ARTIFACT_SCHEMA,
+    with the attention bytes in `["attention"]["data"]` (`write_artifact` puts them beside it)."""
+    key: str
+    provenance: Provenance
+    model: dict[str, Any]               # models.architecture_facts
+    prompt: PromptInfo
+    tokens: list[dict[str, Any]]        # tokens.describe_tokens / describe_ids records
+    predictions: TopK                   # the output layer, top_k
+    lens: list[TopK]                    # one per layer, lens_top_k
+    attention: Attention
+    vocab: dict[str, dict[str, Any]]    # tokens.vocab_entries of every id in predictions and lens
+    generation: Generation
+    metrics: dict[str, Any]             # name -> [L][H] floats (NaN allowed: stored as null)
+    groups: list[LayerGroups]           # per layer; empty for multi-head attention
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "model-atlas-artifact",
+            "schema_version": SCHEMA_VERSION,
+            "key": self.key,
+            "provenance": self.provenance.to_dict(),
+            "model": self.model,
+            "prompt": self.prompt.to_dict(),
+            "tokens": self.tokens,
+            "predictions": self.predictions.to_dict(),
+            "lens": [b.to_dict() for b in self.lens],
+            "attention": self.attention.to_dict(),
+            "vocab": self.vocab,
+            "generation": self.generation.to_dict(),
+            "metrics": {name: rounded(v) for name, v in sorted(self.metrics.items())},
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+
+_VALIDATOR: Any = None  # compiled once, on the first full validation
+
+
+def _validator() -> Any:
+    # jsonschema is imported here, not at the top: the compute stage builds and checks artifacts
+    # without it (`full=False`), so a GPU machine without jsonschema can run it.
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema
+        _VALIDATOR = jsonschema.Draft202012Validator(ARTIFACT_SCHEMA)
+    return _VALIDATOR
 
 
 def tril_size(n: int) -> int:
@@ -192,14 +367,19 @@ def validate_artifact(a: Any, source: str = "artifact", full: bool = True) -> di
             f"{source}: schema_version {a.get('schema_version')!r} is not the supported version "
             f"{SCHEMA_VERSION}. Recompute it with `model-atlas compute` (it is recomputed "
             f"automatically), or use the Model Atlas release that wrote it.")
-    try:
-        if not full and isinstance(a, dict):
+    if not full and isinstance(a, dict):
+        try:
             missing = [k for k in ARTIFACT_SCHEMA["required"] if k not in a]
             if missing:
                 raise ValueError(f"missing fields {missing}")
             _check_cross_fields(a)
-            return a
-        error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(a))
+        except ValueError as e:
+            raise ArtifactError(f"{source}: {e}. Delete the file and run `model-atlas compute` "
+                                f"to recompute it.") from None
+        return a
+    import jsonschema
+    try:
+        error = jsonschema.exceptions.best_match(_validator().iter_errors(a))
         if error is not None:
             raise error
         _check_cross_fields(a)
@@ -265,10 +445,12 @@ def current_attention(path: Path, a: dict[str, Any]) -> bool:
         return False
 
 
-def write_artifact(path: Path, a: dict[str, Any]) -> None:
+def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
     """Write an artifact built in memory (attention bytes in `["attention"]["data"]`): first the
     attention file, then the JSON that records its size and hash, each atomically. A build killed
     in between leaves a JSON that does not match the new attention file: it is recomputed."""
+    if isinstance(a, Artifact):
+        a = a.to_dict()
     att = dict(a["attention"])
     data = att.pop("data")
     if att["file"] != attention_path(path).name:

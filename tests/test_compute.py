@@ -3,7 +3,7 @@ the offline demo's tiny models: what is stored must equal what the model itself 
 
 Every reference value comes from the model run on one prompt alone, in float32, with the full
 logits (`model(..., output_attentions=True, output_hidden_states=True)`), while the product runs
-prompts of different lengths in one right-padded batch and keeps only top-k results. Artifacts hold
+prompts of different lengths in one left-padded batch and keeps only top-k results. Artifacts hold
 the prompt followed by the model's own greedy continuation; both are checked the same way.
 """
 
@@ -60,11 +60,12 @@ def reference(model, ids: list[int]):
     return out
 
 
-def capture(lm, model, seqs: list[list[int]], n_new: int, k: int = SETTINGS.top_k):
+def capture(lm, model, seqs: list[list[int]], n_new: int, k: int = SETTINGS.top_k,
+            lens_k: int = SETTINGS.lens_top_k):
     """extract.run_batch as the compute stage calls it (one left-padded batch)."""
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return run_batch(model, seqs, n_new, tok.eos_token_id, pad, k)
+    return run_batch(model, seqs, n_new, tok.eos_token_id, pad, k, lens_k)
 
 
 def token_ids(lm, texts) -> list[list[int]]:
@@ -157,7 +158,9 @@ def test_batched_capture_is_causal_complete_and_matches_the_model(request, model
         # Greedy: each generated token is the model's top prediction at the position before it.
         gen = res.ids[len(seq):]
         assert ref.logits[0, len(seq) - 1:n - 1].argmax(-1).tolist() == gen
-        assert res.lens_ids.shape == (L, n, SETTINGS.top_k)
+        assert res.top_ids.shape == (n, SETTINGS.top_k)
+        assert res.lens_ids.shape == (L, n, SETTINGS.lens_top_k)
+        np.testing.assert_array_equal(res.lens_ids[-1], res.top_ids[:, :SETTINGS.lens_top_k])
         assert (res.next_rank[-1, len(seq) - 1:n - 1] == 1).all()
         assert np.isnan(res.next_logprob[:, -1]).all() and (res.next_rank[:, -1] == 0).all()
 
@@ -175,6 +178,7 @@ def test_batched_results_equal_unbatched(request, model_fixture):
         diff = np.abs(got.attention.astype(int) - alone.attention.astype(int))
         # A float difference in the last bit may move a value across a rounding boundary.
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"prompt {b}: {int((diff > 0).sum())}"
+        np.testing.assert_array_equal(got.top_ids, alone.top_ids)
         np.testing.assert_array_equal(got.lens_ids, alone.lens_ids)
         np.testing.assert_allclose(got.lens_logprobs, alone.lens_logprobs, atol=1e-4)
         np.testing.assert_allclose(got.next_logprob, alone.next_logprob, atol=1e-4)
@@ -189,7 +193,8 @@ def test_generation_stops_after_end_of_text(gpt2_model):
     free = capture(lm, lm.model, seqs, 6)
     gen = free[0].ids[len(seqs[0]):]
     stop = gen[1]
-    out = run_batch(lm.model, seqs, 6, stop, lm.tokenizer.eos_token_id, SETTINGS.top_k)
+    out = run_batch(lm.model, seqs, 6, stop, lm.tokenizer.eos_token_id, SETTINGS.top_k,
+                    SETTINGS.lens_top_k)
     expected = seqs[0] + gen[:gen.index(stop) + 1]
     assert out[0].ids == expected and len(expected) < len(free[0].ids)
     n = len(expected)
@@ -297,6 +302,60 @@ def test_logit_lens_matches_the_model(request, computed, model_fixture, pid):
     assert a["lens"][-1]["ids"] == [row[:SETTINGS.lens_top_k] for row in a["predictions"]["ids"]]
 
 
+def test_kv_cache_goes_through_the_current_argument(gpt2_model, monkeypatch):
+    """The generation steps hand the KV cache over under the name this transformers takes:
+    `cache` where the forward has it (5.24 warns that `past_key_values` goes in 5.40), else
+    `past_key_values` (5.17). Feature-detected from the signature, never from a version."""
+    import functools
+    import inspect
+
+    from generator.extract import cache_argument
+    lm = gpt2_model
+    model = copy.deepcopy(lm.model)
+    real, seen = model.forward, []
+
+    @functools.wraps(real)
+    def spy(*a, **k):
+        seen.append(set(k))
+        return real(*a, **k)
+
+    monkeypatch.setattr(model, "forward", spy)
+    expected = "cache" if "cache" in inspect.signature(real).parameters else "past_key_values"
+    capture(lm, model, token_ids(lm, ["Hello world"]), 3)
+    steps = [k for k in seen if expected in k]
+    assert len(steps) == 3, seen
+    if expected == "cache":
+        assert not any("past_key_values" in k for k in seen)
+
+    class Old:  # the forward of transformers 5.17
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None): ...
+
+    class New:
+        def forward(self, input_ids=None, cache=None, use_cache=None): ...
+
+    assert cache_argument(Old()) == "past_key_values" and cache_argument(New()) == "cache"
+
+
+def test_lens_top_k_reaches_the_device(gpt2_model, monkeypatch):
+    """The lens ranks lens_top_k candidates for every layer but the output layer, whose top_k are
+    the model's predictions: no layer computes top_k only for the artifact to drop most of them."""
+    import generator.extract as X
+    lm = gpt2_model
+    calls, real = [], X.lens_topk
+
+    def spy(h, weight, bias, targets, k):
+        calls.append((h.shape[0], k))
+        return real(h, weight, bias, targets, k)
+
+    monkeypatch.setattr(X, "lens_topk", spy)
+    seqs = token_ids(lm, TEXTS.values())
+    out = capture(lm, lm.model, seqs, 2, k=7, lens_k=2)
+    L, N = lm.facts["layers"], sum(len(r.ids) for r in out)
+    assert sorted(calls) == sorted([(N, 7), ((L - 1) * N, 2)])
+    for res in out:
+        assert res.top_ids.shape[1] == 7 and res.lens_ids.shape[2] == 2
+
+
 @pytest.mark.parametrize("model_fixture", MODELS)
 def test_logit_lens_applies_the_final_norm_once(request, model_fixture):
     """With a final norm that is not (nearly) idempotent, applying it twice to the last layer or
@@ -310,7 +369,7 @@ def test_logit_lens_applies_the_final_norm_once(request, model_fixture):
         if getattr(norm, "bias", None) is not None:
             norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
     k = SETTINGS.lens_top_k
-    out = capture(lm, model, token_ids(lm, TEXTS.values()), 3, k)  # generated positions too
+    out = capture(lm, model, token_ids(lm, TEXTS.values()), 3, k, k)  # generated positions too
     head = model.get_output_embeddings()
     L = lm.facts["layers"]
     for res in out:
@@ -435,7 +494,8 @@ def test_artifact_path_layout(tmp_path):
 
 # --- architecture facts of the full-size models ---------------------------------------------------
 
-# The verified table of /work/shared/reference/README.md (GPT-2 small and Qwen2.5-0.5B).
+# GPT-2 small and Qwen2.5-0.5B: the table in benchmarks/reference/README.md (the published
+# configs, copied beside it).
 FULL_SIZE = {
     "gpt2": ("gpt2", {
         "architecture": "GPT2LMHeadModel", "model_type": "gpt2", "layers": 12, "query_heads": 12,

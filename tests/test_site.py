@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
+from generator.layout import LAYER
 
 DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
 CDN_HOSTS = ("cdn.jsdelivr", "unpkg", "googleapis", "gstatic")
@@ -80,12 +81,12 @@ def test_full_site_vendors_vega(demo_site_full):
     text = bundle.read_text("utf-8")
     assert "vegaEmbed" in text or "vega-embed" in text
     index = (demo_site_full.site / "index.html").read_text("utf-8")
-    # Pages load only atlas.js, which adds the bundle itself on pages that draw a chart (the
-    # browser tests check which pages fetch it).
+    # Pages list only the codec and atlas.js, which adds the bundle itself on pages that draw a
+    # chart, from their chart elements' data-vega (the browser tests check which pages fetch it).
     assert "vega-bundle.js" not in index
     assert 'src="assets/atlas.js"' in index
-    script = (demo_site_full.site / "assets" / "atlas.js").read_text("utf-8")
-    assert '"vendor/vega-bundle.js"' in script
+    prompt = next((demo_site_full.site / "prompts").rglob("*.html")).read_text("utf-8")
+    assert 'data-vega="../../assets/vendor/vega-bundle.js"' in prompt
 
 
 @pytest.mark.slow
@@ -118,6 +119,8 @@ def test_every_local_link_resolves(demo_site_full):
             continue
         for attr, value in LINK_RE.findall(page.read_text("utf-8")):
             value = html.unescape(value).split("#")[0].split("?")[0]
+            # A per-layer URL template (generator/layout.py attention_layers): its layer 0 file.
+            value = value.replace(LAYER, "0")
             if not value or re.match(r"^[a-z]+:", value) or not value.endswith(LINKED_SUFFIXES):
                 continue
             target = (page.parent / unquote(value)).resolve()

@@ -1,26 +1,28 @@
 /* Model Atlas page script: draws a page's Altair (Vega-Lite) charts from the data files it
  * fetches, when each chart scrolls into view, and drives the attention view (layer, head, hiding
- * the first token, clicks in the all-heads chart). Vega, Vega-Lite and vega-embed come from the
- * bundled assets/vendor/vega-bundle.js, which this script loads itself and only on pages that
- * hold a chart; nothing is fetched from outside the site. */
+ * the first token, clicks in the all-heads chart). Every URL comes from the data attributes render
+ * writes into the page (generator/layout.py); the attention is decoded by the shared codec
+ * (attention-codec.js, loaded before this script). Vega, Vega-Lite and vega-embed come from the
+ * site's vendored bundle, which this script loads itself, only on pages that hold a chart (its URL
+ * is the chart elements' data-vega); nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();
   const CHARTS = ".atlas-attention, .atlas-plain";
-  // Resolved against this script's own URL, so the site works under any sub-path.
-  const BUNDLE_URL = new URL("vendor/vega-bundle.js",
-                             document.currentScript ? document.currentScript.src : location.href);
   let bundle = null;
 
   // The Vega bundle is 900 KB: a page without a chart (home, sets, reference) must not fetch it.
-  // mkdocs.yml therefore lists only this script, and the bundle is added here, once, as soon as
-  // a page with a chart runs this script (beside the prefetch of the first charts' data).
+  // The pages list only the codec and this script (layout.PAGE_SCRIPTS); the bundle is added here,
+  // once, as soon as a page with a chart runs this script (beside the prefetch of the first
+  // charts' data).
   function loadVega() {
     if (window.vegaEmbed) return Promise.resolve();
     if (!bundle) {
       bundle = new Promise((resolve, reject) => {
+        const box = document.querySelector("[data-vega]");
+        if (!box) { reject(new Error("no data-vega attribute: cannot find the chart library")); return; }
         const script = document.createElement("script");
-        script.src = BUNDLE_URL.href;
+        script.src = box.dataset.vega;
         script.onload = () => resolve();
         script.onerror = () => reject(new Error(script.src + ": the chart library did not load"));
         document.head.appendChild(script);
@@ -40,32 +42,6 @@
       }));
     }
     return cache.get(url);
-  }
-
-  function bytesOf(b64) {
-    const bin = atob(b64);
-    const out = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  }
-
-  // One head of one layer as heatmap rows. Stored layout (artifact-format, uint8-tril-by-key):
-  // uint8 [heads, T*(T+1)/2], the lower triangle key by key (key k holds queries k..T-1),
-  // weight = value / scale. With hideFirst, key 0 is dropped and each row re-normalized over the
-  // rest (row 0 then has nothing left to show).
-  function attentionRows(layer, head, labels, hideFirst) {
-    const t = layer.length, tri = (t * (t + 1)) / 2, bytes = bytesOf(layer.data);
-    const base = head * tri;
-    const at = (q, k) => bytes[base + k * t - (k * (k - 1)) / 2 + (q - k)];
-    const rows = [];
-    for (let q = 0; q < t; q++) {
-      let total = layer.scale;
-      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += at(q, k); }
-      for (let k = hideFirst ? 1 : 0; k <= q; k++) {
-        rows.push({ q: q, k: k, w: total > 0 ? at(q, k) / total : 0, ql: labels[q], kl: labels[k] });
-      }
-    }
-    return rows;
   }
 
   function showError(el, err) {
@@ -118,13 +94,12 @@
     const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
     const sink = box.querySelector(".atlas-sink");
     try {
+      const layerFile = () => getJSON(AtlasAttention.layerUrl(box.dataset.attn, layerSel.value));
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src),
-        getJSON(box.dataset.attn + layerSel.value + ".json")]);
+        layerFile()]);
       const labels = data.tokens.map((t) => t.label);
-      const rowsFor = async () => {
-        const layer = await getJSON(box.dataset.attn + layerSel.value + ".json");
-        return attentionRows(layer, Number(headSel.value), labels, sink.checked);
-      };
+      const rowsFor = async () =>
+        AtlasAttention.headRows(await layerFile(), Number(headSel.value), labels, sink.checked);
       // Canvas: a heatmap has T(T+1)/2 cells (2,628 at 72 tokens, 35,000 at 264), too many
       // SVG elements to draw quickly. The embed page's SVG and PNG downloads are unaffected.
       const result = await embed(el, spec, { attention: await rowsFor() }, "canvas");
@@ -167,7 +142,7 @@
       if (box.getBoundingClientRect().top > window.innerHeight + 400) return;
       getJSON(box.dataset.spec).catch(() => {});
       getJSON(box.dataset.src).catch(() => {});
-      if (box.dataset.attn) getJSON(box.dataset.attn + "0.json").catch(() => {});
+      if (box.dataset.attn) getJSON(AtlasAttention.layerUrl(box.dataset.attn, 0)).catch(() => {});
     });
   }
 
