@@ -316,3 +316,41 @@ def test_dark_system_setting_gives_a_dark_site(browser, site_url):
         assert _scheme(w.page) == "slate" and _dark(_background(w.page, "body"))
     finally:
         w.close()
+
+
+WORD_SPLITS = """() => {
+    // Every run of letters in a table cell must sit on one line: "Agreeme nt" is a word cut in
+    // two. (Lines may still break at spaces and hyphens.) A prompt's verbatim text (.atlas-text)
+    // is exempt: a run like <script>alert(1)</script> has no space to break at, and wrapping it
+    // beats a column as wide as the longest prompt.
+    const cut = [];
+    for (const cell of document.querySelectorAll('.md-content table td, .md-content table th')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            if (node.parentElement.closest('.atlas-text')) continue;
+            for (const m of node.data.matchAll(/\\p{L}{2,}/gu)) {
+                const range = document.createRange();
+                range.setStart(node, m.index);
+                range.setEnd(node, m.index + m[0].length);
+                const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+                if (tops.size > 1) cut.push(m[0]);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+@pytest.mark.parametrize("path", ["index.html", "sets/basics.html", "compare/tokenizers.html",
+                                  "compare/architectures.html", "models/tiny-random-qwen2.html",
+                                  "prompts/basics/repeat.html"])
+def test_table_cells_do_not_cut_words(browser, site_url, path, width):
+    w = Watched(browser, width=width)
+    try:
+        w.page.goto(site_url + path, wait_until="load")
+        assert w.page.locator(".md-content table").count(), f"{path} has no table"
+        cut = w.page.evaluate(WORD_SPLITS)
+        assert not cut, f"{path} at {width} px cuts words in table cells: {cut[:10]}"
+    finally:
+        w.close()
