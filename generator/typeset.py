@@ -1,6 +1,6 @@
-"""Formulas as HTML: the plain-text formulas of `metrics.METRIC_DEFINITIONS` typeset with <var>,
-<sub> and <sup>, so pages show a_ij as a with subscript ij without a math renderer (no script,
-no CDN, nothing to download).
+"""Formulas as HTML: the plain-text formulas of `metrics.METRIC_DEFINITIONS` typeset with <var>
+and <sub>, so pages show a_ij as an italic a with subscript ij without a math renderer (no
+script, no CDN, nothing to download; atlas.css sets them in a serif face).
 
 The plain text stays the one definition (tests check it holds no LaTeX); this module only reads
 its conventions: `x_ij` and `x_i,j` and `x_{...}` are subscripts, `log2` is log base 2, and a
