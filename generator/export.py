@@ -27,6 +27,7 @@ from .errors import ArtifactError, AtlasError, OptionError
 from .manifest import Manifest, read_manifest
 from .schema import read_artifact
 from .store import atomic_write_bytes, canonical_json
+from .templating import environment
 
 Log = Callable[[str], None]
 FORMATS = ("html", "json", "svg", "png")
@@ -214,7 +215,6 @@ class _Standalone:
 
 
 def _standalone(docs_dir: Path) -> _Standalone:
-    from .render import environment
     texts = []
     for rel in (layout.VENDOR_BUNDLE, *layout.EMBED_SCRIPTS):
         path = docs_dir / rel

@@ -6,15 +6,14 @@ specs, and for every chart a download and an embed page, generator/embed.py) int
 directory that replaces the old one only when it is complete. Every path it writes comes from
 generator/layout.py. Last it writes the manifest (generator/manifest.py), the record that
 `model-atlas export` reads. Generated files never mix into `site_src/`. Pages are Jinja templates
-with autoescaping on (`environment`, the one Jinja environment of the site): prompt text, tokens
-and model names only ever enter a page as escaped values, never as template source.
+with autoescaping on (generator/templating.py, the one Jinja environment of the site): prompt
+text, tokens and model names only ever enter a page as escaped values, never as template source.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import shutil
 import time
@@ -23,12 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import jinja2
-import markupsafe
-
 from . import embed, layout
 from . import pagedata as pd
-from . import typeset
 from .charts import chart_specs
 from .embed import ChartRef, ModelInfo
 from .errors import ArtifactError
@@ -37,6 +32,7 @@ from .prompts import PromptSet
 from .resources import resource_path
 from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
+from .templating import environment
 
 Log = Callable[[str], None]
 
@@ -108,41 +104,6 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
             models.append(summary)
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
     return Catalog(sets, models, artifacts, paths)
-
-
-def environment() -> jinja2.Environment:
-    """The one Jinja environment of the site (pages and embed pages): autoescape on."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(resource_path("templates")),
-        autoescape=True, trim_blocks=True, lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
-    env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
-    env.filters["surprisal_style"] = _surprisal_style
-    env.filters["char_style"] = lambda b: _surprisal_style(None if b is None else 4 * b)
-    env.filters["prompt_title"] = lambda p: pd.prompt_title(p.text)
-    env.filters["front_matter"] = _front_matter_string
-    env.filters["typeset"] = typeset.formula_html
-    env.globals["token_counts"] = pd.token_counts
-    return env
-
-
-def _front_matter_string(value: str) -> markupsafe.Markup:
-    """A page title for the YAML front matter: MkDocs and Material write `page.meta.title` into
-    <title> and the header unescaped, so it is HTML-escaped here, then quoted as a JSON string
-    (valid YAML) so that quotes, colons and braces in a prompt's text stay text."""
-    return markupsafe.Markup(json.dumps(html.escape(value, quote=False), ensure_ascii=False))
-
-
-def _surprisal_style(bits: float | None) -> str:
-    """A token chip's heat, 0 (expected) to 1 (16 bits or more), as the CSS variable --atlas-s.
-
-    atlas.css turns it into a colour laid over the page (pale to deep orange in the light scheme,
-    dark to orange in the dark one), so one page reads in both. No surprisal: no heat."""
-    if bits is None:
-        return ""
-    level = min(max(bits, 0.0) / 16.0, 1.0)
-    return f"--atlas-s: {0.06 + 0.94 * level:.2f}"
 
 
 class Writer:

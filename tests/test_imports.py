@@ -97,9 +97,18 @@ def test_generator_has_no_import_circle():
     assert not found, f"import circles in generator/: {found}"
 
 
-def test_render_does_not_import_export():
+def test_render_and_export_do_not_import_each_other():
     graph = import_graph()
     assert "export" not in graph["render"], "render must not call the export command's module"
+    assert "render" not in graph["export"], "export reads the manifest render wrote, not render"
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (PACKAGE.parent / "README.md").read_text("utf-8")
+    section = readme[readme.index("## Layout"):].split("\n## ", 1)[0]
+    missing = [p.name for p in sorted(PACKAGE.glob("*.py"))
+               if p.name != "__init__.py" and f"`{p.name}`" not in section]
+    assert not missing, f"README.md's Layout does not say what these modules do: {missing}"
 
 
 if __name__ == "__main__":

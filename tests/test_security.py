@@ -337,7 +337,7 @@ def test_search_results_show_the_text_literally(browser, site_url):
 
 
 def test_autoescape_is_on_for_every_template():
-    from generator.render import environment
+    from generator.templating import environment
     env = environment()
     names = env.list_templates()
     assert "prompt.md.j2" in names and "set.md.j2" in names and "tokenizers.md.j2" in names
