@@ -30,16 +30,20 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
 
 MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
 STYLESHEET = "assets/atlas.css"                # hand-written, from site_src/
+CHART_STYLESHEET = "assets/charts.css"         # hand-written: heatmap, thumbnails, chart frames
 ATTENTION_CODEC = "assets/attention-codec.js"  # hand-written: the browser's attention decoder
+HEATMAP_SCRIPT = "assets/heatmap.js"           # hand-written: a prompt page's attention heatmap
+THUMBS_SCRIPT = "assets/thumbs.js"             # hand-written: every head's pattern, small
 PAGE_SCRIPT = "assets/atlas.js"                # hand-written: draws the charts of a page
 EMBED_SCRIPT = "assets/embed.js"               # hand-written: draws the chart of an embed page
 VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed (site.vendor_bundle)
 # Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the small codec,
-# then the page script. The Vega bundle (900 KB) is not among them: a page without a chart (home,
-# sets, reference pages) must not fetch it. The page script loads it, on pages that hold a chart,
-# from the URL in the chart elements' data-vega attribute (`Urls.vendor_bundle`), together with
-# the first charts' data.
-PAGE_SCRIPTS = (ATTENTION_CODEC, PAGE_SCRIPT)
+# the heatmap and thumbnail scripts, then the page script that calls them. The Vega bundle (900 KB)
+# is not among them: a page without a chart (home, sets, reference pages) must not fetch it. The
+# page script loads it, on pages that hold a Vega chart, from the URL in the chart elements'
+# data-vega attribute (`Urls.vendor_bundle`), together with the first charts' data.
+PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
+STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
 # Scripts of an embed page after its chart element (the bundle loads in its head).
 EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
 
@@ -181,6 +185,12 @@ def is_docs_path(path: str) -> bool:
     return bool(path) and not p.is_absolute() and ".." not in p.parts and "\\" not in path
 
 
+def head_query(slug: str, layer: int, head: int) -> str:
+    """The query that opens one model's layer and head on a prompt page (atlas.js reads it, and
+    writes it back as the reader changes the selectors)."""
+    return f"?model={slug}&layer={layer}&head={head}"
+
+
 def prompt_url_expr(at: str, key_expr: str) -> str:
     """A Vega expression for the URL of the prompt page whose key `key_expr` evaluates to, from the
     page at docs path `at` (charts link into the site with it)."""
@@ -226,6 +236,10 @@ class Urls:
 
     def prompt_page(self, key: str) -> str:
         return self.to(prompt_page(key))
+
+    def prompt_head(self, key: str, slug: str, layer: int, head: int) -> str:
+        """A prompt page opened at one model's layer and head."""
+        return self.to(prompt_page(key)) + head_query(slug, layer, head)
 
     def model_page(self, slug: str) -> str:
         return self.to(model_page(slug))

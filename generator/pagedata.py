@@ -11,7 +11,7 @@ import codecs
 import math
 import unicodedata
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -183,8 +183,13 @@ def lens_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
                                               for t, p in zip(ids[1:], probs[1:])),
                          "rank": rank, "lrank": None if rank is None else round(math.log10(rank), 3),
                          "pnext": None if block["next_logprob"][i] is None
-                         else round(math.exp(block["next_logprob"][i]), 5)})
+                         else _sig(math.exp(block["next_logprob"][i]))})
     return rows
+
+
+def _sig(x: float) -> float:
+    """Three significant figures: 0.00003217 stays 3.22e-05 where round(x, 5) made it 3e-05."""
+    return float(f"{x:.3g}")
 
 
 def head_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
@@ -321,8 +326,11 @@ def tokenizer_stats(prompt: Any, artifact: dict[str, Any]) -> dict[str, Any]:
             "byte_pieces": sum(1 for t in toks if t["text"] is None)}
 
 
-def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any]]) -> dict:
-    """Every head's metrics averaged over prompts, with the prompt where each shows most."""
+def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
+               link: Callable[[str, int, int], str] | None = None) -> dict:
+    """Every head's metrics averaged over prompts, with the prompt where each shows most
+    (`{metric}_best`) and, given `link(prompt key, layer, head) -> URL`, the link that opens that
+    prompt's page at this layer and head (`{metric}_href`)."""
     per_prompt = [{n: np.array(a["metrics"][n], dtype=np.float64) for n in HEAD_METRICS}
                   for a in artifacts]
     mean = aggregate(per_prompt)                                     # name -> [L, H]
@@ -342,5 +350,8 @@ def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any
                     # Entropy shows a head's behaviour most clearly where it is lowest (focused).
                     best = int(np.nanargmin(column) if n == "entropy" else np.nanargmax(column))
                     row[f"{n}_best"] = keys[best]
+                if link is not None:
+                    row[f"{n}_href"] = (None if row[f"{n}_best"] is None
+                                        else link(row[f"{n}_best"], layer, head))
             rows.append(row)
     return {"model": slug, "rows": rows}

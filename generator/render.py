@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from . import embed, layout
 from . import pagedata as pd
-from .charts import chart_specs
+from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
 from .errors import ArtifactError
 from .manifest import manifest_data
@@ -189,13 +189,18 @@ class _Site:
     def model_pages(self) -> None:
         keys = [p.key for s in self.catalog.sets for p in s.prompts]
         for m in self.catalog.models:
-            atlas = pd.head_atlas(m.slug, keys, [self.catalog.artifacts[(m.slug, k)] for k in keys])
+            page = layout.model_page(m.slug)
+            atlas = pd.head_atlas(
+                m.slug, keys, [self.catalog.artifacts[(m.slug, k)] for k in keys],
+                link=lambda key, layer, head, slug=m.slug, page=page:
+                layout.Urls(page).prompt_head(key, slug, layer, head))
             data = {"atlas": atlas["rows"]}
             self.w.json(layout.atlas_data(m.slug), data)
             charts = embed.atlas_charts(self.models[m.slug], self.specs)
             for ref in charts.values():
                 self.chart(ref, data=data)
-            self.page(layout.model_page(m.slug), "model.md.j2", model=m, atlas=atlas["rows"],
+            self.page(page, "model.md.j2", model=m, atlas=atlas["rows"],
+                      atlas_top=min(ATLAS_TOP, m.facts["layers"] * m.facts["query_heads"]),
                       charts=charts)
 
     def prompt_files(self, p: Any) -> list[dict[str, Any]]:
@@ -203,10 +208,10 @@ class _Site:
         per_model = []
         for m in self.catalog.models:
             a = self.catalog.artifacts[(m.slug, p.key)]
-            tokens = pd.token_rows(a)
+            tokens, lens = pd.token_rows(a), pd.lens_rows(a)
             files = {layout.prompt_data(m.slug, p.key): {"tokens": tokens,
                                                           "predictions": pd.prediction_rows(a)},
-                     layout.prompt_lens(m.slug, p.key): {"lens": pd.lens_rows(a)},
+                     layout.prompt_lens(m.slug, p.key): {"lens": lens},
                      layout.prompt_heads(m.slug, p.key): {"heads": pd.head_rows(a),
                                                           "groups": pd.group_rows(a)}}
             for rel, content in files.items():
@@ -219,8 +224,9 @@ class _Site:
                     self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, labels)})
                 else:
                     self.chart(ref, data=files[ref.data])
-            per_model.append({"summary": m, "artifact": a, "tokens": tokens, "charts": charts,
-                              "chips": pd.chip_groups(a, tokens), "generation": a["generation"]})
+            per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
+                              "charts": charts, "chips": pd.chip_groups(a, tokens),
+                              "generation": a["generation"]})
         return per_model
 
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
@@ -255,7 +261,8 @@ class _Site:
                 per_model = self.prompt_files(p)
                 compare = self.comparison(p, per_model)
                 self.page(layout.prompt_page(p.key), "prompt.md.j2", set=s, prompt=p,
-                          per_model=per_model, compare=compare)
+                          per_model=per_model, compare=compare,
+                          domains=shared_domains(per_model))
                 tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
                                  "stats": [pd.tokenizer_stats(p, pm["artifact"])
                                            for pm in per_model],
@@ -281,6 +288,23 @@ class _Site:
     def manifest(self) -> None:
         self.w.json(layout.MANIFEST, manifest_data(list(self.models.values()), list(self.specs),
                                                    self.charts))
+
+
+def shared_domains(per_model: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Scale domains shared by both models' charts of one prompt page, so that the same colour
+    and the same axis position mean the same value side by side. Keyed by chart; each value is
+    the params of that chart's spec (generator/charts.py), which atlas.js sets before drawing."""
+    def top(values: Any) -> float | None:
+        vals = [v for v in values if v is not None]
+        return round(max(vals), 3) if vals else None
+
+    entropy = [v for pm in per_model for row in pm["artifact"]["metrics"]["entropy"] for v in row
+               if v is not None]
+    return {"surprisal": {"surprisal_max": top(t["surprisal"] for pm in per_model
+                                               for t in pm["tokens"])},
+            "heads": {"entropy_min": round(min(entropy), 3) if entropy else None,
+                      "entropy_max": round(max(entropy), 3) if entropy else None},
+            "lens": {"lrank_max": top(r["lrank"] for pm in per_model for r in pm["lens"])}}
 
 
 def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = print) -> list[Any]:
