@@ -37,10 +37,12 @@ THUMBS_SCRIPT = "assets/thumbs.js"             # hand-written: every head's patt
 PAGE_SCRIPT = "assets/atlas.js"                # hand-written: draws the charts of a page
 EMBED_SCRIPT = "assets/embed.js"               # hand-written: draws the chart of an embed page
 VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed (site.vendor_bundle)
-# Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the page script
-# comes before the Vega bundle so that it starts fetching chart data while the browser is still
-# parsing the bundle; the small codec, heatmap and thumbnail scripts it calls come first.
-PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT, VENDOR_BUNDLE)
+# Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the small codec,
+# the heatmap and thumbnail scripts, then the page script that calls them. The Vega bundle (900 KB)
+# is not among them: a page without a chart (home, sets, reference pages) must not fetch it. The
+# page script loads it, on pages that hold a Vega chart, from the URL in the chart elements'
+# data-vega attribute (`Urls.vendor_bundle`), together with the first charts' data.
+PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
 STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
 # Scripts of an embed page after its chart element (the bundle loads in its head).
 EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
@@ -219,6 +221,9 @@ class Urls:
 
     def chart_spec(self, name: str) -> str:
         return self.to(chart_spec(name))
+
+    def vendor_bundle(self) -> str:
+        return self.to(VENDOR_BUNDLE)
 
     def download(self, scope: str, stem: str) -> str:
         return self.to(download(scope, stem))

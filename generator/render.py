@@ -225,7 +225,7 @@ class _Site:
                 else:
                     self.chart(ref, data=files[ref.data])
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
-                              "charts": charts,
+                              "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"]})
         return per_model
 
@@ -266,7 +266,9 @@ class _Site:
                 tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
                                  "stats": [pd.tokenizer_stats(p, pm["artifact"])
                                            for pm in per_model],
-                                 "tokens": [pm["tokens"] for pm in per_model]})
+                                 "counts": [pd.token_counts(pm["artifact"]) for pm in per_model],
+                                 "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
+                                                          generated=False) for pm in per_model]})
                 done += 1
                 if done % 10 == 0:
                     self.log(f"render: {done} prompt pages written")
@@ -325,9 +327,13 @@ def navigation(catalog: Catalog) -> list[Any]:
     """The site's navigation, for mkdocs.yml."""
     # MkDocs inserts nav titles into pages unescaped: escape the set titles and model ids here.
     nav: list[Any] = [{"Home": layout.HOME}]
+    # Labels a reader can use: the set's overview as "Overview" under the set's title, each
+    # prompt by its first words (pd.prompt_title, as the page's own title), never by its slug.
     nav.append({"Prompt sets": [
         {html.escape(s.title, quote=False):
-         [layout.set_page(s.id)] + [{p.id: layout.prompt_page(p.key)} for p in s.prompts]}
+         [{"Overview": layout.set_page(s.id)}]
+         + [{html.escape(pd.prompt_title(p.text), quote=False): layout.prompt_page(p.key)}
+            for p in s.prompts]}
         for s in catalog.sets]})
     nav.append({"Models": [{html.escape(m.model_id, quote=False): layout.model_page(m.slug)}
                            for m in catalog.models]})

@@ -8,9 +8,14 @@ are errors, not empty strings.
 
 from __future__ import annotations
 
+import html
+import json
+
 import jinja2
+import markupsafe
 
 from . import pagedata as pd
+from . import typeset
 from .resources import resource_path
 
 
@@ -23,12 +28,26 @@ def environment() -> jinja2.Environment:
     env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
     env.filters["surprisal_style"] = surprisal_style
     env.filters["char_style"] = lambda b: surprisal_style(None if b is None else 4 * b)
+    env.filters["prompt_title"] = lambda p: pd.prompt_title(p.text)
+    env.filters["front_matter"] = front_matter_string
+    env.filters["typeset"] = typeset.formula_html
+    env.globals["token_counts"] = pd.token_counts
     return env
 
 
+def front_matter_string(value: str) -> markupsafe.Markup:
+    """A page title for the YAML front matter: MkDocs and Material write `page.meta.title` into
+    <title> and the header unescaped, so it is HTML-escaped here, then quoted as a JSON string
+    (valid YAML) so that quotes, colons and braces in a prompt's text stay text."""
+    return markupsafe.Markup(json.dumps(html.escape(value, quote=False), ensure_ascii=False))
+
+
 def surprisal_style(bits: float | None) -> str:
-    """Background colour for a token chip: white (expected) to deep orange (surprising)."""
+    """A token chip's heat, 0 (expected) to 1 (16 bits or more), as the CSS variable --atlas-s.
+
+    atlas.css turns it into a colour laid over the page (pale to deep orange in the light scheme,
+    dark to orange in the dark one), so one page reads in both. No surprisal: no heat."""
     if bits is None:
-        return "background: transparent"
-    level = min(bits / 16.0, 1.0)
-    return f"background: hsl(24, 95%, {98 - 48 * level:.0f}%)"
+        return ""
+    level = min(max(bits, 0.0) / 16.0, 1.0)
+    return f"--atlas-s: {0.06 + 0.94 * level:.2f}"

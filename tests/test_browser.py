@@ -31,8 +31,9 @@ def site_url(demo_build):
 class Watched:
     """A page with its console errors, page errors, requests and dialogs recorded."""
 
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+    def __init__(self, browser, width: int = 1400, color_scheme: str = "light"):
+        self.context = browser.new_context(viewport={"width": width, "height": 900},
+                                           color_scheme=color_scheme)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.requests: list[str] = []
@@ -205,6 +206,159 @@ def test_other_pages_load_cleanly(site_url, watched, path):
     assert not watched.foreign_requests(), watched.foreign_requests()
 
 
+# --- a site that fits the reader (issue 10): phones, dark mode, no chart library where unused ---
+
+# One page of every kind the site has.
+PAGE_KINDS = ["index.html", "sets/basics.html", "prompts/basics/repeat.html",
+              "prompts/mixed/cjk-emoji.html", "models/tiny-random-gpt2.html",
+              "compare/tokenizers.html", "compare/architectures.html", "metrics.html",
+              "artifact-format.html", "prompt-sets.html", "embedding.html", "about.html"]
+# Pages that draw no chart.
+CHART_FREE = ["index.html", "sets/basics.html", "compare/architectures.html", "metrics.html",
+              "about.html"]
+
+
+@pytest.mark.parametrize("path", PAGE_KINDS)
+def test_no_page_scrolls_sideways_on_a_phone(browser, site_url, path):
+    """At 390 px no page is wider than the screen once every chart is drawn: wide tables and
+    charts scroll inside their own frames."""
+    w = Watched(browser, width=390)
+    try:
+        page = w.page
+        page.goto(site_url + path, wait_until="load")
+        if page.locator(".atlas-attention, .atlas-plain").count():
+            render_all_charts(page)
+        page.evaluate("window.scrollTo(0, 0)")
+        width, viewport = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        if width > viewport:
+            culprits = page.evaluate("""(w) => [...document.querySelectorAll('.md-content *')]
+                .filter((el) => el.getBoundingClientRect().right > w + 1)
+                .slice(0, 5).map((el) => el.tagName + '.' + el.className)""", viewport)
+        else:
+            culprits = []
+        assert width <= viewport, f"{path} is {width} px wide at {viewport} px: {culprits}"
+        assert not w.errors, w.errors
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("path", CHART_FREE)
+def test_chart_free_pages_fetch_no_vega_bundle(watched, site_url, path):
+    page = watched.page
+    page.goto(site_url + path, wait_until="load")
+    assert page.locator(".atlas-attention, .atlas-plain").count() == 0, f"{path} has a chart"
+    page.wait_for_timeout(500)
+    assert watched.requests, "no request recorded"
+    bundle = [u for u in watched.requests if "vega" in u.rsplit("/", 1)[-1]]
+    assert not bundle, f"{path} fetched {bundle}"
+    assert not watched.errors, watched.errors
+
+
+def test_chart_pages_load_the_vega_bundle_once(watched, site_url):
+    page = watched.page
+    page.goto(site_url + "compare/tokenizers.html", wait_until="load")
+    render_all_charts(page)
+    assert not page.locator(".atlas-error").count()
+    assert sum(u.endswith("assets/vendor/vega-bundle.js") for u in watched.requests) == 1
+    assert not watched.errors, watched.errors
+
+
+def _scheme(page) -> str:
+    return page.evaluate("document.body.dataset.mdColorScheme")
+
+
+def _background(page, selector: str) -> tuple[int, ...]:
+    css = page.eval_on_selector(selector, "(el) => getComputedStyle(el).backgroundColor")
+    return tuple(int(float(x)) for x in re.findall(r"[\d.]+", css)[:3])
+
+
+def _dark(rgb) -> bool:
+    return sum(rgb) / 3 < 100
+
+
+def test_dark_mode_toggle_switches_the_scheme(browser, site_url):
+    """The header's toggle cycles light -> dark -> follow the system; the page and the token chips
+    follow it, and the choice holds on the next page."""
+    w = Watched(browser, color_scheme="light")
+    try:
+        page = w.page
+        page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
+        assert _scheme(page) == "default" and not _dark(_background(page, "body"))
+        chip_light = page.eval_on_selector(".atlas-tok[style]",
+                                           "(el) => getComputedStyle(el).backgroundColor")
+        toggles = page.locator("form[data-md-component=palette] label.md-header__button")
+        assert toggles.count() == 3, "light, dark and follow-the-system options expected"
+        titles = [toggles.nth(i).get_attribute("title") for i in range(3)]
+        assert any("dark" in t for t in titles) and any("system" in t for t in titles), titles
+
+        def click_visible_toggle():
+            page.locator("form[data-md-component=palette] label.md-header__button:not([hidden])"
+                         ).click()
+
+        # The first option follows the system (light here); the toggle goes on to light, dark.
+        while _scheme(page) != "slate":
+            click_visible_toggle()
+            assert len(page.evaluate("[...document.querySelectorAll('input[name=__palette]')]"
+                                     ".filter(i => i.checked)")) == 1
+            page.wait_for_timeout(100)
+        assert _dark(_background(page, "body")), "the dark scheme left the page light"
+        chip_dark = page.eval_on_selector(".atlas-tok[style]",
+                                          "(el) => getComputedStyle(el).backgroundColor")
+        assert chip_dark != chip_light, "token chips did not follow the dark scheme"
+        # Material remembers the choice: the next page opens dark.
+        page.goto(site_url + "index.html", wait_until="load")
+        assert _scheme(page) == "slate"
+        assert not w.errors, w.errors
+    finally:
+        w.close()
+
+
+def test_dark_system_setting_gives_a_dark_site(browser, site_url):
+    w = Watched(browser, color_scheme="dark")
+    try:
+        w.page.goto(site_url + "index.html", wait_until="load")
+        assert _scheme(w.page) == "slate" and _dark(_background(w.page, "body"))
+    finally:
+        w.close()
+
+
+WORD_SPLITS = """() => {
+    // Every run of letters in a table cell must sit on one line: "Agreeme nt" is a word cut in
+    // two. (Lines may still break at spaces and hyphens.) A prompt's verbatim text (.atlas-text)
+    // is exempt: a run like <script>alert(1)</script> has no space to break at, and wrapping it
+    // beats a column as wide as the longest prompt.
+    const cut = [];
+    for (const cell of document.querySelectorAll('.md-content table td, .md-content table th')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            if (node.parentElement.closest('.atlas-text')) continue;
+            for (const m of node.data.matchAll(/\\p{L}{2,}/gu)) {
+                const range = document.createRange();
+                range.setStart(node, m.index);
+                range.setEnd(node, m.index + m[0].length);
+                const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+                if (tops.size > 1) cut.push(m[0]);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+@pytest.mark.parametrize("path", ["index.html", "sets/basics.html", "compare/tokenizers.html",
+                                  "compare/architectures.html", "models/tiny-random-qwen2.html",
+                                  "prompts/basics/repeat.html"])
+def test_table_cells_do_not_cut_words(browser, site_url, path, width):
+    w = Watched(browser, width=width)
+    try:
+        w.page.goto(site_url + path, wait_until="load")
+        assert w.page.locator(".md-content table").count(), f"{path} has no table"
+        cut = w.page.evaluate(WORD_SPLITS)
+        assert not cut, f"{path} at {width} px cuts words in table cells: {cut[:10]}"
+    finally:
+        w.close()
 # --- issue 10: attention you can follow, a lens you can read ------------------------------------
 
 # 28 words: 66 GPT-2 tokens and 64 Qwen2.5 tokens, so with the 8 generated tokens the Qwen2

@@ -271,7 +271,9 @@ def test_tokenizer_page_shows_tokens_literally(browser, site_url):
         opened.wait_for_charts()
         page = opened.page
         blocks = page.eval_on_selector_all(
-            ".atlas-differ", "els => els.map(e => [e.querySelector('a').innerText, "
+            # Each block links its prompt page (its text is the prompt's title, its href the key).
+            ".atlas-differ", "els => els.map(e => [e.querySelector('a').getAttribute('href')"
+            ".replace(/^.*prompts\\//, '').replace(/\\.html$/, ''), "
             "[...e.querySelectorAll('.atlas-col')].map(c => [...c.querySelectorAll('.atlas-tok')]"
             ".map(t => t.innerText).join(''))])")
         shown = {key: cols for key, cols in blocks}

@@ -5,10 +5,34 @@
  * (?model=M&layer=L&head=H, generator/layout.py head_query); re-themes every chart when the page
  * switches between light and dark. Every URL comes from the data attributes render writes into
  * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
- * bundle; nothing is fetched from outside the site. */
+ * bundle, which this script loads itself, only on pages that hold a Vega chart (its URL is the
+ * chart elements' data-vega); nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();
+  const CHARTS = ".atlas-attention, .atlas-plain";
+  let bundle = null;
+
+  // The Vega bundle is 900 KB: a page without a chart (home, sets, reference) must not fetch it.
+  // The pages list only the small scripts (layout.PAGE_SCRIPTS); the bundle is added here, once,
+  // as soon as a page with a Vega chart runs this script (beside the prefetch of the first
+  // charts' data). The attention heatmaps and thumbnails need no Vega.
+  function loadVega() {
+    if (window.vegaEmbed) return Promise.resolve();
+    if (!bundle) {
+      bundle = new Promise((resolve, reject) => {
+        const box = document.querySelector("[data-vega]");
+        if (!box) { reject(new Error("no data-vega attribute: cannot find the chart library")); return; }
+        const script = document.createElement("script");
+        script.src = box.dataset.vega;
+        script.onload = () => resolve();
+        script.onerror = () => reject(new Error(script.src + ": the chart library did not load"));
+        document.head.appendChild(script);
+      });
+    }
+    return bundle;
+  }
+  window.atlasLoadVega = loadVega;
   const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
                   renderer: "svg" };
 
@@ -84,7 +108,7 @@
     }
     const options = Object.assign({}, EMBED, { config: vegaConfig(),
                                                tooltip: { theme: theme().dark ? "dark" : "light" } });
-    const turn = drawing.then(() => vegaEmbed(el, s, options));
+    const turn = drawing.then(loadVega).then(() => window.vegaEmbed(el, s, options));
     drawing = turn.catch(() => undefined);
     const result = await turn;
     el.dataset.rendered = "true";
@@ -200,7 +224,7 @@
     if (window.AtlasThumbs) {
       document.querySelectorAll(".atlas-thumbs").forEach((h) => window.AtlasThumbs.mount(h, page));
     }
-    const boxes = document.querySelectorAll(".atlas-attention, .atlas-plain");
+    const boxes = document.querySelectorAll(CHARTS);
     if (!("IntersectionObserver" in window)) { boxes.forEach(draw); return; }
     // Charts are drawn (and their data fetched) only when they come near the viewport.
     const seen = new IntersectionObserver((entries) => {
@@ -213,11 +237,11 @@
     boxes.forEach((box) => seen.observe(box));
   }
 
-  // This script runs before the Vega bundle (see mkdocs.yml): start downloading the data of the
-  // charts on the first screen now, while the browser is still parsing the bundle, and draw the
-  // heatmaps there, which need no Vega.
+  // Start downloading the Vega bundle (on pages with a Vega chart) and the data of the charts on
+  // the first screen now, together, and draw the heatmaps there, which need no Vega.
   function early() {
-    document.querySelectorAll(".atlas-attention, .atlas-plain").forEach((box) => {
+    if (document.querySelector(".atlas-plain")) loadVega().catch(() => {});
+    document.querySelectorAll(CHARTS).forEach((box) => {
       if (!onScreen(box)) return;
       if (box.classList.contains("atlas-attention") && window.AtlasHeatmap) {
         draw(box);
