@@ -237,24 +237,33 @@
     boxes.forEach((box) => seen.observe(box));
   }
 
-  // Start downloading the Vega bundle (on pages with a Vega chart) and the data of the charts on
-  // the first screen now, together, and draw the heatmaps there, which need no Vega.
+  // Draw the attention heatmaps now, which need no Vega, wherever they are on the page: they are
+  // a prompt page's main view, cost one token file and one layer file each, and the token chips
+  // above them (which can push them below the first screen) work with them. Start the data of
+  // the Vega charts on the first screen too. The 900 KB Vega bundle (pages with a Vega chart
+  // only) is fetched at once when a Vega chart is on the first screen, else once the heatmaps
+  // are drawn, so that it does not compete with them for the network and the main thread.
   function early() {
-    if (document.querySelector(".atlas-plain")) loadVega().catch(() => {});
+    const heatmaps = [];
+    let vegaOnScreen = false;
     document.querySelectorAll(CHARTS).forEach((box) => {
-      if (!onScreen(box)) return;
       if (box.classList.contains("atlas-attention") && window.AtlasHeatmap) {
-        draw(box);
+        heatmaps.push(draw(box));
         return;
       }
+      if (!onScreen(box)) return;
+      vegaOnScreen = true;
       getJSON(box.dataset.spec).catch(() => {});
       getJSON(box.dataset.src).catch(() => {});
     });
+    if (!document.querySelector(".atlas-plain")) return;
+    const later = vegaOnScreen ? Promise.resolve() : Promise.allSettled(heatmaps);
+    later.then(() => loadVega()).catch(() => {});
   }
 
   fromURL();
+  early();
   if (document.readyState === "loading") {
-    early();
     document.addEventListener("DOMContentLoaded", drawAll);
   } else drawAll();
 })();
