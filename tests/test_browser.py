@@ -776,3 +776,29 @@ def test_both_models_charts_share_their_scales(long_url, watched):
         legends = [texts(s, "role-legend-label") for s in drawn(kind)]
         assert legends[0] and legends[0] == legends[1], (kind, legends)
     assert not watched.errors, watched.errors
+
+
+def test_heatmaps_draw_without_scrolling_and_before_the_vega_bundle(long_url, browser):
+    """The heatmaps are a prompt page's main view: drawn at load even below the first screen (a
+    short window here), and before the 900 KB Vega bundle is fetched (page budget)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 300})
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(long_url + LONG_PAGE, wait_until="load")
+        tops = page.evaluate("[...document.querySelectorAll('.atlas-attention')]"
+                             ".map((b) => b.getBoundingClientRect().top)")
+        assert min(tops) > 300 + 400, "the heatmaps should start below the first screen here"
+        wait_heatmaps(page)
+        assert page.evaluate("window.scrollY") == 0
+        fetched_before = page.evaluate("""() => {
+            const first = performance.getEntriesByName('atlas-first-chart')[0].startTime;
+            return performance.getEntriesByType('resource')
+                .filter((r) => r.startTime <= first).map((r) => r.name); }""")
+        assert not [u for u in fetched_before if u.endswith("vega-bundle.js")], fetched_before
+        # The bundle still comes, for the Vega charts further down.
+        page.wait_for_function("() => window.vegaEmbed !== undefined", timeout=CHART_TIMEOUT_MS)
+        assert not errors, errors
+    finally:
+        context.close()
