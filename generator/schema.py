@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ArtifactError
 from .store import atomic_write_bytes, atomic_write_json, sha256_bytes
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: metrics from full-precision attention; provenance states the softmax
 ATTENTION_ENCODING = "uint8-tril-by-key"
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
@@ -61,7 +61,8 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "provenance": {
             "type": "object",
             "required": ["model_id", "model_slug", "revision", "random_weights", "prompt_sha256",
-                         "device", "dtype", "attn_implementation", "libraries", "settings"],
+                         "device", "dtype", "attn_implementation", "attention_softmax",
+                         "attention_error_bound", "libraries", "settings"],
             "properties": {
                 "model_id": {"type": "string"},
                 "model_slug": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
@@ -71,6 +72,9 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "device": {"type": "string"},
                 "dtype": {"type": "string"},
                 "attn_implementation": {"const": "eager"},
+                "attention_softmax": {"const": "float32"},
+                "attention_error_bound": {"type": "number", "exclusiveMinimum": 0,
+                                          "maximum": 1 / 255},
                 "libraries": {"type": "object", "additionalProperties": {"type": "string"}},
                 "settings": {"type": "object"},
             },
@@ -144,14 +148,37 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
 # --- the typed constructor: the compute stage supplies values, these classes write the fields ---
 
 def rounded(x: Any, digits: int = 4) -> Any:
-    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null."""
+    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null.
+
+    Arrays are rounded by numpy and converted by one `tolist()`; only their NaNs (few: undefined
+    metrics) are visited one by one."""
     if isinstance(x, np.ndarray):
-        x = x.tolist()
+        return _rounded_array(x, digits)
     if isinstance(x, list):
         return [rounded(v, digits) for v in x]
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     return round(float(x), digits)
+
+
+def _rounded_array(x: np.ndarray, digits: int) -> list:
+    values = np.round(x.astype(np.float64), digits)
+    out = values.tolist()
+    nan = np.isnan(values)
+    if nan.any():
+        for idx in zip(*np.nonzero(nan)):                      # NaN -> None, in place
+            row = out
+            for i in idx[:-1]:
+                row = row[i]
+            row[idx[-1]] = None
+    return out
+
+
+def _with_none(values: list, where: np.ndarray) -> list:
+    """The flat list `values` with None at the (few) indices where `where` is true."""
+    for i in np.flatnonzero(where):
+        values[i] = None
+    return values
 
 
 @dataclass(frozen=True)
@@ -168,12 +195,13 @@ class TopK:
                     next_rank: np.ndarray, k: int) -> "TopK":
         """ids, logprobs: [T, >=k]; next_logprob: [T] (NaN = no next token); next_rank: [T]
         (0 = no next token)."""
+        nlp = np.round(next_logprob.astype(np.float64), 4)
         return cls(
             k=k,
             ids=ids[:, :k].tolist(),
             probs=np.round(np.exp(logprobs[:, :k].astype(np.float64)), 6).tolist(),
-            next_logprob=[None if math.isnan(x) else round(float(x), 4) for x in next_logprob],
-            next_rank=[None if r == 0 else int(r) for r in next_rank],
+            next_logprob=_with_none(nlp.tolist(), np.isnan(nlp)),
+            next_rank=_with_none(next_rank.tolist(), next_rank == 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,13 +221,19 @@ class Provenance:
     dtype: str                          # the weights' dtype the model ran in
     libraries: dict[str, str]
     settings: dict[str, Any]
-    attn_implementation: str = "eager"
+    attn_implementation: str = "eager"   # the eager computation (float32 softmax kept in any dtype)
+    # Stored weights are within ATTENTION_MAX_ABS_ERROR of the float32 softmax of the scores the
+    # model computed in `dtype` (in float32: of the float32 model's attention itself).
+    attention_softmax: str = "float32"
+    attention_error_bound: float = ATTENTION_MAX_ABS_ERROR
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "model_slug": self.model_slug,
                 "revision": self.revision, "random_weights": self.random_weights,
                 "prompt_sha256": self.prompt_sha256, "device": self.device, "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation,
+                "attention_softmax": self.attention_softmax,
+                "attention_error_bound": self.attention_error_bound,
                 "libraries": dict(self.libraries), "settings": dict(self.settings)}
 
 
@@ -221,7 +255,18 @@ class Attention:
     heads: int
     length: int
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, prompt_id: str) -> "Attention":
+        """packed: uint8 [L, H, T(T+1)/2], each head's lower triangle key by key (the stored
+        bytes, as `extract.pack_attention` builds them on the device)."""
+        L, H, n = packed.shape
+        t = int((math.isqrt(8 * n + 1) - 1) // 2)
+        if tril_size(t) != n:
+            raise ValueError(f"{n} packed values per head is no triangle T(T+1)/2")
+        data = memoryview(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1))
+        return cls(L, H, t, prompt_id + ATTENTION_SUFFIX, data)
 
     @classmethod
     def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
@@ -232,7 +277,8 @@ class Attention:
     def to_dict(self) -> dict[str, Any]:
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
-                "bytes": len(self.data), "sha256": sha256_bytes(self.data), "data": self.data}
+                "bytes": self.data.nbytes if isinstance(self.data, memoryview) else len(self.data),
+                "sha256": sha256_bytes(self.data), "data": self.data}
 
 
 @dataclass(frozen=True)
