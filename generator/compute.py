@@ -6,6 +6,10 @@ model whose artifacts are all current is not even loaded. `--shard K/N` takes ev
 same prompts for every model, so N runners write disjoint artifacts that combine into one site.
 Prompts run in length-sorted batches sized to the model; a batch that runs out of memory is split and
 retried; a prompt that fails is reported and the others are kept.
+
+The device work of a batch (`extract.run_batch`) and the host work of the previous one (building
+each artifact from the arrays the device sent, checking it, JSON encoding, atomic writes) overlap:
+one writer thread takes a batch's results while this thread starts the next batch.
 """
 
 from __future__ import annotations

@@ -5,14 +5,21 @@ same passes: one eager prefill over the left-padded prompts, then one single-tok
 KV cache per generated token, each returning its attention rows and hidden states. Attention is
 never recomputed for the continuation and the prompt+continuation is never run a second time.
 
-Everything is reduced and quantized on the device before it is copied to the host: attention goes
-over as uint8 (4x smaller than float32), predictions as top-k ids and log-probabilities.
+Attention is captured as float32 probabilities in every dtype: a model whose weights are not
+float32 runs `float32_softmax_attention`, which computes the scores as eager attention does and
+returns their float32 softmax (the model itself goes on with it cast to its dtype).
+
+Everything is reduced on the device before it is copied to the host: the head metrics from the
+full-precision attention (`device_metrics`), the attention quantized to uint8 and packed in the
+stored order (4x smaller than float32, no host-side indexing), predictions as top-k ids and
+log-probabilities. The host receives a few arrays per batch.
 
 The logit lens stacks every layer's residual stream into one matrix and multiplies it by the
 unembedding one block of rows and vocabulary at a time (`lens_topk`), keeping per block what the
 log-sum-exp, the top-k and the rank of the token that actually came next need, so the full
-[layers, positions, vocabulary] logits or log-softmax are never materialized. In transformers' `hidden_states` the last entry already has the final norm
-applied; the norm is applied to every other layer's entry, never twice.
+[layers, positions, vocabulary] logits or log-softmax are never materialized. In transformers'
+`hidden_states` the last entry already has the final norm applied; the norm is applied to every
+other layer's entry, never twice.
 """
 
 from __future__ import annotations
@@ -237,7 +244,8 @@ def cache_argument(model: Any) -> str:
     and warn that the old name `past_key_values` goes in 5.40; 5.17, the oldest release we support,
     knows only `past_key_values`. Detected from the forward's signature, not from a version.
     """
-    params = inspect.signature(model.forward).parameters
+    # The class's forward: an instance's forward may be wrapped by a profiler or a recorder.
+    params = inspect.signature(type(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -445,8 +445,11 @@ def attention_path(path: Path | str) -> Path:
     return path.with_name(path.name.removesuffix(".json") + ATTENTION_SUFFIX)
 
 
-def read_artifact(path: Path | str) -> dict[str, Any]:
-    """Read, validate and return an artifact, its attention bytes in `["attention"]["data"]`."""
+def read_artifact(path: Path | str, full: bool = True) -> dict[str, Any]:
+    """Read, validate and return an artifact, its attention bytes in `["attention"]["data"]`.
+
+    `full=False` (see `validate_artifact`) is for a reader without jsonschema installed: the
+    benchmark on a GPU machine reading the artifacts it has just computed."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -461,7 +464,7 @@ def read_artifact(path: Path | str) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                             f"the file is truncated or was edited. Delete it and run "
                             f"`model-atlas compute` to recompute it.") from None
-    a = validate_artifact(data, str(path))
+    a = validate_artifact(data, str(path), full=full)
     a["attention"]["data"] = read_attention(path, a)
     return a
 
