@@ -30,8 +30,8 @@ def _xlog2x(p: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of values [B, H, S] over the positions where mask [B, S] is 1 -> [B, H]; NaN where
-    the mask is empty (0/0)."""
+    """Mean of values [..., B, H, S] over the positions where mask [B, S] is 1 -> [..., B, H];
+    NaN where the mask is empty (0/0)."""
     return (values * mask[:, None, :]).sum(-1) / mask.sum(-1)[:, None]
 
 
@@ -69,18 +69,20 @@ class Positions:
 
 @torch.no_grad()
 def head_metrics(att: torch.Tensor, at: Positions) -> torch.Tensor:
-    """The head metrics of one layer: float32 [len(HEAD_METRICS), B, H] in HEAD_METRICS order.
+    """The head metrics: float32 [len(HEAD_METRICS), ..., B, H] in HEAD_METRICS order.
 
-    att: float [B, H, S, S] probabilities (zero outside each row's analysed positions)."""
+    att: float [..., B, H, S, S] probabilities (zero outside each row's analysed positions); the
+    leading dimensions (all layers at once: [L, B, H, S, S]) share the batch's positions."""
     att = att.float()
-    B, H, S, _ = att.shape
-    q = at.queries
-    entropy = -_xlog2x(att).sum(-1)                                  # [B, H, S]
-    prev = torch.zeros((B, H, S), device=att.device)
-    prev[:, :, 1:] = torch.diagonal(att, offset=-1, dim1=-2, dim2=-1)  # a_{i, i-1}
-    first = att.gather(-1, at.starts[:, None, None, None].expand(B, H, S, 1))[..., 0]  # a_{i, 0}
-    distance = (att * at.gap).sum(-1)                                # [B, H, S]
-    induction = (att * at.induction[:, None]).sum(-1)                # [B, H, S]
+    *lead, B, H, S, _ = att.shape
+    q = at.queries                                                   # [B, S]
+    entropy = -_xlog2x(att).sum(-1)                                  # [..., B, H, S]
+    prev = torch.zeros((*lead, B, H, S), device=att.device)
+    prev[..., 1:] = torch.diagonal(att, offset=-1, dim1=-2, dim2=-1)  # a_{i, i-1}
+    first_col = at.starts[:, None, None, None].expand(*lead, B, H, S, 1)
+    first = att.gather(-1, first_col)[..., 0]                        # a_{i, start}: [..., B, H, S]
+    distance = (att * at.gap).sum(-1)                                # [..., B, H, S]
+    induction = (att * at.induction[:, None]).sum(-1)                # [..., B, H, S]
     per_name = {
         "entropy": _masked_mean(entropy, q),
         "prev_token": _masked_mean(prev, q),
@@ -88,41 +90,57 @@ def head_metrics(att: torch.Tensor, at: Positions) -> torch.Tensor:
         "distance": _masked_mean(distance, q),
         "induction": _masked_mean(induction, at.induction_queries),
     }
-    return torch.stack([per_name[name] for name in HEAD_METRICS])   # [5, B, H]
+    return torch.stack([per_name[name] for name in HEAD_METRICS])   # [5, ..., B, H]
+
+
+# Bytes of the [rows, G, pairs, S, S] float32 mixture tensor of the Jensen-Shannon divergence that
+# one chunk of `group_metrics` may hold (Qwen2.5: 21 pairs per group; at 264 tokens one layer of a
+# batch of 8 is about 94 MB).
+JS_CHUNK_BYTES = 256 << 20
 
 
 @torch.no_grad()
 def group_metrics(att: torch.Tensor, at: Positions, kv_heads: int) -> torch.Tensor:
-    """Grouped-query comparison of one layer: float32 [B, 1 + 2G] = (between-group cosine, then
-    per group g its within-group cosine and mean Jensen-Shannon divergence), G = kv_heads.
+    """Grouped-query comparison: float32 [..., B, 1 + 2G] = (between-group cosine, then per
+    group g its within-group cosine and mean Jensen-Shannon divergence), G = kv_heads.
 
-    Heads h of group g are g*n .. g*n + n - 1, n = H / G (transformers' `repeat_kv` order).
-    Rows i >= 1 only, as `metrics.group_similarity`: cosine of the heads' flattened maps, JS
-    averaged over head pairs and rows. NaN where a group has one head or a row has no query."""
-    att = att.float()
-    B, H, S, _ = att.shape
+    att: float [..., B, H, S, S] as in `head_metrics`. Heads h of group g are g*n .. g*n + n - 1,
+    n = H / G (transformers' `repeat_kv` order). Rows i >= 1 only, as
+    `metrics.group_similarity`: cosine of the heads' flattened maps, JS averaged over head pairs
+    and rows. NaN where a group has one head or a row has no query."""
+    *lead, B, H, S, _ = att.shape
+    flat_att = att.reshape(-1, H, S, S)                              # [N, H, S, S], N = lead*B
+    q = at.queries.expand(*lead, B, S).reshape(-1, S)                # [N, S]
+    pairs = (H // kv_heads) * (H // kv_heads - 1) // 2
+    per_row = max(1, kv_heads * pairs * S * S * 4)
+    step = max(1, JS_CHUNK_BYTES // per_row)
+    out = torch.cat([_group_rows(flat_att[i:i + step].float(), q[i:i + step], kv_heads)
+                     for i in range(0, flat_att.shape[0], step)])
+    return out.view(*lead, B, 1 + 2 * kv_heads)
+
+
+def _group_rows(att: torch.Tensor, q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """`group_metrics` of N independent maps att [N, H, S, S] with query masks q [N, S]."""
+    N, H, S, _ = att.shape
     G, n = kv_heads, H // kv_heads
-    q = at.queries                                                   # [B, S]
-    rows = att * q[:, None, :, None]                                 # [B, H, S, S], rows i >= 1
-    flat = rows.reshape(B, H, S * S)                                 # [B, H, S*S]
-    gram = flat @ flat.transpose(1, 2)                               # [B, H, H]
-    norm = gram.diagonal(dim1=1, dim2=2).sqrt()                      # [B, H]
+    rows = att * q[:, None, :, None]                                 # [N, H, S, S], rows i >= 1
+    flat = rows.reshape(N, H, S * S)                                 # [N, H, S*S]
+    gram = flat @ flat.transpose(1, 2)                               # [N, H, H]
+    norm = gram.diagonal(dim1=1, dim2=2).sqrt()                      # [N, H]
     cos = gram / (norm[:, :, None] * norm[:, None, :])               # NaN where a norm is 0
     group = torch.arange(H, device=att.device) // n                  # [H]
     a, b = torch.triu_indices(n, n, offset=1, device=att.device)     # the pairs within a group
-    pairs = len(a)
-    out = torch.full((B, 1 + 2 * G), float("nan"), device=att.device)
+    out = torch.full((N, 1 + 2 * G), float("nan"), device=att.device)
     if G > 1:
         between = group[:, None] != group[None, :]                   # [H, H]
         out[:, 0] = torch.nanmean(cos[:, between], dim=-1)
-    if pairs:
+    if len(a):
         heads = torch.arange(H, device=att.device).view(G, n)        # [G, n]
-        hp, hq = heads[:, a], heads[:, b]                            # [G, pairs]
-        out[:, 1::2] = torch.nanmean(cos[:, hp, hq], dim=-1)         # [B, G]
-        grouped = rows.view(B, G, n, S, S)
-        ent = _xlog2x(grouped).sum(-1)                               # [B, G, n, S]
-        m = (grouped[:, :, a] + grouped[:, :, b]) / 2                # [B, G, pairs, S, S]
-        js = ((ent[:, :, a] + ent[:, :, b]) / 2 - _xlog2x(m).sum(-1)).clamp_min(0)  # [B, G, P, S]
-        count = q.sum(-1)[:, None] * pairs                           # [B, 1]
+        out[:, 1::2] = torch.nanmean(cos[:, heads[:, a], heads[:, b]], dim=-1)  # [N, G]
+        grouped = rows.view(N, G, n, S, S)
+        ent = _xlog2x(grouped).sum(-1)                               # [N, G, n, S]
+        m = (grouped[:, :, a] + grouped[:, :, b]) / 2                # [N, G, pairs, S, S]
+        js = ((ent[:, :, a] + ent[:, :, b]) / 2 - _xlog2x(m).sum(-1)).clamp_min(0)  # [N, G, P, S]
+        count = q.sum(-1)[:, None] * len(a)                          # [N, 1]
         out[:, 2::2] = (js * q[:, None, None, :]).sum((-1, -2)) / count
     return out

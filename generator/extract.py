@@ -315,6 +315,7 @@ class Passes:
     attention: list[torch.Tensor]
     hidden: list[tuple[torch.Tensor, ...]]
     generated: torch.Tensor
+    stacked: torch.Tensor | None = None   # [L, B, H, S, S] whose views `attention` holds, if any
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,10 +349,17 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
-    # Layers may sit on different devices (device_map="auto"): each stays where it is.
+    # One [L, B, H, S, S] tensor when every layer is on one device (then metrics, quantization
+    # and packing run over all layers at once); with device_map="auto" layers may sit on
+    # different devices, and each layer's attention stays where it is.
+    L, H = len(out.attentions), out.attentions[0].shape[1]
+    devices = {a.device for a in out.attentions}
+    stacked = (torch.zeros((L, B, H, S, S), dtype=torch.float32, device=devices.pop())
+               if len(devices) == 1 else None)
     att = []
-    for a in out.attentions:                                        # L x [B, H, P, P]
-        full = torch.zeros((B, a.shape[1], S, S), dtype=torch.float32, device=a.device)
+    for l, a in enumerate(out.attentions):                          # L x [B, H, P, P]
+        full = stacked[l] if stacked is not None else torch.zeros(
+            (B, H, S, S), dtype=torch.float32, device=a.device)
         full[:, :, :P, :P] = a
         att.append(full)                                            # L x float32 [B, H, S, S]
     hid_steps = [out.hidden_states[1:]]                             # L x [B, P, D]
@@ -367,7 +375,7 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
             full[:, :, P + s, :P + s + 1] = a[:, :, 0]
         hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
     gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
-    return Passes(att, hid_steps, gen)
+    return Passes(att, hid_steps, gen, stacked)
 
 
 def kept_continuations(generated: torch.Tensor, eos_id: int | None) -> list[list[int]]:
@@ -422,21 +430,36 @@ def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.T
     return tuple(x.cpu().numpy() for x in (top[0], top[1], lens_ids, lens_lps, t_lp, rank))
 
 
+# Bytes of attention one call of the device metrics takes at once: their temporaries are as large
+# as their input, so all layers of a large batch go in chunks of layers.
+METRICS_CHUNK_BYTES = 256 << 20
+
+
+def _layer_chunks(passes: Passes) -> list[torch.Tensor]:
+    """The attention in pieces of [layers, B, H, S, S] for the device metrics: chunks of layers of
+    the stacked tensor, or one layer at a time when layers sit on different devices."""
+    if passes.stacked is None:
+        return [a[None] for a in passes.attention]
+    per_layer = passes.stacked[0].numel() * 4
+    step = max(1, METRICS_CHUNK_BYTES // max(per_layer, 1))
+    return [passes.stacked[i:i + step] for i in range(0, passes.stacked.shape[0], step)]
+
+
 @torch.no_grad()
 def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: int,
                       out_dev: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """Every head metric of every layer, and the grouped-query comparison where kv_heads < H,
-    from the full-precision attention, batched per layer on the device:
+    from the full-precision attention, batched on the device (all layers at once, or in chunks):
     float32 [len(HEAD_METRICS), L, B, H] and [L, B, 1 + 2G] (or None) on the host."""
     heads = passes.attention[0].shape[1]
-    per_layer, groups = [], []
-    for a in passes.attention:                                      # [B, H, S, S]
-        at_l = at.to(a.device)
-        per_layer.append(device_metrics.head_metrics(a, at_l).to(out_dev))   # [5, B, H]
+    per_chunk, groups = [], []
+    for a in _layer_chunks(passes):                                 # [l, B, H, S, S]
+        at_c = at.to(a.device)
+        per_chunk.append(device_metrics.head_metrics(a, at_c).to(out_dev))    # [5, l, B, H]
         if kv_heads < heads:
-            groups.append(device_metrics.group_metrics(a, at_l, kv_heads).to(out_dev))
-    metrics = torch.stack(per_layer, dim=1).cpu().numpy()           # [5, L, B, H]
-    return metrics, (torch.stack(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
+            groups.append(device_metrics.group_metrics(a, at_c, kv_heads).to(out_dev))
+    metrics = torch.cat(per_chunk, dim=1).cpu().numpy()             # [5, L, B, H]
+    return metrics, (torch.cat(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
 
 
 @functools.lru_cache(maxsize=64)
@@ -451,13 +474,20 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
                    out_dev: Any) -> list[np.ndarray]:
     """Each sequence's stored attention, quantized and packed on the device, then copied to the
     host once: uint8 [L, H, n(n+1)/2] (n = its analysed tokens), the bytes of the format."""
-    quantized = [quantize_attention(a) for a in passes.attention]   # L x uint8 [B, H, S, S]
+    if passes.stacked is not None:
+        quantized = quantize_attention(passes.stacked)              # uint8 [L, B, H, S, S]
+        blocks = [quantized[:, b, :, st:st + n, st:st + n]          # [L, H, n, n]
+                  for b, (st, n) in enumerate(zip(starts, lengths))]
+    else:
+        layers = [quantize_attention(a) for a in passes.attention]  # L x uint8 [B, H, S, S]
+        blocks = [torch.stack([q[b, :, st:st + n, st:st + n].to(out_dev) for q in layers])
+                  for b, (st, n) in enumerate(zip(starts, lengths))]
     out = []
-    for b, (st, n) in enumerate(zip(starts, lengths)):
-        block = torch.stack([q[b, :, st:st + n, st:st + n].to(out_dev) for q in quantized])
-        L, H = block.shape[:2]                                      # block: [L, H, n, n]
-        packed = block.reshape(L, H, n * n).index_select(-1, _tril_index(n, str(out_dev)))
-        out.append(packed.cpu().numpy())                            # [L, H, n(n+1)/2]
+    for block, n in zip(blocks, lengths):
+        L, H = block.shape[:2]
+        index = _tril_index(n, str(block.device))
+        packed = block.reshape(L, H, n * n).index_select(-1, index)  # [L, H, n(n+1)/2]
+        out.append(packed.cpu().numpy())
     return out
 
 

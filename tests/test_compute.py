@@ -718,3 +718,25 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}))
                           cwd=repo, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok []"
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_layers_on_different_devices_give_the_same_results(request, model_fixture, monkeypatch):
+    """With device_map="auto" layers may sit on different devices; then the attention is kept
+    per layer (no stacked tensor) and metrics, quantization and packing go layer by layer. That
+    path (forced here on the CPU) stores exactly what the all-layers path stores."""
+    import dataclasses
+
+    import generator.extract as X
+    lm = request.getfixturevalue(model_fixture)
+    seqs = token_ids(lm, TEXTS.values())
+    together = capture(lm, lm.model, seqs, 3)
+    real = X.generate_with_capture
+    monkeypatch.setattr(X, "generate_with_capture",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), stacked=None))
+    apart = capture(lm, lm.model, seqs, 3)
+    for x, y in zip(together, apart):
+        np.testing.assert_array_equal(x.attention, y.attention)
+        np.testing.assert_allclose(x.metrics, y.metrics, atol=1e-6, equal_nan=True)
+        if x.groups is not None:
+            np.testing.assert_allclose(x.groups, y.groups, atol=1e-6, equal_nan=True)

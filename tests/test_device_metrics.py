@@ -88,3 +88,20 @@ def test_metrics_use_full_precision_not_the_stored_grid():
     stored = layer_metrics((np.round(m * 128) / 128)[None], list(range(t)))["entropy"][0, 0]
     assert abs(full - stored) > 0.05
     assert got == pytest.approx(full, abs=1e-4)
+
+
+def test_all_layers_at_once_and_in_chunks_equal_layer_by_layer(monkeypatch):
+    """The compute stage passes every layer at once ([L, B, H, S, S]) and the JS divergence goes
+    in chunks of rows: both give what one layer at a time gives."""
+    layers = [_batch([5, 9, 3], heads=6, seed=s) for s in range(3)]
+    at = layers[0][1]
+    stacked = torch.stack([att for att, *_ in layers])                 # [L, B, H, S, S]
+    # The same positions for every layer: rebuild each layer's maps over layer 0's positions.
+    head = D.head_metrics(stacked, at)                                 # [5, L, B, H]
+    group = D.group_metrics(stacked, at, 2)                            # [L, B, 1 + 2G]
+    monkeypatch.setattr(D, "JS_CHUNK_BYTES", 1)                        # one row per chunk
+    chunked = D.group_metrics(stacked, at, 2)
+    for l in range(len(layers)):
+        torch.testing.assert_close(head[:, l], D.head_metrics(stacked[l], at), equal_nan=True)
+        torch.testing.assert_close(group[l], D.group_metrics(stacked[l], at, 2), equal_nan=True)
+    torch.testing.assert_close(chunked, group, equal_nan=True)
