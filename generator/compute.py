@@ -121,7 +121,6 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
                    tokens: list[dict], seq: SequenceOutput) -> Artifact:
     """The artifact of one prompt, in memory, built through the schema's typed constructor from
     the arrays `extract.run_batch` brought to the host (no per-value work here)."""
-    L = seq.lens_ids.shape[0]
     ref = lm.ref
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
     referenced = np.unique(np.concatenate([seq.top_ids.ravel(), seq.lens_ids.ravel()]))
@@ -138,8 +137,8 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         tokens=tokens,
         predictions=TopK.from_arrays(seq.top_ids, seq.top_logprobs, seq.next_logprob[-1],
                                      seq.next_rank[-1], settings.top_k),
-        lens=[TopK.from_arrays(seq.lens_ids[l], seq.lens_logprobs[l], seq.next_logprob[l],
-                               seq.next_rank[l], settings.lens_top_k) for l in range(L)],
+        lens=TopK.layers_from_arrays(seq.lens_ids, seq.lens_logprobs, seq.next_logprob,
+                                     seq.next_rank, settings.lens_top_k),
         attention=attention,
         vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
         generation=Generation(n_prompt, attention.length - n_prompt),
@@ -156,10 +155,10 @@ def _groups(values: np.ndarray | None, heads: int, kv_heads: int) -> list[LayerG
     if values is None or kv_heads >= heads:
         return []
     members = kv_groups(heads, kv_heads)
-    return [LayerGroups(float(row[0]), [KVGroup(g, members[g], float(row[1 + 2 * g]),
-                                                float(row[2 + 2 * g]))
-                                        for g in range(kv_heads)])
-            for row in values.astype(np.float64)]
+    rows = values.astype(np.float64).tolist()                       # [L][1 + 2G]
+    return [LayerGroups(row[0], [KVGroup(g, members[g], row[1 + 2 * g], row[2 + 2 * g])
+                                 for g in range(kv_heads)])
+            for row in rows]
 
 
 def plan_batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,

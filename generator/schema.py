@@ -204,6 +204,19 @@ class TopK:
             next_rank=_with_none(next_rank.tolist(), next_rank == 0),
         )
 
+    @classmethod
+    def layers_from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
+                           next_rank: np.ndarray, k: int) -> list["TopK"]:
+        """One TopK per layer from stacked arrays, each converted in one bulk operation:
+        ids, logprobs: [L, T, >=k]; next_logprob, next_rank: [L, T]."""
+        nlp = np.round(next_logprob.astype(np.float64), 4)
+        ids_l = ids[:, :, :k].tolist()
+        probs_l = np.round(np.exp(logprobs[:, :, :k].astype(np.float64)), 6).tolist()
+        nlp_l, rank_l = nlp.tolist(), next_rank.tolist()
+        missing_lp, missing_rank = np.isnan(nlp), next_rank == 0
+        return [cls(k, ids_l[l], probs_l[l], _with_none(nlp_l[l], missing_lp[l]),
+                    _with_none(rank_l[l], missing_rank[l])) for l in range(len(ids_l))]
+
     def to_dict(self) -> dict[str, Any]:
         return {"k": self.k, "ids": self.ids, "probs": self.probs,
                 "next_logprob": self.next_logprob, "next_rank": self.next_rank}
@@ -386,7 +399,7 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
             if len(block[field]) != t:
                 raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
         for field in ("ids", "probs"):
-            if any(len(row) != block["k"] for row in block[field]):
+            if set(map(len, block[field])) - {block["k"]}:
                 raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
     for name, values in a["metrics"].items():
         if len(values) != att["layers"] or any(len(v) != att["heads"] for v in values):
@@ -504,8 +517,10 @@ def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
     data = att.pop("data")
     if att["file"] != attention_path(path).name:
         raise ValueError(f"attention.file {att['file']!r} does not sit beside {path.name}")
-    atomic_write_bytes(attention_path(path), data)
-    atomic_write_json(path, {**a, "attention": att})
+    # Not fsynced (see store.atomic_write_bytes): every reader checks the pair, and a pair that a
+    # power loss tore is recomputed.
+    atomic_write_bytes(attention_path(path), data, durable=False)
+    atomic_write_json(path, {**a, "attention": att}, durable=False)
 
 
 def tril_by_key(t: int) -> tuple[np.ndarray, np.ndarray]:

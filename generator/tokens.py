@@ -100,7 +100,7 @@ def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any
     for tid, raw in zip(missing, token_bytes(tokenizer, missing)):
         shown, hexed = display(raw)
         cache[tid] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
-    return {str(tid): dict(cache[tid]) for tid in unique}
+    return {str(tid): cache[tid] for tid in unique}  # shared records: callers must not edit them
 
 
 # id(tokenizer) -> (tokenizer, {token id: record}); the tokenizer is kept so that its id is not
