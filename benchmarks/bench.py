@@ -3,6 +3,7 @@
 
     python benchmarks/bench.py [--device cpu|cuda] [--models gpt2,qwen2.5] [--prompts N]
                                [--tokens 64] [--batch 8] [--quick] [--out FILE]
+    python benchmarks/bench.py --device cuda --suite [--out FILE]   # the one GPU check
 
 Prints ONE JSON object on stdout (progress goes to stderr) and writes it to --out if given.
 Definitions of every number are in benchmarks/README.md. In short, per model and per prompt:
@@ -16,7 +17,9 @@ Definitions of every number are in benchmarks/README.md. In short, per model and
   and, with --batch N, batch formation (length-sorted batches of N; by default the compute
   stage's own batches): greedy generation and capture in one pass (`extract.run_batch`),
   `build_artifact`, validation, JSON encoding and atomic writes;
-* compute_over_floor = compute / floor.
+* compute_over_floor = compute / floor;
+* host_ms_per_prompt: the compute stage's own host time after the device, from a batch's results on
+  the host to its artifacts on disk (its writer thread, which overlaps the next batch).
 
 Forward, floor and compute run interleaved, one repetition of each in turn, on the same weights
 in the same process, after one warm-up batch each; the median over repetitions is reported.
@@ -32,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import gzip
 import importlib.util
 import json
@@ -273,10 +277,10 @@ def prompt_groups(lm: Any, prompts: list[Any], batch: int | None, n_new: int) ->
 
 
 def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtype: torch.dtype,
-                 batch: int | None) -> None:
+                 batch: int | None) -> Any:
     """The generator's compute stage for these prompts into a fresh `out_dir` (nothing reused),
     on our already loaded model (`compute_model(model=...)`), batched by `batch` (None: its own
-    batching)."""
+    batching). Returns its ComputeReport (host_seconds: the writer's time)."""
     from generator import compute as C
     report = C.ComputeReport()
     C.compute_model(lm.ref.model_id, prompts, out_dir, settings, lm.device, dtype,
@@ -284,6 +288,7 @@ def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtyp
     if report.failures or report.computed != len(prompts):
         raise RuntimeError(f"compute stage failed: {report.computed}/{len(prompts)} computed; "
                            + "; ".join(report.failures[:3]))
+    return report
 
 
 # --- breakdown and profile of the compute path ---------------------------------------------------
@@ -320,6 +325,7 @@ def compute_breakdown(lm: Any, prompts: list[Any], batch_size: int, out_dir: Pat
     dev = lm.device
 
     def timer(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)  # keeps the signature (extract.cache_argument reads the forward's)
         def wrapped(*a: Any, **k: Any) -> Any:
             if part == "prefill_forward_with_capture":
                 ids = k.get("input_ids", a[0] if a else None)
@@ -415,16 +421,21 @@ def artifact_sizes(paths: list[Path]) -> dict[str, Any]:
 
 @torch.no_grad()
 def attention_error(ref_model: Any, paths: list[Path], device: str) -> float:
-    """max |decoded stored attention - `ref_model`'s own eager attention| over these artifacts.
+    """max |decoded stored attention - `ref_model`'s own attention| over these artifacts.
 
     Each artifact's own token ids (prompt and any generated continuation) are run alone (batch 1,
-    no padding) through `ref_model`."""
+    no padding) through `ref_model`: eager in float32; in a reduced precision through the compute
+    stage's float32-softmax attention (`extract.capture_float32_softmax`), so the reference is
+    the float32 softmax of the scores the model computes in its dtype."""
+    from generator.extract import capture_float32_softmax
     from generator.schema import decode_attention, read_artifact
     before = ref_model.config._attn_implementation
     set_attention(ref_model, "eager")
+    capture_float32_softmax(ref_model)
+    full = importlib.util.find_spec("jsonschema") is not None  # the GPU image may lack it
     worst = 0.0
     for path in paths:
-        art = read_artifact(path)
+        art = read_artifact(path, full=full)
         ids = torch.tensor([[t["id"] for t in art["tokens"]]], device=device)
         out = ref_model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True,
                         use_cache=False, logits_to_keep=1)
@@ -438,13 +449,25 @@ def attention_error(ref_model: Any, paths: list[Path], device: str) -> float:
 # --- one model -----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Bench:
-    """One model's benchmark state: the models, the workload as the compute stage analyses it, and
-    the batches every timed pass runs."""
+class Models:
+    """One model as the benchmark runs it: built once, shared by every workload of a suite."""
     name: str
     lm: Any                  # generator.models.LoadedModel of `model`
     fp32: Any                # the float32 model (the fidelity reference)
-    model: Any               # the model that runs: fp32 itself, or a copy in the benchmark's dtype
+    model: Any               # the model that runs: fp32 itself, or a copy in `dtype`
+    dtype: torch.dtype
+    build_s: float
+
+
+@dataclasses.dataclass
+class Bench:
+    """One model's benchmark state for one workload: the workload as the compute stage analyses
+    it, and the batches every timed pass runs."""
+    name: str
+    lm: Any
+    fp32: Any
+    model: Any
+    dtype: torch.dtype
     settings: Any            # generator.compute.Settings
     prompts: list[Any]
     analysed: list[tuple[Any, list[int]]]   # (prompt, prompt + continuation token ids)
@@ -459,27 +482,41 @@ class Bench:
         return int(getattr(self.settings, "continuation", 0) or 0)
 
 
-def prepare(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
-            tmp: Path) -> Bench:
-    """Build the model, run the compute stage once (warm-up) and take from its artifacts the token
-    sequences that forward and floor then run on, batched as the compute stage batches them."""
-    from generator.compute import Settings, artifact_path
+def build_models(name: str, args: argparse.Namespace, device: str,
+                 dtype: torch.dtype | None) -> Models:
+    """The full-size random-weight model in float32 and, if the dtype is reduced, a copy in it.
+    dtype None (`--dtype auto` on a GPU) is decided as the CLI decides it (`models.auto_dtype`)."""
     from generator.demo import load_real_tokenizer
+    from generator.models import auto_dtype
     folder, tok_name = MODELS[name]
     t0 = time.perf_counter()
     tokenizer = load_real_tokenizer(tok_name)
     fp32 = build_model(Path(args.reference) / folder, device)
+    if dtype is None:
+        params = sum(p.numel() for p in fp32.parameters())
+        free = torch.cuda.mem_get_info(torch.device(device))[0] + 4 * params  # as before loading
+        dtype = auto_dtype(params, free)
     model = fp32 if dtype == torch.float32 else copy.deepcopy(fp32).to(dtype)
     build_s = time.perf_counter() - t0
     lm = loaded_model(name, model, tokenizer, device, dtype)
-    log(f"{name}: built {lm.facts['parameters'] / 1e6:.0f}M-parameter model in {build_s:.1f}s")
+    log(f"{name}: built {lm.facts['parameters'] / 1e6:.0f}M-parameter model in {build_s:.1f}s "
+        f"({str(dtype).replace('torch.', '')})")
+    return Models(name, lm, fp32, model, dtype, build_s)
+
+
+def prepare(m: Models, args: argparse.Namespace, device: str, tmp: Path) -> Bench:
+    """Run the compute stage once (warm-up) and take from its artifacts the token sequences that
+    forward and floor then run on, batched as the compute stage batches them."""
+    from generator.compute import Settings, artifact_path
+    lm, name = m.lm, m.name
     settings = Settings()
     n_new = int(getattr(settings, "continuation", 0) or 0)
+    tokenizer = lm.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompts = workload(tokenizer, reference_prompts(args.prompts), args.tokens, args.fill)
-    set_attention(model, "eager")
+    set_attention(m.model, "eager")
     warm = tmp / f"{name}-warm"
-    compute_pass(lm, prompts, warm, settings, dtype, args.batch)
+    compute_pass(lm, prompts, warm, settings, m.dtype, args.batch)
     seqs, prompt_lens = artifact_sequences([artifact_path(warm, lm.ref.slug, p) for p in prompts])
     shutil.rmtree(warm, ignore_errors=True)
     analysed = list(zip(prompts, seqs))
@@ -491,14 +528,15 @@ def prepare(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype
     # Continuation floor: the prompts alone, the same groups, left-padded.
     gen_batches = [left_padded([(p, of[p.key][0][:of[p.key][1]]) for p in g], pad, device)
                    for g in groups]
-    return Bench(name, lm, fp32, model, settings, prompts, analysed, prompt_lens, batches,
-                 dev_batches, gen_batches, build_s)
+    return Bench(name, lm, m.fp32, m.model, m.dtype, settings, prompts, analysed, prompt_lens,
+                 batches, dev_batches, gen_batches, m.build_s)
 
 
-def time_passes(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dtype,
+def time_passes(b: Bench, args: argparse.Namespace, device: str,
                 tmp: Path) -> tuple[dict[str, list[float]], Path]:
     """Forward, floor, continuation floor and compute, one repetition of each in turn, after a
-    warm-up: seconds per repetition, and the folder of the last compute repetition's artifacts."""
+    warm-up: seconds per repetition (and the compute stage's host seconds per prompt, `host`),
+    and the folder of the last compute repetition's artifacts."""
     model, n = b.model, len(b.prompts)
     set_attention(model, "sdpa")
     forward_pass(model, b.dev_batches[:1])
@@ -507,7 +545,7 @@ def time_passes(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dt
         continuation_floor_pass(model, b.gen_batches[:1], b.n_new)
     sync(device)
     t: dict[str, list[float]] = {"forward": [], "floor": [], "continuation_floor": [],
-                                 "compute": []}
+                                 "compute": [], "host": []}
     for rep in range(args.reps):
         set_attention(model, "sdpa")
         t["forward"].append(timed(lambda: forward_pass(model, b.dev_batches), device))
@@ -517,12 +555,14 @@ def time_passes(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dt
                 lambda: continuation_floor_pass(model, b.gen_batches, b.n_new), device))
         set_attention(model, "eager")
         out_dir = tmp / f"{b.name}-rep{rep}"
-        t["compute"].append(timed(lambda: compute_pass(b.lm, b.prompts, out_dir, b.settings,
-                                                       dtype, args.batch), device))
+        reports: list[Any] = []
+        t["compute"].append(timed(lambda: reports.append(compute_pass(
+            b.lm, b.prompts, out_dir, b.settings, b.dtype, args.batch)), device))
+        t["host"].append(reports[0].host_seconds / max(reports[0].host_prompts, 1) * n)
         gen = t["continuation_floor"]
         log(f"{b.name}: rep {rep + 1}/{args.reps}: forward {t['forward'][-1]:.2f}s, floor "
             f"{t['floor'][-1]:.2f}s, " + (f"continuation floor {gen[-1]:.2f}s, " if gen else "")
-            + f"compute {t['compute'][-1]:.2f}s for {n} prompts")
+            + f"compute {t['compute'][-1]:.2f}s (host {t['host'][-1]:.2f}s) for {n} prompts")
         if rep < args.reps - 1:
             shutil.rmtree(out_dir, ignore_errors=True)
     return t, tmp / f"{b.name}-rep{args.reps - 1}"
@@ -548,6 +588,9 @@ def timing_results(b: Bench, t: dict[str, list[float]]) -> dict[str, Any]:
         "forward_ms_per_prompt": per_prompt_ms(fwd),
         "floor_ms_per_prompt": per_prompt_ms(flo),
         "compute_ms_per_prompt": per_prompt_ms(com),
+        # From a batch's results on the host to its artifacts on disk (the compute stage's writer
+        # thread, overlapping the next batch's device work), per prompt.
+        "host_ms_per_prompt": per_prompt_ms(t["host"]),
     }
     res["compute_over_floor"] = round(res["compute_ms_per_prompt"] / res["floor_ms_per_prompt"], 2)
     res["floor_over_forward"] = round(res["floor_ms_per_prompt"] / res["forward_ms_per_prompt"], 2)
@@ -560,6 +603,7 @@ def timing_results(b: Bench, t: dict[str, list[float]]) -> dict[str, Any]:
     # estimate of uncontended time, and the ratio within each repetition (same load, roughly)
     # is steadier than a ratio of medians taken from different repetitions.
     res["min_ms_per_prompt"] = {k: round(min(v) / n * 1000, 2) for k, v in t.items() if v}
+    res["dtype"] = str(b.dtype).replace("torch.", "")
     res["compute_over_floor_min"] = round(min(com) / min(flo), 2)
     res["compute_over_floor_per_rep"] = [round(c / f, 2) for c, f in zip(com, flo)]
     if gen:
@@ -569,14 +613,14 @@ def timing_results(b: Bench, t: dict[str, list[float]]) -> dict[str, Any]:
     return res
 
 
-def rebuild_one_prompt(b: Bench, args: argparse.Namespace, device: str, dtype: torch.dtype,
-                       tmp: Path, full_s: float) -> dict[str, Any]:
+def rebuild_one_prompt(b: Bench, args: argparse.Namespace, device: str, tmp: Path,
+                       full_s: float) -> dict[str, Any]:
     """A one-prompt rebuild, the model already loaded (loading is a fixed cost a rebuild shares
     with a full build): the compute stage over one edited prompt, against the whole workload."""
     from generator.prompts import Prompt
     p0 = b.prompts[0]
     edited = [Prompt(p0.set_id, p0.id, "Indeed, " + p0.text, p0.note, p0.tags)]
-    one = timed(lambda: compute_pass(b.lm, edited, tmp / f"{b.name}-edited", b.settings, dtype,
+    one = timed(lambda: compute_pass(b.lm, edited, tmp / f"{b.name}-edited", b.settings, b.dtype,
                                      args.batch), device)
     return {"rebuild_one_prompt_compute_s": round(one, 3), "full_compute_s": round(full_s, 3),
             "rebuild_one_prompt_over_full_compute": round(one / full_s, 3)}
@@ -602,8 +646,7 @@ def breakdown(b: Bench, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return res
 
 
-def sizes(b: Bench, args: argparse.Namespace, dtype: torch.dtype, tmp: Path,
-          paths: list[Path]) -> dict[str, Any]:
+def sizes(b: Bench, args: argparse.Namespace, tmp: Path, paths: list[Path]) -> dict[str, Any]:
     """Artifact sizes: the workload as run, and prompts filled to exactly 64 and 256 tokens."""
     from generator.compute import artifact_path
     out: dict[str, Any] = {"workload": artifact_sizes(paths)}
@@ -612,7 +655,7 @@ def sizes(b: Bench, args: argparse.Namespace, dtype: torch.dtype, tmp: Path,
     for T in (64, 256):
         filled = workload(b.lm.tokenizer, sample, T, fill=True)
         d = tmp / f"{b.name}-size{T}"
-        compute_pass(b.lm, filled, d, b.settings, dtype, args.batch)
+        compute_pass(b.lm, filled, d, b.settings, b.dtype, args.batch)
         out[str(T)] = artifact_sizes([artifact_path(d, b.lm.ref.slug, p) for p in filled])
         shutil.rmtree(d, ignore_errors=True)
     out["gzip_level"] = GZIP_LEVEL
@@ -622,33 +665,79 @@ def sizes(b: Bench, args: argparse.Namespace, dtype: torch.dtype, tmp: Path,
     return out
 
 
-def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
-                tmp: Path, notes: list[str]) -> dict[str, Any]:
-    """Every figure of one model (see the module docstring and benchmarks/README.md)."""
+def measure(b: Bench, args: argparse.Namespace, device: str, tmp: Path, notes: list[str],
+            extras: bool = True) -> dict[str, Any]:
+    """Timings, host time, the breakdown and the attention error of one workload; with `extras`
+    also the one-prompt rebuild and the artifact sizes (the full benchmark, not the suite)."""
     from generator.compute import artifact_path
-    b = prepare(name, args, device, dtype, tmp)
-    t, last = time_passes(b, args, device, dtype, tmp)
+    t, last = time_passes(b, args, device, tmp)
     paths = [artifact_path(last, b.lm.ref.slug, p) for p in b.prompts]
     # Every repetition must have analysed the same tokens forward and floor ran on.
     stored, _ = artifact_sequences(paths)
     differ = [p.key for (p, ids), got in zip(b.analysed, stored) if got != ids]
     if differ:
-        notes.append(f"{name}: {len(differ)} artifact(s) of the last repetition hold other tokens "
-                     f"than the warm-up run (e.g. {differ[0]}): the continuation is not "
+        notes.append(f"{b.name}: {len(differ)} artifact(s) of the last repetition hold other "
+                     f"tokens than the warm-up run (e.g. {differ[0]}): the continuation is not "
                      f"reproducible from run to run")
     res = timing_results(b, t)
-    res.update(rebuild_one_prompt(b, args, device, dtype, tmp, statistics.median(t["compute"])))
+    if extras:
+        res.update(rebuild_one_prompt(b, args, device, tmp, statistics.median(t["compute"])))
     res.update(breakdown(b, args, tmp))
-    # Fidelity: stored attention against the model's own float32 attention.
-    res["attention_max_abs_error"] = round(attention_error(b.fp32, paths, device), 6)
-    res["attention_error_bound"] = round(1 / 255, 6)
-    if dtype != torch.float32:
+    res.update(fidelity(b, paths, device))
+    if extras:
+        res["artifact_bytes_per_prompt"] = sizes(b, args, tmp, paths)
+    log(f"{b.name}: forward {res['forward_ms_per_prompt']} ms, floor {res['floor_ms_per_prompt']} "
+        f"ms, compute {res['compute_ms_per_prompt']} ms (host {res['host_ms_per_prompt']} ms) per "
+        f"prompt (x{res['compute_over_floor']} floor)")
+    shutil.rmtree(last, ignore_errors=True)
+    return res
+
+
+def fidelity(b: Bench, paths: list[Path], device: str) -> dict[str, Any]:
+    """Stored attention against the float32 model's attention, and in a reduced precision also
+    against the float32 softmax of the scores the model itself computes in its dtype."""
+    res = {"attention_max_abs_error": round(attention_error(b.fp32, paths, device), 6),
+           "attention_error_bound": round(1 / 255, 6)}
+    if b.dtype != torch.float32:
         res["attention_max_abs_error_vs_own_dtype"] = round(
             attention_error(b.model, paths, device), 6)
-    res["artifact_bytes_per_prompt"] = sizes(b, args, dtype, tmp, paths)
-    log(f"{name}: forward {res['forward_ms_per_prompt']} ms, floor {res['floor_ms_per_prompt']} ms, "
-        f"compute {res['compute_ms_per_prompt']} ms per prompt (x{res['compute_over_floor']} floor)")
     return res
+
+
+def bench_model(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype | None,
+                tmp: Path, notes: list[str]) -> dict[str, Any]:
+    """Every figure of one model (see the module docstring and benchmarks/README.md)."""
+    m = build_models(name, args, device, dtype)
+    return measure(prepare(m, args, device, tmp), args, device, tmp, notes)
+
+
+# The suite's workloads: (label, changes to the command line's settings).
+SUITE = (("tokens64", {}), ("batch8", {"batch": 8}),
+         ("tokens256", {"tokens": None, "fill": True}))  # tokens: --long-tokens
+
+
+def bench_suite(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype | None,
+                tmp: Path, notes: list[str]) -> dict[str, Any]:
+    """The suite for one model, built once: the 64-token workload in the compute stage's own
+    batches, the same at a fixed batch of 8, and the --long-tokens (256) workload, each with its
+    timings, host time, breakdown and attention error."""
+    m = build_models(name, args, device, dtype)
+    out: dict[str, Any] = {"dtype": str(m.dtype).replace("torch.", ""),
+                           "parameters": m.lm.facts["parameters"]}
+    for label, change in SUITE:
+        run = argparse.Namespace(**vars(args))
+        for key, value in change.items():
+            setattr(run, key, args.long_tokens if key == "tokens" else value)
+        log(f"{name}: suite workload {label} (tokens {run.tokens}, batch {run.batch or 'auto'})")
+        sub = tmp / label  # each workload its own artifacts: none may reuse another's
+        sub.mkdir()
+        out[label] = measure(prepare(m, run, device, sub), run, device, sub, notes, extras=False)
+        shutil.rmtree(sub, ignore_errors=True)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    c64, c256 = out["tokens64"]["compute_over_floor"], out["tokens256"]["compute_over_floor"]
+    out["compute_over_floor_256_over_64"] = round(c256 / c64, 2)
+    return out
 
 
 def asdict_or_repr(obj: Any) -> Any:
@@ -761,7 +850,7 @@ def bench_site(device: str, tmp: Path, notes: list[str]) -> dict[str, Any]:
 
 # --- machine -------------------------------------------------------------------------------------
 
-def machine(device: str, dtype: torch.dtype) -> dict[str, Any]:
+def machine(device: str, dtype: str) -> dict[str, Any]:
     import transformers
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -776,7 +865,7 @@ def machine(device: str, dtype: torch.dtype) -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "dtype": str(dtype).replace("torch.", ""),
+        "python": platform.python_version(), "dtype": dtype,
         "loadavg_start": loadavg(),
     }
     if device.startswith("cuda"):
@@ -810,8 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     ap.add_argument("--dtype", default="auto",
-                    help="auto (float32 on cpu, bfloat16 on cuda, as the CLI), float32, bfloat16, "
-                         "float16")
+                    help="auto (as the CLI: float32, on cuda unless the weights take more than "
+                         "half the free memory), float32, bfloat16, float16")
     ap.add_argument("--models", default="gpt2,qwen2.5", help="comma-separated: gpt2, qwen2.5")
     ap.add_argument("--prompts", type=int, default=None, help="prompts in the workload (40)")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per prompt at most (64)")
@@ -831,6 +920,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-site", action="store_true", help="skip the demo-site build timings")
     ap.add_argument("--quick", action="store_true",
                     help="development settings: 8 prompts, 2 reps, 1 size prompt")
+    ap.add_argument("--suite", action="store_true",
+                    help="one GPU check: per model, the 64-token workload (own batches), the same "
+                         "at batch 8, and the --long-tokens workload, each with host time, "
+                         "breakdown and attention error (3 reps; no sizes, rebuild or site)")
+    ap.add_argument("--long-tokens", type=int, default=256,
+                    help="prompt tokens of the suite's long workload (256; smaller to try the "
+                         "suite on a CPU)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -838,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA GPU is visible")
     args.prompts = args.prompts or (8 if args.quick else 40)
-    args.reps = args.reps or (2 if args.quick else 5 if cuda else 3)
+    args.reps = args.reps or (2 if args.quick else 3 if args.suite else 5 if cuda else 3)
     args.size_prompts = args.size_prompts or (8 if cuda and not args.quick else 1)
     if args.fill is None:
         args.fill = args.tokens > NATURAL_MAX
@@ -852,34 +948,39 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         ap.error(f"--models: unknown {unknown}; known: {', '.join(MODELS)}")
-    dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-
     try:
-        importlib.import_module("generator.compute")  # jsonschema, transformers: fail early
+        importlib.import_module("generator.compute")  # transformers, yaml: fail early
     except ImportError as e:
         ap.error(f"cannot import generator.compute ({e}); install the missing package")
+    from generator.models import pick_dtype
+    try:
+        dtype = pick_dtype(args.dtype, args.device)  # None: decided per model (auto on cuda)
+    except Exception as e:  # noqa: BLE001 - OptionError names the valid values
+        ap.error(str(e))
 
     t_start = time.perf_counter()
     notes: list[str] = []
     result: dict[str, Any] = {
-        "benchmark": "model-atlas reference workload", "version": 1,
-        "settings": {"device": args.device, "dtype": str(dtype).replace("torch.", ""),
+        "benchmark": "model-atlas reference " + ("suite" if args.suite else "workload"),
+        "version": 2,
+        "settings": {"device": args.device, "dtype": args.dtype,
                      "models": names, "prompts": args.prompts, "tokens": args.tokens,
                      "fill": args.fill, "batch": args.batch or "auto", "reps": args.reps,
-                     "size_prompts": args.size_prompts, "quick": args.quick},
-        "machine": machine(args.device, dtype),
+                     "size_prompts": args.size_prompts, "quick": args.quick,
+                     "suite": args.suite, "long_tokens": args.long_tokens},
+        "machine": machine(args.device, args.dtype),
         "code": code_version(),
         "models": {}, "site": None, "notes": notes,
     }
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        run_model = bench_suite if args.suite else bench_model
         for name in names:
-            result["models"][name] = bench_model(name, args, args.device, dtype, tmp, notes)
+            result["models"][name] = run_model(name, args, args.device, dtype, tmp, notes)
             if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()  # the model is gone with bench_model's frame
-        if args.skip_site:
-            notes.append("site timings skipped (--skip-site)")
+                torch.cuda.empty_cache()  # the model is gone with the function's frame
+        if args.skip_site or args.suite:
+            notes.append("site timings skipped (--skip-site or --suite)")
         else:
             log("site: demo build, render, one-prompt rebuild through the CLI")
             try:

@@ -61,7 +61,9 @@ compute_options = _options(
     click.option("--device", default="auto", show_default=True,
                  help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
     click.option("--dtype", default="auto", show_default=True,
-                 help="auto (float32 on cpu, bfloat16 on a GPU), float32, float16 or bfloat16."),
+                 help="auto (float32; on a GPU bfloat16 only for a model whose float32 weights "
+                      "would take more than half its free memory), float32, float16 or bfloat16. "
+                      "Stored attention is the float32 softmax of the scores in every dtype."),
     click.option("--revision", default="main", show_default=True,
                  help="Hub revision (branch, tag or commit) of hub models."),
     click.option("--top-k", type=int, default=10, show_default=True,

@@ -6,12 +6,17 @@ model whose artifacts are all current is not even loaded. `--shard K/N` takes ev
 same prompts for every model, so N runners write disjoint artifacts that combine into one site.
 Prompts run in length-sorted batches sized to the model; a batch that runs out of memory is split and
 retried; a prompt that fails is reported and the others are kept.
+
+The device work of a batch (`extract.run_batch`) and the host work of the previous one (building
+each artifact from the arrays the device sent, checking it, JSON encoding, atomic writes) overlap:
+one writer thread takes a batch's results while this thread starts the next batch.
 """
 
 from __future__ import annotations
 
 import platform
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,10 +27,10 @@ import torch
 from . import __version__, layout
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
-from .metrics import between_group_similarity, group_similarity, layer_metrics
+from .metrics import HEAD_METRICS, kv_groups
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (ATTENTION_SCALE, SCHEMA_VERSION, Artifact, Attention, Generation, KVGroup,
+from .schema import (SCHEMA_VERSION, Artifact, Attention, Generation, KVGroup,
                      LayerGroups, PromptInfo, Provenance, TopK, current_attention,
                      validate_artifact, write_artifact)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
@@ -79,6 +84,10 @@ class ComputeReport:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     artifacts: list[Path] = field(default_factory=list)
+    # Host work after the device: from a batch's results on the host to its artifacts on disk
+    # (build, check, serialise, write), summed over batches, and the prompts it covered.
+    host_seconds: float = 0.0
+    host_prompts: int = 0
 
 
 def artifact_path(root: Path, slug: str, prompt: Prompt) -> Path:
@@ -110,14 +119,12 @@ def library_versions() -> dict[str, str]:
 
 def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
                    tokens: list[dict], seq: SequenceOutput) -> Artifact:
-    """The artifact of one prompt, in memory, built through the schema's typed constructor."""
-    attention = seq.attention                                       # uint8 [L, H, T, T]
-    L, H, T, _ = attention.shape
+    """The artifact of one prompt, in memory, built through the schema's typed constructor from
+    the arrays `extract.run_batch` brought to the host (no per-value work here)."""
     ref = lm.ref
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
-    decoded = attention.astype(np.float32) / ATTENTION_SCALE        # [L, H, T, T]
     referenced = np.unique(np.concatenate([seq.top_ids.ravel(), seq.lens_ids.ravel()]))
-    kv = lm.facts["kv_heads"]
+    attention = Attention.from_packed(seq.attention, prompt.id)
     return Artifact(
         key=key,
         provenance=Provenance(
@@ -130,28 +137,33 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         tokens=tokens,
         predictions=TopK.from_arrays(seq.top_ids, seq.top_logprobs, seq.next_logprob[-1],
                                      seq.next_rank[-1], settings.top_k),
-        lens=[TopK.from_arrays(seq.lens_ids[l], seq.lens_logprobs[l], seq.next_logprob[l],
-                               seq.next_rank[l], settings.lens_top_k) for l in range(L)],
-        attention=Attention.from_quantized(attention, prompt.id),
+        lens=TopK.layers_from_arrays(seq.lens_ids, seq.lens_logprobs, seq.next_logprob,
+                                     seq.next_rank, settings.lens_top_k),
+        attention=attention,
         vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
-        generation=Generation(n_prompt, T - n_prompt),
-        metrics=layer_metrics(decoded, [t["id"] for t in tokens]),  # name -> [L, H]
-        groups=_groups(decoded, kv) if kv < H else [],
+        generation=Generation(n_prompt, attention.length - n_prompt),
+        metrics=dict(zip(HEAD_METRICS, seq.metrics)),                # name -> [L, H]
+        groups=_groups(seq.groups, attention.heads, lm.facts["kv_heads"]),
     )
 
 
-def _groups(decoded: np.ndarray, kv_heads: int) -> list[LayerGroups]:
+def _groups(values: np.ndarray | None, heads: int, kv_heads: int) -> list[LayerGroups]:
     """Grouped-query attention: per layer, how alike the query heads sharing a key/value head
-    attend, and (for contrast) heads of different groups. decoded: float [L, H, T, T]."""
-    return [LayerGroups(between_group_similarity(layer, kv_heads),
-                        [KVGroup(g["group"], g["heads"], g["similarity"], g["mean_js"])
-                         for g in group_similarity(layer, kv_heads)])
-            for layer in decoded]
+    attend, and (for contrast) heads of different groups; empty for multi-head attention.
+    values: [L, 1 + 2G] from `device_metrics.group_metrics` (between, then per group similarity
+    and mean JS)."""
+    if values is None or kv_heads >= heads:
+        return []
+    members = kv_groups(heads, kv_heads)
+    rows = values.astype(np.float64).tolist()                       # [L][1 + 2G]
+    return [LayerGroups(row[0], [KVGroup(g, members[g], row[1 + 2 * g], row[2 + 2 * g])
+                                 for g in range(kv_heads)])
+            for row in rows]
 
 
 def plan_batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
-             budget_bytes: int, extra: int = 0,
-             batch_size: int | None = None) -> list[list[tuple[Prompt, list[int]]]]:
+                 budget_bytes: int, extra: int = 0,
+                 batch_size: int | None = None) -> list[list[tuple[Prompt, list[int]]]]:
     """Length-sorted batches whose attention ([L, B, H, T, T] float32, T = the longest prompt
     plus `extra` generated tokens) fits `budget_bytes`; with `batch_size`, batches of exactly that
     many (the last one smaller), whatever their memory."""
@@ -207,7 +219,7 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Setti
 
 
 def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
-                  device: str, dtype: torch.dtype, log: Log, report: ComputeReport,
+                  device: str, dtype: torch.dtype | None, log: Log, report: ComputeReport,
                   revision: str = "main", budget_bytes: int | None = None,
                   device_map: str | None = None, model: LoadedModel | None = None,
                   batch_size: int | None = None) -> None:
@@ -229,12 +241,36 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
         budget_bytes = default_budget(lm.device)
     facts = lm.facts
     t0, done = time.perf_counter(), 0
-    for batch in plan_batches(items, facts["layers"], facts["query_heads"], budget_bytes,
-                          settings.continuation, batch_size):
-        for prompt, result in _run(lm, batch, settings, log):
-            done += _store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, report)
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        log(f"{ref.slug}: {done}/{len(items)} prompts computed ({rate:.1f} prompts/s)")
+    batches = plan_batches(items, facts["layers"], facts["query_heads"], budget_bytes,
+                           settings.continuation, batch_size)
+    # One writer thread: while it serialises and writes batch k, this thread runs batch k + 1 on
+    # the device. At most one batch waits for it, which bounds the host memory held.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-writer") as writer:
+        pending: Future | None = None
+        for batch in batches:
+            results = list(_run(lm, batch, settings, log))          # on the host now
+            if pending is not None:
+                done += pending.result()
+                log(f"{ref.slug}: {done}/{len(items)} prompts computed "
+                    f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
+            pending = writer.submit(_store_batch, lm, results, tokens_of, settings, out_dir,
+                                    report)
+        if pending is not None:
+            done += pending.result()
+            log(f"{ref.slug}: {done}/{len(items)} prompts computed "
+                f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
+
+
+def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,
+                 out_dir: Path, report: ComputeReport) -> int:
+    """The writer's job for one batch: every prompt's artifact built, checked and written; the
+    time it takes goes to `report.host_seconds`. Returns how many were written."""
+    t0 = time.perf_counter()
+    done = sum(_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, report)
+               for prompt, result in results)
+    report.host_seconds += time.perf_counter() - t0
+    report.host_prompts += len(results)
+    return done
 
 
 def _stale(ref: ModelRef, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,

@@ -5,18 +5,26 @@ same passes: one eager prefill over the left-padded prompts, then one single-tok
 KV cache per generated token, each returning its attention rows and hidden states. Attention is
 never recomputed for the continuation and the prompt+continuation is never run a second time.
 
-Everything is reduced and quantized on the device before it is copied to the host: attention goes
-over as uint8 (4x smaller than float32), predictions as top-k ids and log-probabilities.
+Attention is captured as float32 probabilities in every dtype: a model whose weights are not
+float32 runs `float32_softmax_attention`, which computes the scores as eager attention does and
+returns their float32 softmax (the model itself goes on with it cast to its dtype).
+
+Everything is reduced on the device before it is copied to the host: the head metrics from the
+full-precision attention (`device_metrics`), the attention quantized to uint8 and packed in the
+stored order (4x smaller than float32, no host-side indexing), predictions as top-k ids and
+log-probabilities. The host receives a few arrays per batch.
 
 The logit lens stacks every layer's residual stream into one matrix and multiplies it by the
 unembedding one block of rows and vocabulary at a time (`lens_topk`), keeping per block what the
 log-sum-exp, the top-k and the rank of the token that actually came next need, so the full
-[layers, positions, vocabulary] logits or log-softmax are never materialized. In transformers' `hidden_states` the last entry already has the final norm
-applied; the norm is applied to every other layer's entry, never twice.
+[layers, positions, vocabulary] logits or log-softmax are never materialized. In transformers'
+`hidden_states` the last entry already has the final norm applied; the norm is applied to every
+other layer's entry, never twice.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -25,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import device_metrics
 from .models import final_norm
-from .schema import ATTENTION_SCALE
+from .schema import ATTENTION_SCALE, tril_by_key
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
 # float32 (16 MiB) stays in the last-level cache while every reduction reads it; on a GPU one
@@ -44,13 +53,24 @@ class SequenceOutput:
     """Host-side results for one sequence of a batch: its T analysed tokens (prompt, then the
     generated tokens, cut after end-of-text)."""
     ids: list[int]              # [T] token ids
-    attention: Any              # uint8 [L, H, T, T] (numpy), q / ATTENTION_SCALE, zero above the diagonal
+    attention: Any              # uint8 [L, H, T(T+1)/2] (numpy): the stored bytes, key by key
     top_ids: Any                # int64 [T, k]: the model's top-k predictions (the output layer)
     top_logprobs: Any           # float32 [T, k]
     lens_ids: Any               # int64 [L, T, lens_k] (the output layer's: the first lens_k of top_ids)
     lens_logprobs: Any          # float32 [L, T, lens_k]
     next_logprob: Any           # float32 [L, T] (NaN where there is no next token)
     next_rank: Any              # int64 [L, T] (1 = top prediction; 0 where there is no next token)
+    metrics: Any = None         # float32 [len(HEAD_METRICS), L, H], from full-precision attention
+    groups: Any = None          # float32 [L, 1 + 2G] (device_metrics.group_metrics), or None
+
+    def square_attention(self) -> np.ndarray:
+        """The stored attention unpacked: uint8 [L, H, T, T], zero above the diagonal."""
+        L, H, _ = self.attention.shape
+        t = len(self.ids)
+        out = np.zeros((L, H, t, t), dtype=np.uint8)
+        queries, keys = tril_by_key(t)
+        out[:, :, queries, keys] = self.attention
+        return out
 
 
 def quantize_attention(p: torch.Tensor) -> torch.Tensor:
@@ -224,22 +244,78 @@ def cache_argument(model: Any) -> str:
     and warn that the old name `past_key_values` goes in 5.40; 5.17, the oldest release we support,
     knows only `past_key_values`. Detected from the forward's signature, not from a version.
     """
-    params = inspect.signature(model.forward).parameters
+    # The class's forward: an instance's forward may be wrapped by a profiler or a recorder.
+    params = inspect.signature(type(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
+
+# --- float32 attention probabilities in every dtype ----------------------------------------------
+
+FLOAT32_SOFTMAX = "model_atlas_eager_float32_softmax"  # the attention implementation's name
+
+
+def float32_softmax_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
+                              value: torch.Tensor, attention_mask: torch.Tensor | None,
+                              scaling: float | None = None, dropout: float = 0.0,
+                              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention that returns, as its attention weights, the float32 softmax of the scores.
+
+    The scores are computed as transformers' eager attention computes them, in the model's dtype;
+    the model goes on with the probabilities cast to its dtype, exactly as eager does. What is
+    captured is the float32 softmax before that cast: in bfloat16 the cast alone moves a weight
+    by up to 2^-9 of itself, which with the 1/128 storage grid breaks the 1/255 bound.
+    query: [B, H, Q, d]; key, value: [B, KV, K, d] (grouped-query: KV < H).
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # transformers' repeat_kv order: key/value head g serves heads g*n .. g*n+n-1
+        key = key.repeat_interleave(groups, dim=1)                 # [B, H, K, d]
+        value = value.repeat_interleave(groups, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling    # [B, H, Q, K], model dtype
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., :key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)       # [B, H, Q, K] float32
+    weights = torch.nn.functional.dropout(probs.to(value.dtype), p=dropout,
+                                          training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [B, Q, H, d]
+    return out, probs
+
+
+def capture_float32_softmax(model: Any) -> str:
+    """Make a model whose weights are not float32 return float32 attention probabilities.
+
+    Registers `float32_softmax_attention` (and eager's attention mask for it) with transformers'
+    attention interfaces and switches the model to it; a float32 model keeps plain "eager" (its
+    softmax is float32 already). Returns the softmax's dtype as the artifact records it.
+    """
+    if model.dtype == torch.float32:
+        return "float32"
+    if getattr(model.config, "_attn_implementation", None) != FLOAT32_SOFTMAX:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+        AttentionInterface.register(FLOAT32_SOFTMAX, float32_softmax_attention)
+        AttentionMaskInterface.register(FLOAT32_SOFTMAX, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+        model.set_attn_implementation(FLOAT32_SOFTMAX)
+    return "float32"
+
+
+# --- one batch -------------------------------------------------------------------------------------
 
 @dataclass
 class Passes:
     """What the prefill and the generation steps of one batch returned, still on the device.
 
-    attention[s][l]: uint8 [B, H, queries, keys] of pass s and layer l (pass 0 = the prefill over
-    the P prompt positions; pass s >= 1 = one generated token, queries = 1, keys = P + s);
-    hidden[s][l]: [B, queries, D], layer l's output (entry L-1 already has the final norm);
-    generated: [B, n_new] greedy ids (before cutting at end-of-text).
+    attention[l]: float32 [B, H, S, S] of layer l over the whole batch, S = P + n_new: the
+    prefill's [P, P] block, then one row per step (step s: the row of position P + s, keys up to
+    it); rows of left padding hold whatever the model gave them and are never read.
+    hidden[s][l]: [B, queries, D], layer l's output in pass s (0 = the prefill; entry L-1 already
+    has the final norm); generated: [B, n_new] greedy ids (before cutting at end-of-text).
     """
-    attention: list[list[torch.Tensor]]
+    attention: list[torch.Tensor]
     hidden: list[tuple[torch.Tensor, ...]]
     generated: torch.Tensor
+    stacked: torch.Tensor | None = None   # [L, B, H, S, S] whose views `attention` holds, if any
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,12 +333,15 @@ def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor
 def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
                           n_new: int) -> Passes:
     """One eager prefill over the left-padded prompts, then n_new single-token steps over the KV
-    cache, each returning its attention rows and hidden states (quantized / kept on the device).
+    cache, each returning its attention rows and hidden states, kept on the device.
 
-    Positions count from each row's first real token. The last step feeds the last generated token
-    only to capture it. Nothing waits for the device inside the loop.
+    Every forward pass of the batch happens here (a recorder of per-layer activations wraps this
+    function's model calls). Positions count from each row's first real token. The last step
+    feeds the last generated token only to capture it. Nothing waits for the device in the loop.
     """
     dev = ids.device
+    B, P = ids.shape
+    S = P + n_new
     pos = (mask.cumsum(-1) - 1).clamp_min(0)                        # [B, P]
     capture = dict(output_attentions=True, output_hidden_states=True, use_cache=n_new > 0,
                    logits_to_keep=1)
@@ -270,22 +349,33 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
     if not out.attentions or out.attentions[0] is None:
         raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
-    # Layers may sit on different devices (device_map="auto"): each is reduced where it is.
-    att_steps = [[quantize_attention(a) for a in out.attentions]]   # L x uint8 [B, H, P, P]
+    # One [L, B, H, S, S] tensor when every layer is on one device (then metrics, quantization
+    # and packing run over all layers at once); with device_map="auto" layers may sit on
+    # different devices, and each layer's attention stays where it is.
+    L, H = len(out.attentions), out.attentions[0].shape[1]
+    devices = {a.device for a in out.attentions}
+    stacked = (torch.zeros((L, B, H, S, S), dtype=torch.float32, device=devices.pop())
+               if len(devices) == 1 else None)
+    att = []
+    for l, a in enumerate(out.attentions):                          # L x [B, H, P, P]
+        full = stacked[l] if stacked is not None else torch.zeros(
+            (B, H, S, S), dtype=torch.float32, device=a.device)
+        full[:, :, :P, :P] = a
+        att.append(full)                                            # L x float32 [B, H, S, S]
     hid_steps = [out.hidden_states[1:]]                             # L x [B, P, D]
     new = []
-    for _ in range(n_new):
+    for s in range(n_new):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
         new.append(nxt)
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)       # [B, keys]
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)       # [B, P + s + 1]
         pos = pos[:, -1:] + 1                                       # [B, 1]
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
                     **{cache_kw: getattr(out, cache_kw)}, **capture)
-        att_steps.append([quantize_attention(a) for a in out.attentions])  # L x [B, H, 1, keys]
+        for full, a in zip(att, out.attentions):                    # a: [B, H, 1, P + s + 1]
+            full[:, :, P + s, :P + s + 1] = a[:, :, 0]
         hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
-    gen = torch.cat(new, dim=1) if new else torch.zeros((ids.shape[0], 0), dtype=torch.long,
-                                                         device=dev)
-    return Passes(att_steps, hid_steps, gen)
+    gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
+    return Passes(att, hid_steps, gen, stacked)
 
 
 def kept_continuations(generated: torch.Tensor, eos_id: int | None) -> list[list[int]]:
@@ -340,22 +430,64 @@ def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.T
     return tuple(x.cpu().numpy() for x in (top[0], top[1], lens_ids, lens_lps, t_lp, rank))
 
 
-def assemble_attention(passes: Passes, lengths: list[int], kept: list[list[int]]
-                       ) -> list[np.ndarray]:
-    """Each sequence's uint8 [L, H, n, n] attention (n = its prompt + kept continuation) on the
-    host: the prefill's block without the padding, then one row per generated token."""
-    prefill = np.stack([a.cpu().numpy() for a in passes.attention[0]])      # [L, B, H, P, P]
-    rows = [np.stack([a.cpu().numpy() for a in step])[:, :, :, 0]          # [L, B, H, keys]
-            for step in passes.attention[1:]]
-    L, _, H, P, _ = prefill.shape
+# Bytes of attention one call of the device metrics takes at once: their temporaries are as large
+# as their input, so all layers of a large batch go in chunks of layers.
+METRICS_CHUNK_BYTES = 256 << 20
+
+
+def _layer_chunks(passes: Passes) -> list[torch.Tensor]:
+    """The attention in pieces of [layers, B, H, S, S] for the device metrics: chunks of layers of
+    the stacked tensor, or one layer at a time when layers sit on different devices."""
+    if passes.stacked is None:
+        return [a[None] for a in passes.attention]
+    per_layer = passes.stacked[0].numel() * 4
+    step = max(1, METRICS_CHUNK_BYTES // max(per_layer, 1))
+    return [passes.stacked[i:i + step] for i in range(0, passes.stacked.shape[0], step)]
+
+
+@torch.no_grad()
+def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: int,
+                      out_dev: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every head metric of every layer, and the grouped-query comparison where kv_heads < H,
+    from the full-precision attention, batched on the device (all layers at once, or in chunks):
+    float32 [len(HEAD_METRICS), L, B, H] and [L, B, 1 + 2G] (or None) on the host."""
+    heads = passes.attention[0].shape[1]
+    per_chunk, groups = [], []
+    for a in _layer_chunks(passes):                                 # [l, B, H, S, S]
+        at_c = at.to(a.device)
+        per_chunk.append(device_metrics.head_metrics(a, at_c).to(out_dev))    # [5, l, B, H]
+        if kv_heads < heads:
+            groups.append(device_metrics.group_metrics(a, at_c, kv_heads).to(out_dev))
+    metrics = torch.cat(per_chunk, dim=1).cpu().numpy()             # [5, L, B, H]
+    return metrics, (torch.cat(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
+
+
+@functools.lru_cache(maxsize=64)
+def _tril_index(n: int, device: str) -> torch.Tensor:
+    """Flat indices into an [n, n] block of its lower triangle in stored order (key by key)."""
+    queries, keys = tril_by_key(n)
+    return torch.from_numpy(queries * n + keys).to(device)
+
+
+@torch.no_grad()
+def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
+                   out_dev: Any) -> list[np.ndarray]:
+    """Each sequence's stored attention, quantized and packed on the device, then copied to the
+    host once: uint8 [L, H, n(n+1)/2] (n = its analysed tokens), the bytes of the format."""
+    if passes.stacked is not None:
+        quantized = quantize_attention(passes.stacked)              # uint8 [L, B, H, S, S]
+        blocks = [quantized[:, b, :, st:st + n, st:st + n]          # [L, H, n, n]
+                  for b, (st, n) in enumerate(zip(starts, lengths))]
+    else:
+        layers = [quantize_attention(a) for a in passes.attention]  # L x uint8 [B, H, S, S]
+        blocks = [torch.stack([q[b, :, st:st + n, st:st + n].to(out_dev) for q in layers])
+                  for b, (st, n) in enumerate(zip(starts, lengths))]
     out = []
-    for b, (n_prompt, extra) in enumerate(zip(lengths, kept)):
-        pad, n = P - n_prompt, n_prompt + len(extra)
-        att = np.zeros((L, H, n, n), dtype=np.uint8)
-        att[:, :, :n_prompt, :n_prompt] = prefill[:, b, :, pad:, pad:]
-        for s in range(len(extra)):                                 # row of token n_prompt + s
-            att[:, :, n_prompt + s, :n_prompt + s + 1] = rows[s][:, b, :, pad:]
-        out.append(att)
+    for block, n in zip(blocks, lengths):
+        L, H = block.shape[:2]
+        index = _tril_index(n, str(block.device))
+        packed = block.reshape(L, H, n * n).index_select(-1, index)  # [L, H, n(n+1)/2]
+        out.append(packed.cpu().numpy())
     return out
 
 
@@ -364,30 +496,40 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
               k: int, lens_k: int | None = None) -> list[SequenceOutput]:
     """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
     attention and the logit lens of prompt + continuation captured on the way: the model's top k
-    predictions at every position, and the top lens_k (default k) of every other layer.
+    predictions at every position, the top lens_k (default k) of every other layer, every head
+    metric, and the attention quantized and packed for storage.
 
     The stages, each its own function: `left_pad` -> `generate_with_capture` (every forward pass
-    of the batch: the prefill and the n_new steps) -> `kept_continuations` -> `logit_lens` ->
-    `assemble_attention`.
+    of the batch: the prefill and the n_new steps) -> `kept_continuations` -> `logit_lens`,
+    `attention_metrics`, `pack_attention` (all on the device; a few arrays come to the host).
     """
     lens_k = k if lens_k is None else lens_k
+    capture_float32_softmax(model)
     lengths = [len(s) for s in seqs]
     B, P = len(seqs), max(lengths)
     ids, mask = left_pad(seqs, pad_id, model.device)                # [B, P]
     passes = generate_with_capture(model, ids, mask, n_new)
     kept = kept_continuations(passes.generated, eos_id)
+    starts = [P - n for n in lengths]
+    analysed = [n + len(x) for n, x in zip(lengths, kept)]
     valid = torch.zeros((B, P + n_new), dtype=torch.bool)           # analysed positions
     for b in range(B):
-        valid[b, P - lengths[b]:P + len(kept[b])] = True
+        valid[b, starts[b]:starts[b] + analysed[b]] = True
     all_ids = torch.cat([ids, passes.generated.to(ids.device)], dim=1)  # [B, P + n_new]
     top_ids, top_lps, lens_ids, lens_lps, t_lp, rank = logit_lens(model, passes, all_ids, valid,
                                                                   k, lens_k)
+    out_dev = model.get_output_embeddings().weight.device
+    dev0 = passes.attention[0].device
+    at = device_metrics.Positions(torch.tensor(starts), valid.to(dev0), all_ids.to(dev0))
+    kv = getattr(model.config, "num_key_value_heads", None) or passes.attention[0].shape[1]
+    metrics, groups = attention_metrics(passes, at, kv, out_dev)
+    packed = pack_attention(passes, starts, analysed, out_dev)
+    del passes
     results, offset = [], 0
-    for b, att in enumerate(assemble_attention(passes, lengths, kept)):
-        n = att.shape[-1]
+    for b, n in enumerate(analysed):
         sl = slice(offset, offset + n)
         offset += n
-        results.append(SequenceOutput(seqs[b] + kept[b], att, top_ids[sl], top_lps[sl],
-                                      lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl],
-                                      rank[:, sl]))
+        results.append(SequenceOutput(seqs[b] + kept[b], packed[b], top_ids[sl], top_lps[sl],
+                                      lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl], rank[:, sl],
+                                      metrics[:, :, b], None if groups is None else groups[:, b]))
     return results

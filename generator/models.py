@@ -57,12 +57,40 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
+def pick_dtype(name: str, device: str) -> torch.dtype | None:
+    """The dtype to load weights in; None = decide per model at load time (`auto_dtype`).
+
+    `auto` is float32 wherever the weights fit comfortably, so that the stored attention is
+    within 1/255 of what the weights give in float32: always on the CPU and MPS, and on a GPU
+    unless the model is too large for its memory (decided per model by `auto_dtype`)."""
     if name == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        return None if device.startswith("cuda") else torch.float32
     if name not in DTYPES:
         raise OptionError(f"--dtype {name!r} is not supported. Valid: auto, {', '.join(DTYPES)}.")
     return DTYPES[name]
+
+
+# float32 weights may take up to this share of a GPU's free memory under `--dtype auto`; the rest
+# is for the batch's captured attention (2 GiB, `compute.default_budget`), activations and the cache.
+AUTO_FLOAT32_SHARE = 0.5
+
+
+def auto_dtype(parameters: int, free_bytes: int) -> torch.dtype:
+    """`--dtype auto` on a GPU: float32 when the float32 weights take at most AUTO_FLOAT32_SHARE
+    of the free memory, else bfloat16 (the reduced precision the model then needs)."""
+    return torch.float32 if 4 * parameters <= AUTO_FLOAT32_SHARE * free_bytes else torch.bfloat16
+
+
+def _auto_dtype_for(config: Any, device: str) -> torch.dtype:
+    """`auto_dtype` for the model of `config` on `device`: parameters counted on the meta device
+    (no memory), free memory as the GPU reports it."""
+    from transformers import AutoModelForCausalLM
+    import copy
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    parameters = sum(p.numel() for p in {id(p): p for p in shell.parameters()}.values())
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return auto_dtype(parameters, free)
 
 
 def _weights_fingerprint(directory: Path) -> str:
@@ -143,9 +171,10 @@ class LoadedModel:
     facts: dict[str, Any]
 
 
-def load_model(ref: ModelRef, device: str, dtype: torch.dtype,
+def load_model(ref: ModelRef, device: str, dtype: torch.dtype | None,
                log: Callable[[str], None] = lambda s: None, device_map: str | None = None) -> LoadedModel:
-    """Load weights and tokenizer with eager attention, ready for capture."""
+    """Load weights and tokenizer with eager attention, ready for capture. dtype None: `--dtype
+    auto` on a GPU, decided here from the model's size (`auto_dtype`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     source = str(ref.local_dir) if ref.local_dir else ref.model_id
     kwargs: dict[str, Any] = {"trust_remote_code": False}
@@ -154,10 +183,12 @@ def load_model(ref: ModelRef, device: str, dtype: torch.dtype,
         if not _hub_reachable():
             kwargs["local_files_only"] = True
     t0 = time.perf_counter()
-    log(f"loading {ref.model_id} ({'random weights, ' if ref.random_weights else ''}"
-        f"{ref.revision[:19]}) on {device} as {str(dtype).replace('torch.', '')}")
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
+        if dtype is None:
+            dtype = _auto_dtype_for(config, device)
+        log(f"loading {ref.model_id} ({'random weights, ' if ref.random_weights else ''}"
+            f"{ref.revision[:19]}) on {device} as {str(dtype).replace('torch.', '')}")
         if getattr(config, "is_decoder", None) is False:  # BERT-style: the flag exists and is off
             raise ModelLoadError(
                 f"--model {ref.model_id}: not a causal language model: its config "

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ArtifactError
 from .store import atomic_write_bytes, atomic_write_json, sha256_bytes
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: metrics from full-precision attention; provenance states the softmax
 ATTENTION_ENCODING = "uint8-tril-by-key"
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
@@ -61,7 +61,8 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "provenance": {
             "type": "object",
             "required": ["model_id", "model_slug", "revision", "random_weights", "prompt_sha256",
-                         "device", "dtype", "attn_implementation", "libraries", "settings"],
+                         "device", "dtype", "attn_implementation", "attention_softmax",
+                         "attention_error_bound", "libraries", "settings"],
             "properties": {
                 "model_id": {"type": "string"},
                 "model_slug": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]*$"},
@@ -71,6 +72,9 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "device": {"type": "string"},
                 "dtype": {"type": "string"},
                 "attn_implementation": {"const": "eager"},
+                "attention_softmax": {"const": "float32"},
+                "attention_error_bound": {"type": "number", "exclusiveMinimum": 0,
+                                          "maximum": 1 / 255},
                 "libraries": {"type": "object", "additionalProperties": {"type": "string"}},
                 "settings": {"type": "object"},
             },
@@ -144,14 +148,37 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
 # --- the typed constructor: the compute stage supplies values, these classes write the fields ---
 
 def rounded(x: Any, digits: int = 4) -> Any:
-    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null."""
+    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null.
+
+    Arrays are rounded by numpy and converted by one `tolist()`; only their NaNs (few: undefined
+    metrics) are visited one by one."""
     if isinstance(x, np.ndarray):
-        x = x.tolist()
+        return _rounded_array(x, digits)
     if isinstance(x, list):
         return [rounded(v, digits) for v in x]
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     return round(float(x), digits)
+
+
+def _rounded_array(x: np.ndarray, digits: int) -> list:
+    values = np.round(x.astype(np.float64), digits)
+    out = values.tolist()
+    nan = np.isnan(values)
+    if nan.any():
+        for idx in zip(*np.nonzero(nan)):                      # NaN -> None, in place
+            row = out
+            for i in idx[:-1]:
+                row = row[i]
+            row[idx[-1]] = None
+    return out
+
+
+def _with_none(values: list, where: np.ndarray) -> list:
+    """The flat list `values` with None at the (few) indices where `where` is true."""
+    for i in np.flatnonzero(where):
+        values[i] = None
+    return values
 
 
 @dataclass(frozen=True)
@@ -168,13 +195,27 @@ class TopK:
                     next_rank: np.ndarray, k: int) -> "TopK":
         """ids, logprobs: [T, >=k]; next_logprob: [T] (NaN = no next token); next_rank: [T]
         (0 = no next token)."""
+        nlp = np.round(next_logprob.astype(np.float64), 4)
         return cls(
             k=k,
             ids=ids[:, :k].tolist(),
             probs=np.round(np.exp(logprobs[:, :k].astype(np.float64)), 6).tolist(),
-            next_logprob=[None if math.isnan(x) else round(float(x), 4) for x in next_logprob],
-            next_rank=[None if r == 0 else int(r) for r in next_rank],
+            next_logprob=_with_none(nlp.tolist(), np.isnan(nlp)),
+            next_rank=_with_none(next_rank.tolist(), next_rank == 0),
         )
+
+    @classmethod
+    def layers_from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
+                           next_rank: np.ndarray, k: int) -> list["TopK"]:
+        """One TopK per layer from stacked arrays, each converted in one bulk operation:
+        ids, logprobs: [L, T, >=k]; next_logprob, next_rank: [L, T]."""
+        nlp = np.round(next_logprob.astype(np.float64), 4)
+        ids_l = ids[:, :, :k].tolist()
+        probs_l = np.round(np.exp(logprobs[:, :, :k].astype(np.float64)), 6).tolist()
+        nlp_l, rank_l = nlp.tolist(), next_rank.tolist()
+        missing_lp, missing_rank = np.isnan(nlp), next_rank == 0
+        return [cls(k, ids_l[l], probs_l[l], _with_none(nlp_l[l], missing_lp[l]),
+                    _with_none(rank_l[l], missing_rank[l])) for l in range(len(ids_l))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"k": self.k, "ids": self.ids, "probs": self.probs,
@@ -193,13 +234,19 @@ class Provenance:
     dtype: str                          # the weights' dtype the model ran in
     libraries: dict[str, str]
     settings: dict[str, Any]
-    attn_implementation: str = "eager"
+    attn_implementation: str = "eager"   # the eager computation (float32 softmax kept in any dtype)
+    # Stored weights are within ATTENTION_MAX_ABS_ERROR of the float32 softmax of the scores the
+    # model computed in `dtype` (in float32: of the float32 model's attention itself).
+    attention_softmax: str = "float32"
+    attention_error_bound: float = ATTENTION_MAX_ABS_ERROR
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "model_slug": self.model_slug,
                 "revision": self.revision, "random_weights": self.random_weights,
                 "prompt_sha256": self.prompt_sha256, "device": self.device, "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation,
+                "attention_softmax": self.attention_softmax,
+                "attention_error_bound": self.attention_error_bound,
                 "libraries": dict(self.libraries), "settings": dict(self.settings)}
 
 
@@ -221,7 +268,18 @@ class Attention:
     heads: int
     length: int
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
+
+    @classmethod
+    def from_packed(cls, packed: np.ndarray, prompt_id: str) -> "Attention":
+        """packed: uint8 [L, H, T(T+1)/2], each head's lower triangle key by key (the stored
+        bytes, as `extract.pack_attention` builds them on the device)."""
+        L, H, n = packed.shape
+        t = int((math.isqrt(8 * n + 1) - 1) // 2)
+        if tril_size(t) != n:
+            raise ValueError(f"{n} packed values per head is no triangle T(T+1)/2")
+        data = memoryview(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1))
+        return cls(L, H, t, prompt_id + ATTENTION_SUFFIX, data)
 
     @classmethod
     def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
@@ -232,7 +290,8 @@ class Attention:
     def to_dict(self) -> dict[str, Any]:
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
-                "bytes": len(self.data), "sha256": sha256_bytes(self.data), "data": self.data}
+                "bytes": self.data.nbytes if isinstance(self.data, memoryview) else len(self.data),
+                "sha256": sha256_bytes(self.data), "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -340,7 +399,7 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
             if len(block[field]) != t:
                 raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
         for field in ("ids", "probs"):
-            if any(len(row) != block["k"] for row in block[field]):
+            if set(map(len, block[field])) - {block["k"]}:
                 raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
     for name, values in a["metrics"].items():
         if len(values) != att["layers"] or any(len(v) != att["heads"] for v in values):
@@ -399,8 +458,11 @@ def attention_path(path: Path | str) -> Path:
     return path.with_name(path.name.removesuffix(".json") + ATTENTION_SUFFIX)
 
 
-def read_artifact(path: Path | str) -> dict[str, Any]:
-    """Read, validate and return an artifact, its attention bytes in `["attention"]["data"]`."""
+def read_artifact(path: Path | str, full: bool = True) -> dict[str, Any]:
+    """Read, validate and return an artifact, its attention bytes in `["attention"]["data"]`.
+
+    `full=False` (see `validate_artifact`) is for a reader without jsonschema installed: the
+    benchmark on a GPU machine reading the artifacts it has just computed."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="utf-8")
@@ -415,7 +477,7 @@ def read_artifact(path: Path | str) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                             f"the file is truncated or was edited. Delete it and run "
                             f"`model-atlas compute` to recompute it.") from None
-    a = validate_artifact(data, str(path))
+    a = validate_artifact(data, str(path), full=full)
     a["attention"]["data"] = read_attention(path, a)
     return a
 
@@ -455,8 +517,10 @@ def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
     data = att.pop("data")
     if att["file"] != attention_path(path).name:
         raise ValueError(f"attention.file {att['file']!r} does not sit beside {path.name}")
-    atomic_write_bytes(attention_path(path), data)
-    atomic_write_json(path, {**a, "attention": att})
+    # Not fsynced (see store.atomic_write_bytes): every reader checks the pair, and a pair that a
+    # power loss tore is recomputed.
+    atomic_write_bytes(attention_path(path), data, durable=False)
+    atomic_write_json(path, {**a, "attention": att}, durable=False)
 
 
 def tril_by_key(t: int) -> tuple[np.ndarray, np.ndarray]:

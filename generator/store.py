@@ -1,8 +1,9 @@
 """Files on disk: atomic writes, canonical JSON and content keys.
 
 Every file Model Atlas writes goes through `atomic_write_bytes`: the bytes land in a temporary file
-in the same directory, are flushed to disk, and then replace the target with `os.replace`, so a
-build killed at any moment leaves either the old file or the new one, never half of one.
+in the same directory, are flushed to disk (all but the compute stage's artifacts, which every
+reader checks instead: see `durable`), and then replace the target with `os.replace`, so a build
+killed at any moment leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -78,15 +79,26 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` (any bytes-like object) to `path` atomically: a temporary file in the same
+    directory, renamed over the target.
+
+    `durable=False` skips the fsync before the rename. A killed process still leaves the old file
+    or the new one (the rename is atomic either way); only a power loss can leave a renamed file
+    whose data never reached the disk. The compute stage's artifacts take that: every reader
+    checks them (the JSON parsed and validated, the attention file against the size and SHA-256
+    the JSON records), and `model-atlas compute` recomputes whatever fails, so a torn artifact
+    costs a recompute, never a wrong page. fsync was two thirds of the host time per artifact.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -94,12 +106,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path | str, text: str, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def atomic_write_json(path: Path | str, obj: Any, *, indent: int | None = None) -> None:
-    atomic_write_text(path, canonical_json(obj, indent=indent) + "\n")
+def atomic_write_json(path: Path | str, obj: Any, *, indent: int | None = None,
+                      durable: bool = True) -> None:
+    atomic_write_text(path, canonical_json(obj, indent=indent) + "\n", durable=durable)
 
 
 def remove_stale_temporaries(root: Path) -> int:

@@ -90,13 +90,22 @@ def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any
     """Display records for predicted token ids, keyed by id as a string (JSON object keys):
     {"text": ...} when the token's bytes are complete UTF-8 (they are then the text's UTF-8), else
     {"text": None, "bytes": hex}. An artifact refers to hundreds of predicted ids; the hex of
-    every decodable one would be a third of the artifact's JSON after gzip for nothing."""
+    every decodable one would be a third of the artifact's JSON after gzip for nothing.
+
+    Records are made once per tokenizer and id (`_vocab_cache`): the compute stage asks for the
+    same ids in artifact after artifact, and the tokenizer's per-id work is the slow part."""
+    cache = _vocab_cache.setdefault(id(tokenizer), (tokenizer, {}))[1]
     unique = sorted({int(i) for i in ids})
-    out: dict[str, dict[str, Any]] = {}
-    for tid, raw in zip(unique, token_bytes(tokenizer, unique)):
+    missing = [i for i in unique if i not in cache]
+    for tid, raw in zip(missing, token_bytes(tokenizer, missing)):
         shown, hexed = display(raw)
-        out[str(tid)] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
-    return out
+        cache[tid] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
+    return {str(tid): cache[tid] for tid in unique}  # shared records: callers must not edit them
+
+
+# id(tokenizer) -> (tokenizer, {token id: record}); the tokenizer is kept so that its id is not
+# reused by another object while the cache holds records made from it.
+_vocab_cache: dict[int, tuple[Any, dict[int, dict[str, Any]]]] = {}
 
 
 def entry_bytes(entry: dict[str, Any]) -> str:
