@@ -197,7 +197,7 @@ def test_chinese_and_emoji_prompt_shows_literally(site_url, watched):
 def test_other_pages_load_cleanly(site_url, watched, path):
     page = watched.page
     page.goto(site_url + path, wait_until="load")
-    assert "random weights" in page.inner_text("body").lower()
+    assert "constructed weights" in page.inner_text("body").lower()
     if page.locator(".atlas-attention, .atlas-plain").count():
         render_all_charts(page)
         assert not page.locator(".atlas-error").count()

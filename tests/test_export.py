@@ -97,7 +97,7 @@ def test_json_spec_has_its_data_inline(built, repeat_export):
         assert rows == expected_attention(built, slug, "tiny/repeat", 0, 0)
         assert spec["data"] == {"name": "attention"}
         assert spec["title"]["text"] == f"{slug} · tiny/repeat · attention, layer 0, head 0"
-        assert spec["title"]["subtitle"] == "random weights"
+        assert spec["title"]["subtitle"] == "constructed weights"
         data = json.loads((built / "docs/data" / slug / "tiny/repeat.json").read_text("utf-8"))
         predictions = spec_of(repeat_export / slug / "tiny/repeat/predictions.vl.json")
         assert predictions["datasets"] == {"predictions": data["predictions"]}
@@ -105,7 +105,7 @@ def test_json_spec_has_its_data_inline(built, repeat_export):
         assert surprisal["datasets"] == {"tokens": data["tokens"]}
     cumulative = spec_of(repeat_export / "compare/tiny/repeat/cumulative.vl.json")
     assert len(cumulative["datasets"]["cumulative"]) > 0
-    assert cumulative["title"]["subtitle"] == "random weights"
+    assert cumulative["title"]["subtitle"] == "constructed weights"
     for path in repeat_export.rglob("*.vl.json"):
         text = path.read_text("utf-8")
         assert '"url"' not in text, f"{path}: data must be inline, not fetched"
@@ -121,7 +121,7 @@ def test_svg_parses_and_png_is_a_png(repeat_export):
         assert root.tag.endswith("svg"), path
         assert "role-mark" in path.read_text("utf-8"), f"{path}: no marks drawn"
     attention = (repeat_export / GPT2 / "tiny/repeat/attention.svg").read_text("utf-8")
-    assert "mark-rect" in attention and "random weights" in attention
+    assert "mark-rect" in attention and "constructed weights" in attention
     for path in repeat_export.rglob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
@@ -326,7 +326,7 @@ def test_site_has_a_download_and_an_embed_page_for_every_chart(built, repeat_exp
     embed = (site / "embed" / GPT2 / "tiny/repeat/attention.html").read_text("utf-8")
     assert 'src="../../../../assets/vendor/vega-bundle.js"' in embed
     assert "https://" not in embed and "http://" not in embed
-    assert "atlas-random" in embed and "Random weights" in embed
+    assert "atlas-random" in embed and "Constructed weights" in embed
     assert "</script><b>" not in embed
 
 

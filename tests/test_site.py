@@ -132,13 +132,24 @@ def test_every_local_link_resolves(demo_site_full):
 
 
 @pytest.mark.slow
-def test_every_demo_page_says_the_weights_are_random(demo_site_full):
+def test_every_demo_page_says_the_weights_are_constructed(demo_site_full):
     pages = generated_pages(demo_site_full.site)
     assert len(pages) >= 40
     silent = [str(p.relative_to(demo_site_full.site)) for p in pages
               if "atlas-random" not in p.read_text("utf-8")
+              or "constructed in code" not in p.read_text("utf-8")
+              or "not learned" not in p.read_text("utf-8")
               or "random weights" not in p.read_text("utf-8").lower()]
-    assert not silent, f"pages without the random-weights notice: {silent}"
+    assert not silent, f"pages without the constructed-weights notice: {silent}"
+
+
+def test_demo_model_pages_list_the_planted_heads(demo_site_full):
+    from generator.demo import planted_heads
+    for slug in ("tiny-random-gpt2", "tiny-random-qwen2"):
+        page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
+        assert "Planted heads" in page
+        for p in planted_heads(slug):
+            assert f"<td>{p['name']}</td><td>{p['mechanism']}</td>" in page, p["name"]
 
 
 @pytest.mark.slow
@@ -201,7 +212,7 @@ def test_every_subset_prompt_has_a_page(demo_build):
         for p in content["prompts"]:
             page = demo_build.site / "prompts" / set_id / f"{p['id']}.html"
             assert page.is_file(), page
-            assert "Random weights" in page.read_text("utf-8")
+            assert "Constructed weights" in page.read_text("utf-8")
 
 
 def test_build_leaves_the_checkout_unchanged(demo_build):
