@@ -61,10 +61,10 @@ SEED = 0
 # `metrics.HEAD_METRICS` that must rank it first.
 MECHANISMS = {
     "prev_token": "previous-token head: attends from each token to the one just before it and "
-                  "writes that token's code into the residual stream for the induction head",
+                  "writes the code of that token into the residual stream for the induction head",
     "first_token": "first-token (sink) head: attends from every position to the first token",
     "induction": "induction head: attends to the token that followed the previous occurrence of "
-                 "the current token (keys from the previous-token head's output) and copies it "
+                 "the current token (its keys come from the output of the previous-token head) and copies it "
                  "to the output",
 }
 

@@ -17,6 +17,7 @@ applied; the norm is applied to every other layer's entry, never twice.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .attribution import DlaRecorder, direct_logit_attribution
 from .models import final_norm
 from .schema import ATTENTION_SCALE
 
@@ -51,6 +53,9 @@ class SequenceOutput:
     lens_logprobs: Any          # float32 [L, T, lens_k]
     next_logprob: Any           # float32 [L, T] (NaN where there is no next token)
     next_rank: Any              # int64 [L, T] (1 = top prediction; 0 where there is no next token)
+    # Direct logit attribution (attribution.py) to [top-1 prediction, actual next token]:
+    dla: Any = None             # float32 [T, 2, C], C = attribution.component_names; NaN: no token
+    dla_error: Any = None       # float32 [T, 2]: |sum of contributions - logit| / max(|logit|, 1)
 
 
 def quantize_attention(p: torch.Tensor) -> torch.Tensor:
@@ -340,6 +345,22 @@ def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.T
     return tuple(x.cpu().numpy() for x in (top[0], top[1], lens_ids, lens_lps, t_lp, rank))
 
 
+@torch.no_grad()
+def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, valid: torch.Tensor,
+                      top1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Direct logit attribution at every analysed position to [the model's top-1 prediction,
+    the token that actually came next]: host float32 [N, 2, C] and its relative error [N, 2],
+    checked against the model's own output-layer hidden states."""
+    dev = rec.unembed.weight.device
+    all_ids, valid = all_ids.to(dev), valid.to(dev)
+    nxt_ids = torch.full_like(all_ids, -1)                          # [B, P + n_new]
+    nxt_ids[:, :-1] = torch.where(valid[:, 1:], all_ids[:, 1:], -1)
+    targets = torch.stack([torch.as_tensor(top1, device=dev), nxt_ids[valid]], 1)   # [N, 2]
+    last = torch.cat([step[-1].to(dev) for step in passes.hidden], dim=1)[valid]    # [N, D]
+    out, err = direct_logit_attribution(rec, valid, targets, last)
+    return out.cpu().numpy(), err.cpu().numpy()
+
+
 def assemble_attention(passes: Passes, lengths: list[int], kept: list[list[int]]
                        ) -> list[np.ndarray]:
     """Each sequence's uint8 [L, H, n, n] attention (n = its prompt + kept continuation) on the
@@ -361,20 +382,22 @@ def assemble_attention(passes: Passes, lengths: list[int], kept: list[list[int]]
 
 @torch.no_grad()
 def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
-              k: int, lens_k: int | None = None) -> list[SequenceOutput]:
+              k: int, lens_k: int | None = None, dla: bool = True) -> list[SequenceOutput]:
     """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
     attention and the logit lens of prompt + continuation captured on the way: the model's top k
     predictions at every position, and the top lens_k (default k) of every other layer.
 
     The stages, each its own function: `left_pad` -> `generate_with_capture` (every forward pass
     of the batch: the prefill and the n_new steps) -> `kept_continuations` -> `logit_lens` ->
-    `assemble_attention`.
+    `assemble_attention`; with `dla`, a `DlaRecorder` on the same passes -> `logit_attribution`.
     """
     lens_k = k if lens_k is None else lens_k
     lengths = [len(s) for s in seqs]
     B, P = len(seqs), max(lengths)
     ids, mask = left_pad(seqs, pad_id, model.device)                # [B, P]
-    passes = generate_with_capture(model, ids, mask, n_new)
+    # The recorder's hooks live only as long as the passes (removed even if one fails).
+    with (DlaRecorder(model) if dla else contextlib.nullcontext()) as rec:
+        passes = generate_with_capture(model, ids, mask, n_new)
     kept = kept_continuations(passes.generated, eos_id)
     valid = torch.zeros((B, P + n_new), dtype=torch.bool)           # analysed positions
     for b in range(B):
@@ -382,6 +405,8 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
     all_ids = torch.cat([ids, passes.generated.to(ids.device)], dim=1)  # [B, P + n_new]
     top_ids, top_lps, lens_ids, lens_lps, t_lp, rank = logit_lens(model, passes, all_ids, valid,
                                                                   k, lens_k)
+    attr, attr_err = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0]) if dla
+                      else (None, None))
     results, offset = [], 0
     for b, att in enumerate(assemble_attention(passes, lengths, kept)):
         n = att.shape[-1]
@@ -389,5 +414,6 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
         offset += n
         results.append(SequenceOutput(seqs[b] + kept[b], att, top_ids[sl], top_lps[sl],
                                       lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl],
-                                      rank[:, sl]))
+                                      rank[:, sl], None if attr is None else attr[sl],
+                                      None if attr is None else attr_err[sl]))
     return results
