@@ -25,9 +25,9 @@ from .extract import SequenceOutput, run_batch
 from .metrics import between_group_similarity, group_similarity, layer_metrics
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (ATTENTION_SCALE, SCHEMA_VERSION, Artifact, Attention, Generation, KVGroup,
-                     LayerGroups, PromptInfo, Provenance, TopK, current_attention,
-                     validate_artifact, write_artifact)
+from .schema import (ATTENTION_SCALE, SCHEMA_VERSION, Artifact, Attention, Attribution,
+                     Generation, KVGroup, LayerGroups, PromptInfo, Provenance, TopK,
+                     current_attention, validate_artifact, write_artifact)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 
@@ -135,9 +135,20 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         attention=Attention.from_quantized(attention, prompt.id),
         vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
         generation=Generation(n_prompt, T - n_prompt),
-        metrics=layer_metrics(decoded, [t["id"] for t in tokens]),  # name -> [L, H]
+        metrics={**layer_metrics(decoded, [t["id"] for t in tokens]),    # name -> [L, H]
+                 "direct_logit": direct_logit_to_next(seq.dla, L, H)},
         groups=_groups(decoded, kv) if kv < H else [],
+        attribution=Attribution.from_arrays(seq.dla, seq.dla_error),
     )
+
+
+def direct_logit_to_next(dla: np.ndarray, layers: int, heads: int) -> np.ndarray:
+    """Each head's mean direct contribution to the logit of the token that came next, over the
+    positions that have one: dla float [T, 2, C] -> [L, H] (NaN when no position has one)."""
+    heads_next = dla[:, 1, 1:1 + layers * heads].astype(np.float64)   # [T, L*H], NaN: no next
+    if np.isnan(heads_next).all():
+        return np.full((layers, heads), np.nan)
+    return np.nanmean(heads_next, axis=0).reshape(layers, heads)
 
 
 def _groups(decoded: np.ndarray, kv_heads: int) -> list[LayerGroups]:

@@ -154,7 +154,7 @@ def load_model(ref: ModelRef, device: str, dtype: torch.dtype,
         if not _hub_reachable():
             kwargs["local_files_only"] = True
     t0 = time.perf_counter()
-    log(f"loading {ref.model_id} ({'random weights, ' if ref.random_weights else ''}"
+    log(f"loading {ref.model_id} ({'constructed demo weights, ' if ref.random_weights else ''}"
         f"{ref.revision[:19]}) on {device} as {str(dtype).replace('torch.', '')}")
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
