@@ -32,14 +32,7 @@ from typing import Any
 
 import torch
 
-BIAS, EMBED = "bias", "embed"
-
-
-def component_names(layers: int, heads: int) -> list[str]:
-    """Names of the components, in the order of the last axis of the attribution:
-    embed, L0.H0 .. L{L-1}.H{H-1} (layer-major), L0.MLP .. L{L-1}.MLP, bias."""
-    return ([EMBED] + [f"L{l}.H{h}" for l in range(layers) for h in range(heads)]
-            + [f"L{l}.MLP" for l in range(layers)] + [BIAS])
+from .schema import dla_component_names as component_names  # noqa: F401 - the order used here
 
 
 def _first_attr(obj: Any, names: tuple[str, ...], what: str) -> Any:

@@ -36,6 +36,13 @@ ATTENTION_SUFFIX = ".attention.bin"
 DLA_TOP_K = 16        # attribution components stored per position and target; the rest are summed
 DLA_TARGETS = ("top1", "next")
 
+
+def dla_component_names(layers: int, heads: int) -> list[str]:
+    """Names of the attribution's components, in the order of its last axis: embed,
+    L0.H0 .. L{L-1}.H{H-1} (layer-major), L0.MLP .. L{L-1}.MLP, bias."""
+    return (["embed"] + [f"L{l}.H{h}" for l in range(layers) for h in range(heads)]
+            + [f"L{l}.MLP" for l in range(layers)] + ["bias"])
+
 _int_list = {"type": "array", "items": {"type": "integer"}}
 _num_or_null = {"type": ["number", "null"]}
 _top_k_block = {
@@ -293,7 +300,7 @@ class Attribution:
     """Direct logit attribution (generator/attribution.py) at every position, to the logit of the
     model's top-1 prediction and of the token that came next (`DLA_TARGETS`): per position and
     target the `top_k` components with the largest |contribution| (indices in
-    `attribution.component_names` order, largest first), their values, and the sum of all the
+    `dla_component_names` order, largest first), their values, and the sum of all the
     others, so that sum(value) + rest is the logit. None where there is no target (no next token
     after the last position)."""
     components: int
