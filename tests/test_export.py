@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from conftest import run_demo_build, serve_directory, write_prompt_sets
 from generator import layout
 from generator.cli import main
+from generator.metrics import METRIC_DEFINITIONS
 from generator.schema import decode_attention, read_artifact
 
 GPT2, QWEN2 = "tiny-random-gpt2", "tiny-random-qwen2"
@@ -190,7 +191,7 @@ def test_export_of_everything_counts_every_chart(built, tmp_path):
     result = export(built, tmp_path, "--format", "json")
     assert result.exit_code == 0, result.output
     per_prompt = sum(len(c) for c in PROMPT_CHARTS.values()) + 1    # + cumulative
-    per_model = 5                                                    # atlas-*
+    per_model = len(METRIC_DEFINITIONS)                              # atlas-*
     assert len(files(tmp_path)) == 2 * per_prompt + 2 * per_model + 1   # + tokenizers
     assert f"{len(files(tmp_path))} charts" in result.output
 

@@ -360,3 +360,36 @@ def test_lens_probabilities_keep_three_significant_figures():
     from generator.pagedata import _sig
     assert _sig(0.0000321789) == 3.22e-05
     assert _sig(0.41234) == 0.412
+
+
+def test_attribution_data_matches_the_artifact(demo_build):
+    """The prompt page's attribution file carries every position's stored components for both
+    targets, names them in the artifact's order, and its default heatmap is the last prompt
+    token's top-1 view; on the repeated sentence the planted induction head wrote the prediction."""
+    from generator.demo import planted_heads
+    from generator.layout import prompt_dla
+    from generator.schema import DLA_TARGETS, dla_component_names, read_artifact
+    for slug in DEMO_SLUGS:
+        a = read_artifact(demo_build.site / "artifacts" / slug / "basics" / "repeat.json")
+        d = json.loads((demo_build.site / prompt_dla(slug, "basics/repeat")).read_text("utf-8"))
+        L, H = a["model"]["layers"], a["model"]["query_heads"]
+        assert d["names"] == dla_component_names(L, H)
+        assert len(d["names"]) == a["attribution"]["components"]
+        assert d["default"] == a["generation"]["prompt_tokens"] - 1
+        for j, target in enumerate(DLA_TARGETS):
+            assert len(d[target]) == len(a["tokens"])
+            for i, entry in enumerate(d[target]):
+                if entry is None:
+                    assert a["attribution"]["index"][i][j] is None
+                    continue
+                assert entry["index"] == a["attribution"]["index"][i][j]
+                assert entry["value"] == a["attribution"]["value"][i][j]
+        assert d["next"][-1] is None
+        heads = {r["name"]: r for r in d["dla"]}
+        assert len(heads) == L * H
+        induction = next(p["name"] for p in planted_heads(slug) if p["metric"] == "induction")
+        top = d["top1"][d["default"]]
+        assert d["names"][top["index"][0]] == induction
+        assert heads[induction]["share"] == 1.0
+        page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
+        assert f'class="atlas-col atlas-dla" data-model="{slug}"' in page
