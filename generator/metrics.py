@@ -74,8 +74,9 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
     "direct_logit": {
         "title": "Direct contribution to the next token",
         "unit": "logits",
-        "formula": "mean over i with a next token of (z_i W_O^h) · u_i, "
-                   "u_i = w_f ⊙ W_U[t_i+1] / σ_i (LayerNorm: centred)",
+        "formula": "mean over i with a next token of z_i,h W_O,h · u_i, "
+                   "u_i = w_f ⊙ W_U[t_{i+1}] / s_i (s_i the scale of the final norm at i; "
+                   "LayerNorm: u_i centred)",
         "meaning": "A high value means that what the head writes into the residual stream raises "
                    "the logit of the token that actually comes next, directly, through the "
                    "final norm frozen at that position (direct logit attribution).",
