@@ -36,9 +36,9 @@ so a clean copy of c_t still makes t the top prediction by a wide margin.
   to the j whose previous token is the current one; its value is A at j, written to C: it copies the
   token that followed the earlier occurrence into the output. In Qwen2 the match uses only the slow
   rotary frequencies, where 100 positions turn a vector by under 0.1 rad.
-- in Qwen2, layer 0's two query heads of key/value group 0 are both previous-token heads (they share
-  keys and values and differ only in the scale of their queries), so the grouped-query view shows a
-  pair that behaves alike.
+- in Qwen2, layer 0's two query heads of key/value group 1 are both previous-token heads (they share
+  keys and values and differ only in the scale of their queries, the second a little softer), so
+  the grouped-query view shows a pair that behaves alike.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ASSETS = Path(__file__).parent / "assets" / "tokenizers"
-DEMO_VERSION = 3  # bump to rebuild the demo checkpoints
+DEMO_VERSION = 4  # bump to rebuild the demo checkpoints
 
 D, CODE = 128, 32                 # residual width; width of each subspace
 C, A, B, R = (slice(i * CODE, (i + 1) * CODE) for i in range(4))
@@ -87,7 +87,8 @@ DEMO_SPECS: dict[str, dict[str, Any]] = {
                    "hidden_size": D, "head_dim": 64, "intermediate_size": 64,
                    "vocab_size": 151936, "max_position_embeddings": 512, "rope_theta": 1000000.0,
                    "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643},
-        "planted": [(0, 0, "prev_token"), (0, 1, "prev_token"), (1, 2, "first_token"),
+        # Layer 0's first key/value group stays random: head L0.H0 is the one a page opens first.
+        "planted": [(0, 2, "prev_token"), (0, 3, "prev_token"), (1, 2, "first_token"),
                     (2, 1, "induction")],
     },
 }
@@ -312,7 +313,10 @@ def _build_qwen2(model: Any, rng: _Rng) -> None:
                 qs, os_ = slice(h * hd, (h + 1) * hd), slice(h * hd, (h + 1) * hd)
                 mine = kinds[h]
                 if mine == "prev_token":
-                    beta = 15.0 * scaling * (1.0 if h == members[0] else 0.8)
+                    # The second head of the pair is softer (q scaled by sqrt(0.1): about 0.96 on
+                    # the previous token):
+                    # alike, not identical.
+                    beta = 15.0 * scaling * (1.0 if h == members[0] else 0.1)
                     for k in fast:
                         bq[qs.start + k] = math.cos(-freqs[k]) * math.sqrt(beta)
                         bq[qs.start + k + half] = math.sin(-freqs[k]) * math.sqrt(beta)
