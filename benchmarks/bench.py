@@ -294,13 +294,15 @@ def compute_pass(lm: Any, prompts: list[Any], out_dir: Path, settings: Any, dtyp
 # --- breakdown and profile of the compute path ---------------------------------------------------
 
 BREAKDOWN_PARTS = ("tokenize", "prefill_forward_with_capture", "generation_steps_with_capture",
-                   "attention_quantize", "lens_topk_and_to_host", "build_artifact",
+                   "attention_quantize", "lens_topk_and_to_host", "direct_logit_attribution",
+                   "build_artifact",
                    "validate_artifact", "write_artifact", "other")
 # part -> (module, function) of the generator whose calls are timed; forward passes are timed
 # on the model itself (prefill: more than one input position; generation step: one).
 TIMED_FUNCTIONS = {"tokenize": ("compute", "describe_tokens"),
                    "attention_quantize": ("extract", "quantize_attention"),
                    "lens_topk_and_to_host": ("extract", "lens_topk"),
+                   "direct_logit_attribution": ("extract", "logit_attribution"),
                    "build_artifact": ("compute", "build_artifact"),
                    "validate_artifact": ("compute", "validate_artifact"),
                    "write_artifact": ("compute", "write_artifact")}
@@ -636,6 +638,9 @@ def breakdown(b: Bench, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     bd = {k: round(v / n * 1000, 2) for k, v in parts.items()}
     bd["total"] = round(sum(parts.values()) / n * 1000, 2)
     res: dict[str, Any] = {"compute_breakdown_ms_per_prompt": bd}
+    # The attribution's own computation (attribution.py, after the passes) against the whole
+    # compute stage; its hooks during the passes add about as much again (README).
+    res["dla_share_of_compute"] = round(parts["direct_logit_attribution"] / sum(parts.values()), 4)
     if args.profile:  # separate passes over the last batch: profilers slow what they watch
         import cProfile
         prof = cProfile.Profile()
@@ -695,12 +700,17 @@ def measure(b: Bench, args: argparse.Namespace, device: str, tmp: Path, notes: l
 
 def fidelity(b: Bench, paths: list[Path], device: str) -> dict[str, Any]:
     """Stored attention against the float32 model's attention, and in a reduced precision also
-    against the float32 softmax of the scores the model itself computes in its dtype."""
+    against the float32 softmax of the scores the model itself computes in its dtype; the direct
+    logit attribution's largest relative error (its components' sum against the model's logit)."""
     res = {"attention_max_abs_error": round(attention_error(b.fp32, paths, device), 6),
            "attention_error_bound": round(1 / 255, 6)}
     if b.dtype != torch.float32:
         res["attention_max_abs_error_vs_own_dtype"] = round(
             attention_error(b.model, paths, device), 6)
+    # Direct logit attribution: the largest |sum of contributions - logit| / max(|logit|, 1)
+    # that the compute stage measured against the model's own output, over every artifact.
+    res["dla_max_rel_error"] = max(json.loads(p.read_text())["attribution"]["max_rel_error"]
+                                   for p in paths)
     return res
 
 

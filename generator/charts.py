@@ -132,6 +132,21 @@ def heads_chart() -> alt.Chart:
                  ).properties(width=alt.Step(18), height=alt.Step(14))
 
 
+def dla_chart() -> alt.Chart:
+    """Direct logit attribution of one position: every layer x head, coloured by its direct
+    contribution to the chosen logit (red raises it, blue lowers it); click a head to open its
+    attention."""
+    return alt.Chart(alt.Data(name="dla")).mark_rect(cursor="pointer").encode(
+        x=alt.X("head:O", title="head"),
+        y=alt.Y("layer:O", sort="descending", title="layer"),
+        # Coloured by value / max |value| at this position, so 0 is white and the scale symmetric.
+        color=alt.Color("share:Q", title="contribution / largest",
+                        scale=alt.Scale(scheme="redblue", reverse=True, domain=[-1, 1])),
+        tooltip=[alt.Tooltip("name:N", title="head"),
+                 alt.Tooltip("value:Q", format="+.3f", title="direct contribution")],
+    ).properties(width=alt.Step(18), height=alt.Step(14))
+
+
 def groups_chart() -> alt.Chart:
     """Grouped-query view: per layer, how alike the query heads sharing a key/value head attend."""
     return alt.Chart(alt.Data(name="groups")).mark_rect().encode(
@@ -199,6 +214,7 @@ CHARTS = {
     "surprisal": surprisal_chart,
     "lens": lens_chart,
     "heads": heads_chart,
+    "dla": dla_chart,
     "groups": groups_chart,
     "cumulative": cumulative_chart,
     "tokenizers": tokenizers_chart,

@@ -51,8 +51,9 @@ common_options = _options(
                       "slug: a directory by its own name, a hub id whole (render finds it "
                       "without the checkpoint: give render the same --model as compute)."),
     click.option("--demo", is_flag=True,
-                 help="Use the offline demo: tiny random-weight GPT-2 and Qwen2 models with the "
-                      "real tokenizers, no network needed. Pages say the weights are random."),
+                 help="Use the offline demo: tiny GPT-2 and Qwen2 models whose weights are "
+                      "constructed in code (planted heads, random elsewhere) with the real "
+                      "tokenizers, no network needed. Pages say the weights are not learned."),
     click.option("--build-dir", type=click.Path(path_type=Path), default=Path("build"),
                  show_default=True, help="Where artifacts and generated pages go."),
 )

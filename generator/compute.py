@@ -30,7 +30,7 @@ from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (SCHEMA_VERSION, Artifact, Attention, Generation, KVGroup,
+from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation, KVGroup,
                      LayerGroups, PromptInfo, Provenance, TopK, current_attention,
                      validate_artifact, write_artifact)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
@@ -142,9 +142,21 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         attention=attention,
         vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
         generation=Generation(n_prompt, attention.length - n_prompt),
-        metrics=dict(zip(HEAD_METRICS, seq.metrics)),                # name -> [L, H]
+        metrics={**dict(zip(HEAD_METRICS, seq.metrics)),             # name -> [L, H]
+                 "direct_logit": direct_logit_to_next(seq.dla, attention.layers,
+                                                      attention.heads)},
         groups=_groups(seq.groups, attention.heads, lm.facts["kv_heads"]),
+        attribution=Attribution.from_arrays(seq.dla, seq.dla_error),
     )
+
+
+def direct_logit_to_next(dla: np.ndarray, layers: int, heads: int) -> np.ndarray:
+    """Each head's mean direct contribution to the logit of the token that came next, over the
+    positions that have one: dla float [T, 2, C] -> [L, H] (NaN when no position has one)."""
+    heads_next = dla[:, 1, 1:1 + layers * heads].astype(np.float64)   # [T, L*H], NaN: no next
+    if np.isnan(heads_next).all():
+        return np.full((layers, heads), np.nan)
+    return np.nanmean(heads_next, axis=0).reshape(layers, heads)
 
 
 def _groups(values: np.ndarray | None, heads: int, kv_heads: int) -> list[LayerGroups]:

@@ -182,8 +182,8 @@ def _label(name: str, layer: int, head: int) -> str:
 
 def chart_title(models: Mapping[str, ModelInfo], ref: ChartRef, layer: int = 0,
                 head: int = 0) -> dict[str, Any]:
-    """Title naming model, prompt and chart (layer and head for attention); subtitle "random
-    weights" when the weights of the models it shows were random."""
+    """Title naming model, prompt and chart (layer and head for attention); subtitle
+    "constructed weights" when it shows the demo's models (weights constructed in code, not learned)."""
     parts = [models[ref.model].model_id] if ref.model else []
     parts += [ref.prompt] if ref.prompt else []
     parts.append(_label(ref.name, layer, head))
@@ -192,9 +192,9 @@ def chart_title(models: Mapping[str, ModelInfo], ref: ChartRef, layer: int = 0,
                                            if ref.prompt is None or ref.prompt in m.prompts]
     random = [s for s in slugs if models[s].random_weights]
     if random and (ref.model or len(random) == len(slugs)):
-        title["subtitle"] = "random weights"
+        title["subtitle"] = "constructed weights"
     elif random:
-        title["subtitle"] = "random weights: " + ", ".join(models[s].model_id for s in random)
+        title["subtitle"] = "constructed weights: " + ", ".join(models[s].model_id for s in random)
     return title
 
 

@@ -12,7 +12,9 @@ returns their float32 softmax (the model itself goes on with it cast to its dtyp
 Everything is reduced on the device before it is copied to the host: the head metrics from the
 full-precision attention (`device_metrics`), the attention quantized to uint8 and packed in the
 stored order (4x smaller than float32, no host-side indexing), predictions as top-k ids and
-log-probabilities. The host receives a few arrays per batch.
+log-probabilities, and the direct logit attribution (`attribution.DlaRecorder` hooks the same
+passes; `attribution.direct_logit_attribution` reduces what it recorded to [positions, 2,
+components]). The host receives a few arrays per batch.
 
 The logit lens stacks every layer's residual stream into one matrix and multiplies it by the
 unembedding one block of rows and vocabulary at a time (`lens_topk`), keeping per block what the
@@ -24,6 +26,7 @@ other layer's entry, never twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from . import device_metrics
+from .attribution import DlaRecorder, direct_logit_attribution
 from .models import final_norm
 from .schema import ATTENTION_SCALE, tril_by_key
 
@@ -62,6 +66,9 @@ class SequenceOutput:
     next_rank: Any              # int64 [L, T] (1 = top prediction; 0 where there is no next token)
     metrics: Any = None         # float32 [len(HEAD_METRICS), L, H], from full-precision attention
     groups: Any = None          # float32 [L, 1 + 2G] (device_metrics.group_metrics), or None
+    # Direct logit attribution (attribution.py) to [top-1 prediction, actual next token]:
+    dla: Any = None             # float32 [T, 2, C], C = attribution.component_names; NaN: no token
+    dla_error: Any = None       # float32 [T, 2]: |sum of contributions - logit| / max(|logit|, 1)
 
     def square_attention(self) -> np.ndarray:
         """The stored attention unpacked: uint8 [L, H, T, T], zero above the diagonal."""
@@ -430,6 +437,22 @@ def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.T
     return tuple(x.cpu().numpy() for x in (top[0], top[1], lens_ids, lens_lps, t_lp, rank))
 
 
+@torch.no_grad()
+def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, valid: torch.Tensor,
+                      top1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Direct logit attribution at every analysed position to [the model's top-1 prediction,
+    the token that actually came next]: host float32 [N, 2, C] and its relative error [N, 2],
+    checked against the model's own output-layer hidden states."""
+    dev = rec.unembed.weight.device
+    all_ids, valid = all_ids.to(dev), valid.to(dev)
+    nxt_ids = torch.full_like(all_ids, -1)                          # [B, P + n_new]
+    nxt_ids[:, :-1] = torch.where(valid[:, 1:], all_ids[:, 1:], -1)
+    targets = torch.stack([torch.as_tensor(top1, device=dev), nxt_ids[valid]], 1)   # [N, 2]
+    last = torch.cat([step[-1].to(dev) for step in passes.hidden], dim=1)[valid]    # [N, D]
+    out, err = direct_logit_attribution(rec, valid, targets, last)
+    return out.cpu().numpy(), err.cpu().numpy()
+
+
 # Bytes of attention one call of the device metrics takes at once: their temporaries are as large
 # as their input, so all layers of a large batch go in chunks of layers.
 METRICS_CHUNK_BYTES = 256 << 20
@@ -493,22 +516,26 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
 
 @torch.no_grad()
 def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
-              k: int, lens_k: int | None = None) -> list[SequenceOutput]:
+              k: int, lens_k: int | None = None, dla: bool = True) -> list[SequenceOutput]:
     """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
     attention and the logit lens of prompt + continuation captured on the way: the model's top k
     predictions at every position, the top lens_k (default k) of every other layer, every head
-    metric, and the attention quantized and packed for storage.
+    metric, the attention quantized and packed for storage, and (with `dla`) the direct logit
+    attribution of every position to its top-1 prediction and to the token that came next.
 
     The stages, each its own function: `left_pad` -> `generate_with_capture` (every forward pass
-    of the batch: the prefill and the n_new steps) -> `kept_continuations` -> `logit_lens`,
-    `attention_metrics`, `pack_attention` (all on the device; a few arrays come to the host).
+    of the batch: the prefill and the n_new steps, with a `DlaRecorder` on them when `dla`) ->
+    `kept_continuations` -> `logit_lens`, `logit_attribution`, `attention_metrics`,
+    `pack_attention` (all on the device; a few arrays come to the host).
     """
     lens_k = k if lens_k is None else lens_k
     capture_float32_softmax(model)
     lengths = [len(s) for s in seqs]
     B, P = len(seqs), max(lengths)
     ids, mask = left_pad(seqs, pad_id, model.device)                # [B, P]
-    passes = generate_with_capture(model, ids, mask, n_new)
+    # The recorder's hooks live only as long as the passes (removed even if one fails).
+    with (DlaRecorder(model) if dla else contextlib.nullcontext()) as rec:
+        passes = generate_with_capture(model, ids, mask, n_new)
     kept = kept_continuations(passes.generated, eos_id)
     starts = [P - n for n in lengths]
     analysed = [n + len(x) for n, x in zip(lengths, kept)]
@@ -518,18 +545,22 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
     all_ids = torch.cat([ids, passes.generated.to(ids.device)], dim=1)  # [B, P + n_new]
     top_ids, top_lps, lens_ids, lens_lps, t_lp, rank = logit_lens(model, passes, all_ids, valid,
                                                                   k, lens_k)
+    attr, attr_err = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0]) if dla
+                      else (None, None))
     out_dev = model.get_output_embeddings().weight.device
     dev0 = passes.attention[0].device
     at = device_metrics.Positions(torch.tensor(starts), valid.to(dev0), all_ids.to(dev0))
     kv = getattr(model.config, "num_key_value_heads", None) or passes.attention[0].shape[1]
     metrics, groups = attention_metrics(passes, at, kv, out_dev)
     packed = pack_attention(passes, starts, analysed, out_dev)
-    del passes
+    del passes, rec                   # the attention and the recorded activations, on the device
     results, offset = [], 0
     for b, n in enumerate(analysed):
         sl = slice(offset, offset + n)
         offset += n
         results.append(SequenceOutput(seqs[b] + kept[b], packed[b], top_ids[sl], top_lps[sl],
                                       lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl], rank[:, sl],
-                                      metrics[:, :, b], None if groups is None else groups[:, b]))
+                                      metrics[:, :, b], None if groups is None else groups[:, b],
+                                      None if attr is None else attr[sl],
+                                      None if attr is None else attr_err[sl]))
     return results

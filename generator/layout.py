@@ -66,6 +66,11 @@ def prompt_heads(slug: str, key: str) -> str:
     return f"data/{slug}/{key}.heads.json"
 
 
+def prompt_dla(slug: str, key: str) -> str:
+    """Direct logit attribution of one model on one prompt, every position."""
+    return f"data/{slug}/{key}.dla.json"
+
+
 def attention_layers(slug: str, key: str) -> str:
     """The per-layer attention files of one model on one prompt, `LAYER` standing for the layer."""
     return f"data/{slug}/{key}/L{LAYER}.json"

@@ -28,6 +28,10 @@ from itertools import combinations
 import numpy as np
 
 HEAD_METRICS = ("entropy", "prev_token", "first_token", "distance", "induction")
+# The head atlas's columns: the attention metrics above, and each head's mean direct contribution
+# to the logit of the token that came next, which the compute stage derives from the direct logit
+# attribution (generator/attribution.py) and stores as metrics.direct_logit.
+ATLAS_METRICS = HEAD_METRICS + ("direct_logit",)
 
 METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
     "entropy": {
@@ -66,6 +70,16 @@ METRIC_DEFINITIONS: dict[str, dict[str, str]] = {
         "meaning": "A high value means that when the current token appeared before, the head "
                    "attends to the token that followed it there (an induction head, "
                    "Olsson et al. 2022).",
+    },
+    "direct_logit": {
+        "title": "Direct contribution to the next token",
+        "unit": "logits",
+        "formula": "mean over i with a next token of z_i,h W_O,h · u_i, "
+                   "u_i = w_f ⊙ W_U[t_{i+1}] / s_i (s_i the scale of the final norm at i; "
+                   "LayerNorm: u_i centred)",
+        "meaning": "A high value means that what the head writes into the residual stream raises "
+                   "the logit of the token that actually comes next, directly, through the "
+                   "final norm frozen at that position (direct logit attribution).",
     },
 }
 

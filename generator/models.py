@@ -25,7 +25,7 @@ import torch
 from .errors import ModelLoadError, OptionError
 from .store import is_hub_id, model_slug, sha256_file
 
-DEMO_MARKER = "model_atlas_demo.json"   # written beside a checkpoint built with random weights
+DEMO_MARKER = "model_atlas_demo.json"   # beside a demo checkpoint (weights constructed, not learned)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -148,8 +148,8 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         raise ModelLoadError(
             f"Cannot get the weights of {model_id!r}: the Hugging Face hub is unreachable from this "
             f"machine and the model is not in the local cache. Connect to the network (or set "
-            f"HF_HOME to a cache that holds it), or build the offline demo with tiny random-weight "
-            f"models: `model-atlas build --demo`.")
+            f"HF_HOME to a cache that holds it), or build the offline demo (tiny models with "
+            f"constructed weights): `model-atlas build --demo`.")
     if commit is None:
         try:
             from huggingface_hub import HfApi
@@ -187,7 +187,7 @@ def load_model(ref: ModelRef, device: str, dtype: torch.dtype | None,
         config = AutoConfig.from_pretrained(source, **kwargs)
         if dtype is None:
             dtype = _auto_dtype_for(config, device)
-        log(f"loading {ref.model_id} ({'random weights, ' if ref.random_weights else ''}"
+        log(f"loading {ref.model_id} ({'constructed demo weights, ' if ref.random_weights else ''}"
             f"{ref.revision[:19]}) on {device} as {str(dtype).replace('torch.', '')}")
         if getattr(config, "is_decoder", None) is False:  # BERT-style: the flag exists and is off
             raise ModelLoadError(
@@ -324,4 +324,7 @@ def architecture_facts(model: Any, tokenizer: Any) -> dict[str, Any]:
         "parameters": total,
         "parameters_without_embeddings": without_embeddings,
         "weights_dtype": str(emb.dtype).replace("torch.", ""),
+        # The offline demo's models say which heads were written by hand (generator/demo.py).
+        **({"planted_heads": list(cfg.model_atlas_planted_heads)}
+           if getattr(cfg, "model_atlas_planted_heads", None) else {}),
     }

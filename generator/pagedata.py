@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .metrics import HEAD_METRICS, aggregate
+from .metrics import ATLAS_METRICS, aggregate
+from .schema import DLA_TARGETS, dla_component_names
 from .tokens import entry_bytes
 
 LN2 = math.log(2)
@@ -201,9 +202,49 @@ def head_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
         for head in range(m["query_heads"]):
             row = {"layer": layer, "head": head, "group": head // per_group,
                    "name": f"L{layer}.H{head}"}
-            for name in HEAD_METRICS:
+            for name in ATLAS_METRICS:
                 row[name] = a["metrics"][name][layer][head]
             rows.append(row)
+    return rows
+
+
+def attribution_data(a: dict[str, Any]) -> dict[str, Any]:
+    """The direct logit attribution of every position, as the prompt page's script reads it, and
+    the heatmap rows of the default view (the last prompt token, its top-1 prediction).
+
+    `top1` / `next`: per position, the stored largest components ({"index", "value", "rest"}, or
+    None where there is no next token); `names` gives each index its component's name."""
+    m, dla = a["model"], a["attribution"]
+    L, H = m["layers"], m["query_heads"]
+    shown, labels = _labels(a)
+    vocab, top_ids = a["vocab"], a["predictions"]["ids"]
+    positions = []
+    for i in range(len(a["tokens"])):
+        v = vocab[str(top_ids[i][0])]
+        positions.append({"i": i, "label": labels[i],
+                          "top1": show_token(v["text"], entry_bytes(v), top_ids[i][0]),
+                          "next": shown[i + 1] if i + 1 < len(shown) else None})
+    per_target = {name: [None if dla["index"][i][j] is None else
+                         {"index": dla["index"][i][j], "value": dla["value"][i][j],
+                          "rest": dla["rest"][i][j]} for i in range(len(positions))]
+                  for j, name in enumerate(DLA_TARGETS)}
+    default = a["generation"]["prompt_tokens"] - 1
+    return {"layers": L, "heads": H, "names": dla_component_names(L, H), "top_k": dla["top_k"],
+            "default": default, "positions": positions, **per_target,
+            "dla": dla_head_rows(per_target["top1"][default], L, H)}
+
+
+def dla_head_rows(entry: dict[str, Any] | None, layers: int, heads: int) -> list[dict[str, Any]]:
+    """Heatmap rows (every head) of one position and target; heads outside the stored largest
+    components have value None (drawn blank). Mirrors `dlaRows` in site_src/assets/atlas.js."""
+    values = dict(zip(entry["index"], entry["value"])) if entry else {}
+    top = max((abs(v) for v in values.values()), default=0.0) or 1.0
+    rows = []
+    for l in range(layers):
+        for h in range(heads):
+            v = values.get(1 + l * heads + h)
+            rows.append({"layer": l, "head": h, "name": f"L{l}.H{h}", "value": v,
+                         "share": None if v is None else round(v / top, 4)})
     return rows
 
 
@@ -331,16 +372,16 @@ def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any
     """Every head's metrics averaged over prompts, with the prompt where each shows most
     (`{metric}_best`) and, given `link(prompt key, layer, head) -> URL`, the link that opens that
     prompt's page at this layer and head (`{metric}_href`)."""
-    per_prompt = [{n: np.array(a["metrics"][n], dtype=np.float64) for n in HEAD_METRICS}
+    per_prompt = [{n: np.array(a["metrics"][n], dtype=np.float64) for n in ATLAS_METRICS}
                   for a in artifacts]
     mean = aggregate(per_prompt)                                     # name -> [L, H]
-    stacked = {n: np.stack([p[n] for p in per_prompt]) for n in HEAD_METRICS}  # [P, L, H]
+    stacked = {n: np.stack([p[n] for p in per_prompt]) for n in ATLAS_METRICS}  # [P, L, H]
     L, H = mean["entropy"].shape
     rows = []
     for layer in range(L):
         for head in range(H):
             row: dict[str, Any] = {"layer": layer, "head": head, "name": f"L{layer}.H{head}"}
-            for n in HEAD_METRICS:
+            for n in ATLAS_METRICS:
                 v = mean[n][layer, head]
                 row[n] = None if math.isnan(v) else round(float(v), 4)
                 column = stacked[n][:, layer, head]

@@ -30,7 +30,7 @@ from .errors import ArtifactError
 from .manifest import manifest_data
 from .prompts import PromptSet
 from .resources import resource_path
-from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
+from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
 from .templating import environment
 
@@ -160,7 +160,7 @@ class _Site:
         self.common = {"catalog": catalog, "models": catalog.models, "sets": catalog.sets,
                        "build_date": build_date(), "schema_version": SCHEMA_VERSION,
                        "metric_defs": METRIC_DEFINITIONS, "group_defs": GROUP_METRIC_DEFINITIONS,
-                       "chart_top_k": pd.CHART_TOP_K}
+                       "chart_top_k": pd.CHART_TOP_K, "dla_top_k": DLA_TOP_K}
 
     def page(self, rel: str, template: str, **ctx: Any) -> None:
         self.w.text(rel, self.env.get_template(template).render(
@@ -216,6 +216,7 @@ class _Site:
                                                           "groups": pd.group_rows(a)}}
             for rel, content in files.items():
                 self.w.json(rel, content)
+            self.w.json(layout.prompt_dla(m.slug, p.key), pd.attribution_data(a))
             self._attention_files(m.slug, p.key, a)
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
@@ -226,7 +227,8 @@ class _Site:
                     self.chart(ref, data=files[ref.data])
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
-                              "generation": a["generation"]})
+                              "generation": a["generation"],
+                              "dla": layout.prompt_dla(m.slug, p.key)})
         return per_model
 
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:

@@ -28,11 +28,24 @@ import numpy as np
 from .errors import ArtifactError
 from .store import atomic_write_bytes, atomic_write_json, sha256_bytes
 
-SCHEMA_VERSION = 3  # 3: metrics from full-precision attention; provenance states the softmax
+# 3: metrics from full-precision attention; provenance states the softmax.
+# 4: direct logit attribution (`attribution`, metrics.direct_logit). A new version, not an edit of
+# 3: the version is part of every content key, so schema-3 artifacts (no attribution) are
+# recomputed rather than taken as current.
+SCHEMA_VERSION = 4
 ATTENTION_ENCODING = "uint8-tril-by-key"
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
 ATTENTION_SUFFIX = ".attention.bin"
+DLA_TOP_K = 16        # attribution components stored per position and target; the rest are summed
+DLA_TARGETS = ("top1", "next")
+
+
+def dla_component_names(layers: int, heads: int) -> list[str]:
+    """Names of the attribution's components, in the order of its last axis: embed,
+    L0.H0 .. L{L-1}.H{H-1} (layer-major), L0.MLP .. L{L-1}.MLP, bias."""
+    return (["embed"] + [f"L{l}.H{h}" for l in range(layers) for h in range(heads)]
+            + [f"L{l}.MLP" for l in range(layers)] + ["bias"])
 
 _int_list = {"type": "array", "items": {"type": "integer"}}
 _num_or_null = {"type": ["number", "null"]}
@@ -53,7 +66,8 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
     "title": "Model Atlas artifact",
     "type": "object",
     "required": ["format", "schema_version", "key", "provenance", "model", "prompt", "tokens",
-                 "predictions", "lens", "attention", "vocab", "generation", "metrics", "groups"],
+                 "predictions", "lens", "attention", "vocab", "generation", "metrics", "groups",
+                 "attribution"],
     "properties": {
         "format": {"const": "model-atlas-artifact"},
         "schema_version": {"type": "integer"},
@@ -129,6 +143,22 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
             "required": ["entropy", "prev_token", "first_token", "distance", "induction"],
             "additionalProperties": {"type": "array", "items": {"type": "array",
                                                                 "items": _num_or_null}},
+        },
+        "attribution": {
+            "type": "object",
+            "required": ["components", "top_k", "targets", "index", "value", "rest",
+                         "max_rel_error"],
+            "properties": {
+                "components": {"type": "integer", "minimum": 3},
+                "top_k": {"type": "integer", "minimum": 1},
+                "targets": {"const": list(DLA_TARGETS)},
+                "index": {"type": "array", "items": {"type": "array", "items": {
+                    "type": ["array", "null"], "items": {"type": "integer", "minimum": 0}}}},
+                "value": {"type": "array", "items": {"type": "array", "items": {
+                    "type": ["array", "null"], "items": {"type": "number"}}}},
+                "rest": {"type": "array", "items": {"type": "array", "items": _num_or_null}},
+                "max_rel_error": {"type": "number", "minimum": 0},
+            },
         },
         "groups": {"type": "array", "items": {
             "type": "object", "required": ["between", "groups"],
@@ -329,6 +359,42 @@ class LayerGroups:
 
 
 @dataclass(frozen=True)
+class Attribution:
+    """Direct logit attribution (generator/attribution.py) at every position, to the logit of the
+    model's top-1 prediction and of the token that came next (`DLA_TARGETS`): per position and
+    target the `top_k` components with the largest |contribution| (indices in
+    `dla_component_names` order, largest first), their values, and the sum of all the
+    others, so that sum(value) + rest is the logit. None where there is no target (no next token
+    after the last position)."""
+    components: int
+    top_k: int
+    index: list[list[list[int] | None]]       # [T][2][top_k]
+    value: list[list[list[float] | None]]     # [T][2][top_k], 3 decimals
+    rest: list[list[float | None]]            # [T][2]
+    max_rel_error: float                      # max |sum - logit| / max(|logit|, 1) at this prompt
+
+    @classmethod
+    def from_arrays(cls, dla: np.ndarray, error: np.ndarray, k: int = DLA_TOP_K) -> "Attribution":
+        """dla: float [T, 2, C] (NaN rows: no target); error: float [T, 2]."""
+        T, n_targets, C = dla.shape
+        k = min(k, C)
+        full = np.nan_to_num(dla.astype(np.float64))
+        idx = np.argsort(-np.abs(full), axis=-1, kind="stable")[..., :k]   # [T, 2, k]
+        val = np.take_along_axis(full, idx, -1)                            # [T, 2, k]
+        rest = full.sum(-1) - val.sum(-1)                                  # [T, 2]
+        index, value, rest_l = idx.tolist(), np.round(val, 3).tolist(), np.round(rest, 3).tolist()
+        for t, j in zip(*np.nonzero(np.isnan(dla).all(-1))):
+            index[t][j] = value[t][j] = rest_l[t][j] = None
+        err = error[np.isfinite(error)]
+        return cls(C, k, index, value, rest_l, float(err.max()) if err.size else 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"components": self.components, "top_k": self.top_k, "targets": list(DLA_TARGETS),
+                "index": self.index, "value": self.value, "rest": self.rest,
+                "max_rel_error": float(f"{self.max_rel_error:.3g}")}
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One (model, prompt) artifact in memory. `to_dict()` is the JSON object of ARTIFACT_SCHEMA,
     with the attention bytes in `["attention"]["data"]` (`write_artifact` puts them beside it)."""
@@ -344,6 +410,7 @@ class Artifact:
     generation: Generation
     metrics: dict[str, Any]             # name -> [L][H] floats (NaN allowed: stored as null)
     groups: list[LayerGroups]           # per layer; empty for multi-head attention
+    attribution: Attribution
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -361,6 +428,7 @@ class Artifact:
             "generation": self.generation.to_dict(),
             "metrics": {name: rounded(v) for name, v in sorted(self.metrics.items())},
             "groups": [g.to_dict() for g in self.groups],
+            "attribution": self.attribution.to_dict(),
         }
 
 
@@ -404,6 +472,12 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
     for name, values in a["metrics"].items():
         if len(values) != att["layers"] or any(len(v) != att["heads"] for v in values):
             raise ValueError(f"metrics.{name} must be [layers][heads]")
+    dla = a["attribution"]
+    if dla["components"] != 2 + att["layers"] * (att["heads"] + 1):
+        raise ValueError("attribution.components must be 1 + layers x heads + layers + 1")
+    for field in ("index", "value", "rest"):
+        if len(dla[field]) != t or any(len(row) != len(DLA_TARGETS) for row in dla[field]):
+            raise ValueError(f"attribution.{field} must be [tokens][{len(DLA_TARGETS)}]")
     if a["generation"]["prompt_tokens"] + a["generation"]["generated_tokens"] != t:
         raise ValueError("generation.prompt_tokens + generated_tokens must equal the token count")
     undecodable = [tid for tid, v in a["vocab"].items() if v["text"] is None and "bytes" not in v]

@@ -2,8 +2,8 @@
 
 Expensive things are made once per session and shared by every test file:
 
-- `demo_dirs`: the offline demo's two tiny random-weight checkpoints (GPT-2 and Qwen2 architectures,
-  real tokenizers), checked to be tiny and the Qwen2 one to use grouped-query attention;
+- `demo_dirs`: the offline demo's two tiny checkpoints with constructed weights (GPT-2 and Qwen2
+  architectures, real tokenizers), checked to be tiny and the Qwen2 one to use grouped-query attention;
 - `gpt2_model` / `qwen2_model`: those checkpoints loaded on the CPU in float32, exactly as the compute
   stage loads them;
 - `demo_build`: one `model-atlas build --demo` through click's CliRunner, on a small prompt subset

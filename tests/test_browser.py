@@ -73,7 +73,7 @@ def watched(browser):
 
 def render_all_charts(page) -> int:
     """Scroll every chart box into view (they are drawn lazily) and wait until all are drawn."""
-    boxes = page.locator(".atlas-attention, .atlas-plain")
+    boxes = page.locator(".atlas-attention, .atlas-plain, .atlas-dla")
     count = boxes.count()
     for i in range(count):
         # One at a time, as a reader scrolls: a box scrolled past before the page's
@@ -170,6 +170,38 @@ def test_prompt_page_charts_render_and_redraw(site_url, watched):
     assert any("/data/" in u and u.endswith(".json") for u in watched.requests)
 
 
+def test_direct_logit_attribution_names_the_induction_head_and_opens_it(site_url, watched):
+    """On the repeated sentence, the demo GPT-2's top-1 prediction at the last prompt token is
+    written by its planted induction head: the list names it first, the heatmap redraws for
+    another position and target, and a click on the head opens its attention."""
+    from generator.demo import planted_heads
+    induction = next(p for p in planted_heads("tiny-random-gpt2") if p["metric"] == "induction")
+    page = watched.page
+    page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
+    box = page.locator('.atlas-dla[data-model="tiny-random-gpt2"]')
+    box.scroll_into_view_if_needed()
+    chart = box.locator(".atlas-chart")
+    page.wait_for_function("(el) => el.dataset.rendered === 'true' || "
+                           "el.classList.contains('atlas-error')", arg=chart.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
+    assert box.locator(".atlas-dla-list li").count() >= 2
+    first = box.locator(".atlas-dla-list li a").first
+    assert first.inner_text() == induction["name"], box.locator(".atlas-dla-list").inner_text()
+    assert "Logit of" in box.locator(".atlas-dla-caption").inner_text()
+    box.locator(".atlas-dla-pos").select_option("3")
+    wait_redrawn(page, chart, "position", "3", watched)
+    box.locator(".atlas-dla-target").select_option("next")
+    wait_redrawn(page, chart, "target", "next", watched)
+    first = box.locator(".atlas-dla-list li a").first
+    name = first.inner_text()
+    first.click()
+    att = page.locator('.atlas-attention[data-model="tiny-random-gpt2"]')
+    layer, head = name[1:].split(".H")
+    wait_redrawn(page, att.locator(".atlas-chart"), "head", head, watched)
+    assert att.locator(".atlas-layer").input_value() == layer
+    assert not watched.errors, watched.errors
+
+
 def test_hostile_prompt_shows_literally_and_runs_nothing(site_url, watched):
     page = watched.page
     page.goto(site_url + "prompts/basics/hostile.html", wait_until="load")
@@ -197,7 +229,7 @@ def test_chinese_and_emoji_prompt_shows_literally(site_url, watched):
 def test_other_pages_load_cleanly(site_url, watched, path):
     page = watched.page
     page.goto(site_url + path, wait_until="load")
-    assert "random weights" in page.inner_text("body").lower()
+    assert "constructed weights" in page.inner_text("body").lower()
     if page.locator(".atlas-attention, .atlas-plain").count():
         render_all_charts(page)
         assert not page.locator(".atlas-error").count()

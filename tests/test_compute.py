@@ -182,7 +182,10 @@ def test_batched_results_equal_unbatched(request, model_fixture):
         np.testing.assert_array_equal(got.lens_ids, alone.lens_ids)
         np.testing.assert_allclose(got.lens_logprobs, alone.lens_logprobs, atol=1e-4)
         np.testing.assert_allclose(got.next_logprob, alone.next_logprob, atol=1e-4)
-        np.testing.assert_array_equal(got.next_rank, alone.next_rank)
+        # Ranks deep in the vocabulary sit among near-ties (the demo's token codes have 32
+        # numbers, 50k-152k of them): a last-bit difference may swap two neighbours.
+        moved = got.next_rank != alone.next_rank
+        assert np.abs(got.next_rank - alone.next_rank).max() <= 1 and moved.mean() < 0.05
 
 
 def test_generation_stops_after_end_of_text(gpt2_model):

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from conftest import run_demo_build, serve_directory, write_prompt_sets
 from generator import layout
 from generator.cli import main
+from generator.metrics import METRIC_DEFINITIONS
 from generator.schema import decode_attention, read_artifact
 
 GPT2, QWEN2 = "tiny-random-gpt2", "tiny-random-qwen2"
@@ -97,7 +98,7 @@ def test_json_spec_has_its_data_inline(built, repeat_export):
         assert rows == expected_attention(built, slug, "tiny/repeat", 0, 0)
         assert spec["data"] == {"name": "attention"}
         assert spec["title"]["text"] == f"{slug} · tiny/repeat · attention, layer 0, head 0"
-        assert spec["title"]["subtitle"] == "random weights"
+        assert spec["title"]["subtitle"] == "constructed weights"
         data = json.loads((built / "docs/data" / slug / "tiny/repeat.json").read_text("utf-8"))
         predictions = spec_of(repeat_export / slug / "tiny/repeat/predictions.vl.json")
         assert predictions["datasets"] == {"predictions": data["predictions"]}
@@ -105,7 +106,7 @@ def test_json_spec_has_its_data_inline(built, repeat_export):
         assert surprisal["datasets"] == {"tokens": data["tokens"]}
     cumulative = spec_of(repeat_export / "compare/tiny/repeat/cumulative.vl.json")
     assert len(cumulative["datasets"]["cumulative"]) > 0
-    assert cumulative["title"]["subtitle"] == "random weights"
+    assert cumulative["title"]["subtitle"] == "constructed weights"
     for path in repeat_export.rglob("*.vl.json"):
         text = path.read_text("utf-8")
         assert '"url"' not in text, f"{path}: data must be inline, not fetched"
@@ -121,7 +122,7 @@ def test_svg_parses_and_png_is_a_png(repeat_export):
         assert root.tag.endswith("svg"), path
         assert "role-mark" in path.read_text("utf-8"), f"{path}: no marks drawn"
     attention = (repeat_export / GPT2 / "tiny/repeat/attention.svg").read_text("utf-8")
-    assert "mark-rect" in attention and "random weights" in attention
+    assert "mark-rect" in attention and "constructed weights" in attention
     for path in repeat_export.rglob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
@@ -190,7 +191,7 @@ def test_export_of_everything_counts_every_chart(built, tmp_path):
     result = export(built, tmp_path, "--format", "json")
     assert result.exit_code == 0, result.output
     per_prompt = sum(len(c) for c in PROMPT_CHARTS.values()) + 1    # + cumulative
-    per_model = 5                                                    # atlas-*
+    per_model = len(METRIC_DEFINITIONS)                              # atlas-*
     assert len(files(tmp_path)) == 2 * per_prompt + 2 * per_model + 1   # + tokenizers
     assert f"{len(files(tmp_path))} charts" in result.output
 
@@ -326,7 +327,7 @@ def test_site_has_a_download_and_an_embed_page_for_every_chart(built, repeat_exp
     embed = (site / "embed" / GPT2 / "tiny/repeat/attention.html").read_text("utf-8")
     assert 'src="../../../../assets/vendor/vega-bundle.js"' in embed
     assert "https://" not in embed and "http://" not in embed
-    assert "atlas-random" in embed and "Random weights" in embed
+    assert "atlas-random" in embed and "Constructed weights" in embed
     assert "</script><b>" not in embed
 
 

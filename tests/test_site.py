@@ -132,13 +132,24 @@ def test_every_local_link_resolves(demo_site_full):
 
 
 @pytest.mark.slow
-def test_every_demo_page_says_the_weights_are_random(demo_site_full):
+def test_every_demo_page_says_the_weights_are_constructed(demo_site_full):
     pages = generated_pages(demo_site_full.site)
     assert len(pages) >= 40
     silent = [str(p.relative_to(demo_site_full.site)) for p in pages
               if "atlas-random" not in p.read_text("utf-8")
+              or "constructed in code" not in p.read_text("utf-8")
+              or "not learned" not in p.read_text("utf-8")
               or "random weights" not in p.read_text("utf-8").lower()]
-    assert not silent, f"pages without the random-weights notice: {silent}"
+    assert not silent, f"pages without the constructed-weights notice: {silent}"
+
+
+def test_demo_model_pages_list_the_planted_heads(demo_site_full):
+    from generator.demo import planted_heads
+    for slug in ("tiny-random-gpt2", "tiny-random-qwen2"):
+        page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
+        assert "Planted heads" in page
+        for p in planted_heads(slug):
+            assert f"<td>{p['name']}</td><td>{p['mechanism']}</td>" in page, p["name"]
 
 
 @pytest.mark.slow
@@ -201,7 +212,7 @@ def test_every_subset_prompt_has_a_page(demo_build):
         for p in content["prompts"]:
             page = demo_build.site / "prompts" / set_id / f"{p['id']}.html"
             assert page.is_file(), page
-            assert "Random weights" in page.read_text("utf-8")
+            assert "Constructed weights" in page.read_text("utf-8")
 
 
 def test_build_leaves_the_checkout_unchanged(demo_build):
@@ -349,3 +360,36 @@ def test_lens_probabilities_keep_three_significant_figures():
     from generator.pagedata import _sig
     assert _sig(0.0000321789) == 3.22e-05
     assert _sig(0.41234) == 0.412
+
+
+def test_attribution_data_matches_the_artifact(demo_build):
+    """The prompt page's attribution file carries every position's stored components for both
+    targets, names them in the artifact's order, and its default heatmap is the last prompt
+    token's top-1 view; on the repeated sentence the planted induction head wrote the prediction."""
+    from generator.demo import planted_heads
+    from generator.layout import prompt_dla
+    from generator.schema import DLA_TARGETS, dla_component_names, read_artifact
+    for slug in DEMO_SLUGS:
+        a = read_artifact(demo_build.site / "artifacts" / slug / "basics" / "repeat.json")
+        d = json.loads((demo_build.site / prompt_dla(slug, "basics/repeat")).read_text("utf-8"))
+        L, H = a["model"]["layers"], a["model"]["query_heads"]
+        assert d["names"] == dla_component_names(L, H)
+        assert len(d["names"]) == a["attribution"]["components"]
+        assert d["default"] == a["generation"]["prompt_tokens"] - 1
+        for j, target in enumerate(DLA_TARGETS):
+            assert len(d[target]) == len(a["tokens"])
+            for i, entry in enumerate(d[target]):
+                if entry is None:
+                    assert a["attribution"]["index"][i][j] is None
+                    continue
+                assert entry["index"] == a["attribution"]["index"][i][j]
+                assert entry["value"] == a["attribution"]["value"][i][j]
+        assert d["next"][-1] is None
+        heads = {r["name"]: r for r in d["dla"]}
+        assert len(heads) == L * H
+        induction = next(p["name"] for p in planted_heads(slug) if p["metric"] == "induction")
+        top = d["top1"][d["default"]]
+        assert d["names"][top["index"][0]] == induction
+        assert heads[induction]["share"] == 1.0
+        page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
+        assert f'class="atlas-col atlas-dla" data-model="{slug}"' in page

@@ -6,11 +6,13 @@
  * switches between light and dark. Every URL comes from the data attributes render writes into
  * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
  * bundle, which this script loads itself, only on pages that hold a Vega chart (its URL is the
- * chart elements' data-vega); nothing is fetched from outside the site. */
+ * chart elements' data-vega); nothing is fetched from outside the site. Also drives the direct
+ * logit attribution view (position, target, the list of the largest contributors; a click on a
+ * head opens its attention). */
 (function () {
   "use strict";
   const cache = new Map();
-  const CHARTS = ".atlas-attention, .atlas-plain";
+  const CHARTS = ".atlas-attention, .atlas-plain, .atlas-dla";
   let bundle = null;
 
   // The Vega bundle is 900 KB: a page without a chart (home, sets, reference) must not fetch it.
@@ -141,6 +143,97 @@
     } catch (err) { showError(el, err); }
   }
 
+  // --- direct logit attribution ------------------------------------------------------------------
+  // Heatmap rows of one position and target: every head, null (drawn blank) where the head is not
+  // among the stored largest components; share = value / the largest |value| there. Mirrors
+  // pagedata.dla_head_rows.
+  function dlaRows(entry, layers, heads) {
+    const values = new Map();
+    if (entry) entry.index.forEach((c, n) => values.set(c, entry.value[n]));
+    const top = Math.max(0, ...Array.from(values.values(), Math.abs)) || 1;
+    const rows = [];
+    for (let l = 0; l < layers; l++) {
+      for (let h = 0; h < heads; h++) {
+        const c = 1 + l * heads + h, v = values.has(c) ? values.get(c) : null;
+        rows.push({ layer: l, head: h, name: "L" + l + ".H" + h, value: v,
+                    share: v === null ? null : Math.round((v / top) * 1e4) / 1e4 });
+      }
+    }
+    return rows;
+  }
+
+  const LIST_LENGTH = 8;
+  const signed = (v) => (v >= 0 ? "+" : "\u2212") + Math.abs(v).toFixed(3);
+
+  // "Who wrote it": the largest stored contributions, signed; a head's name opens its attention.
+  function fillDlaList(box, data, pos, target) {
+    const caption = box.querySelector(".atlas-dla-caption");
+    const list = box.querySelector(".atlas-dla-list");
+    const entry = data[target][pos], p = data.positions[pos];
+    list.textContent = "";
+    if (!entry) {
+      caption.textContent = "No token came after " + p.label + ".";
+      return;
+    }
+    const token = target === "top1" ? p.top1 : p.next;
+    const logit = entry.value.reduce((s, v) => s + v, 0) + entry.rest;
+    caption.textContent = "Logit of " + token + " after " + p.label + ": " + logit.toFixed(3) +
+      ". Who wrote it (largest direct contributions):";
+    entry.index.slice(0, LIST_LENGTH).forEach((c, n) => {
+      const li = document.createElement("li");
+      const name = data.names[c], head = /^L(\d+)\.H(\d+)$/.exec(name);
+      if (head) {
+        const a = document.createElement("a");
+        a.href = "#";
+        a.textContent = name;
+        a.addEventListener("click", (event) => {
+          event.preventDefault();
+          openHead(box.dataset.model, Number(head[1]), Number(head[2]));
+        });
+        li.appendChild(a);
+      } else li.appendChild(document.createTextNode(name));
+      li.appendChild(document.createTextNode(" " + signed(entry.value[n])));
+      list.appendChild(li);
+    });
+    const rest = document.createElement("li");
+    rest.textContent = "all other components " +
+      signed(entry.value.slice(LIST_LENGTH).reduce((s, v) => s + v, entry.rest));
+    list.appendChild(rest);
+  }
+
+  async function drawDla(box) {
+    const el = box.querySelector(".atlas-chart");
+    const posSel = box.querySelector(".atlas-dla-pos");
+    const targetSel = box.querySelector(".atlas-dla-target");
+    try {
+      const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
+      const rows = () => dlaRows(data[targetSel.value][Number(posSel.value)], data.layers,
+                                 data.heads);
+      let view = null;
+      const show = async () => {
+        view = (await embed(el, spec, { dla: rows() })).view;
+        view.addEventListener("click", (event, item) => {
+          if (!item || !item.datum || item.datum.head === undefined) return;
+          openHead(box.dataset.model, item.datum.layer, item.datum.head);
+        });
+      };
+      const update = async () => {
+        // view.data replaces the named dataset (the bundle's global `vega` is not exported).
+        await view.data("dla", rows()).runAsync();
+        fillDlaList(box, data, Number(posSel.value), targetSel.value);
+        el.dataset.position = posSel.value;
+        el.dataset.target = targetSel.value;
+      };
+      await show();
+      fillDlaList(box, data, Number(posSel.value), targetSel.value);
+      for (const input of [posSel, targetSel]) {
+        input.addEventListener("change", () => update().catch((e) => showError(el, e)));
+      }
+      // A chart's colours are fixed when it is drawn: draw it again in the other scheme.
+      onTheme(() => show().catch((err) => showError(el, err)));
+    } catch (err) { showError(el, err); }
+  }
+
   // --- the attention view and the URL -----------------------------------------------------------
   function attentionBox(model) {
     return document.querySelector('.atlas-attention[data-model="' + model + '"]');
@@ -213,7 +306,7 @@
       return window.AtlasHeatmap.draw(box, page)
         .catch((err) => showError(box.querySelector(".atlas-chart"), err));
     }
-    return drawPlain(box);
+    return box.classList.contains("atlas-dla") ? drawDla(box) : drawPlain(box);
   }
 
   function onScreen(box) { return box.getBoundingClientRect().top < window.innerHeight + 400; }
