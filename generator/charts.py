@@ -90,22 +90,24 @@ def lens_chart() -> alt.LayerChart:
                 axis=alt.Axis(labelAngle=-60, labelLimit=90, labelFontSize=11)),
         y=alt.Y("layer:O", sort="descending", title="layer", axis=alt.Axis(labelFontSize=11)),
     )
+    tooltip = [alt.Tooltip("layer:O"), alt.Tooltip("pl:N", title="after"),
+               alt.Tooltip("top:N", title="top prediction"),
+               alt.Tooltip("p_text:N", title="its probability"),
+               alt.Tooltip("runners:N", title="next in line"),
+               alt.Tooltip("rank:Q", title="rank of actual next (1 = top)"),
+               alt.Tooltip("pnext_text:N", title="p(actual next)")]
     rect = base.mark_rect().encode(
         color=alt.Color("lrank:Q", scale=alt.Scale(scheme="viridis", domainMin=0,
                                                     domainMax=alt.ExprRef(expr="lrank_max")),
                         legend=alt.Legend(title="rank of the actual next token", titleLimit=400,
                                           labelExpr="format(pow(10, datum.value), ',.0f')",
                                           orient="top", gradientLength=240)),
-        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("pl:N", title="after"),
-                 alt.Tooltip("top:N", title="top prediction"),
-                 alt.Tooltip("p_text:N", title="its probability"),
-                 alt.Tooltip("runners:N", title="next in line"),
-                 alt.Tooltip("rank:Q", title="rank of actual next (1 = top)"),
-                 alt.Tooltip("pnext_text:N", title="p(actual next)")],
+        tooltip=tooltip,
     )
-    # Light text on the dark (top-ranked) cells, dark text on the light ones.
+    # Light text on the dark (top-ranked) cells, dark text on the light ones. The text carries the
+    # cell's tooltip too: it lies over the cell, and the pointer over it must show the same.
     text = base.mark_text(fontSize=10, limit=44).encode(
-        text="top:N",
+        text="top:N", tooltip=tooltip,
         color=alt.condition("datum.lrank == null || datum.lrank < 0.55 * (lrank_max || 6)",
                             alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).add_params(top).properties(width=alt.Step(48),

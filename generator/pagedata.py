@@ -234,6 +234,33 @@ def attribution_data(a: dict[str, Any]) -> dict[str, Any]:
             "dla": dla_head_rows(per_target["top1"][default], L, H)}
 
 
+DLA_LIST_LENGTH = 8       # contributors listed by name; the page script's LIST_LENGTH
+
+
+def _signed(v: float) -> str:
+    return ("+" if v >= 0 else "\u2212") + f"{abs(v):.3f}"
+
+
+def dla_list(data: dict[str, Any], pos: int, target: str) -> dict[str, Any]:
+    """The "who wrote it" caption and list of one position and target, as the page script's
+    `fillDlaList` writes them (render puts the default one into the page, so nothing moves when
+    the script draws): the largest contributors, signed, heads with their layer and head."""
+    entry, p = data[target][pos], data["positions"][pos]
+    if entry is None:
+        return {"caption": f"No token came after {p['label']}.", "entries": [], "rest": None}
+    token = p["top1"] if target == "top1" else p["next"]
+    logit = sum(entry["value"]) + entry["rest"]
+    items = []
+    for c, v in zip(entry["index"][:DLA_LIST_LENGTH], entry["value"]):
+        name = data["names"][c]
+        layer, _, head = name[1:].partition(".H") if name.startswith("L") else ("", "", "")
+        items.append({"name": name, "value": _signed(v),
+                      "head": (int(layer), int(head)) if head.isdigit() else None})
+    rest = sum(entry["value"][DLA_LIST_LENGTH:]) + entry["rest"]
+    return {"caption": f"Logit of {token} after {p['label']}: {logit:.3f}. Who wrote it "
+                       f"(largest direct contributions):", "entries": items, "rest": _signed(rest)}
+
+
 def dla_head_rows(entry: dict[str, Any] | None, layers: int, heads: int) -> list[dict[str, Any]]:
     """Heatmap rows (every head) of one position and target; heads outside the stored largest
     components have value None (drawn blank). Mirrors `dlaRows` in site_src/assets/atlas.js."""

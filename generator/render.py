@@ -216,7 +216,8 @@ class _Site:
                                                           "groups": pd.group_rows(a)}}
             for rel, content in files.items():
                 self.w.json(rel, content)
-            self.w.json(layout.prompt_dla(m.slug, p.key), pd.attribution_data(a))
+            dla = pd.attribution_data(a)
+            self.w.json(layout.prompt_dla(m.slug, p.key), dla)
             self._attention_files(m.slug, p.key, a)
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
@@ -228,7 +229,8 @@ class _Site:
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"],
-                              "dla": layout.prompt_dla(m.slug, p.key)})
+                              "dla": layout.prompt_dla(m.slug, p.key),
+                              "dla_list": pd.dla_list(dla, dla["default"], "top1")})
         return per_model
 
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:

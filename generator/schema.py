@@ -379,9 +379,12 @@ class Attribution:
         T, n_targets, C = dla.shape
         k = min(k, C)
         full = np.nan_to_num(dla.astype(np.float64))
-        idx = np.argsort(-np.abs(full), axis=-1, kind="stable")[..., :k]   # [T, 2, k]
-        val = np.take_along_axis(full, idx, -1)                            # [T, 2, k]
-        rest = full.sum(-1) - val.sum(-1)                                  # [T, 2]
+        # Ranked by |value| as stored (3 decimals), ties by component index: float noise of a
+        # different batch or padding cannot reorder near-equal components.
+        shown = np.round(full, 3)                                          # [T, 2, C]
+        idx = np.argsort(-np.abs(shown), axis=-1, kind="stable")[..., :k]  # [T, 2, k]
+        val = np.take_along_axis(shown, idx, -1)                           # [T, 2, k]
+        rest = full.sum(-1) - np.take_along_axis(full, idx, -1).sum(-1)    # [T, 2]
         index, value, rest_l = idx.tolist(), np.round(val, 3).tolist(), np.round(rest, 3).tolist()
         for t, j in zip(*np.nonzero(np.isnan(dla).all(-1))):
             index[t][j] = value[t][j] = rest_l[t][j] = None

@@ -393,3 +393,7 @@ def test_attribution_data_matches_the_artifact(demo_build):
         assert heads[induction]["share"] == 1.0
         page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
         assert f'class="atlas-col atlas-dla" data-model="{slug}"' in page
+        # The default list is in the page already (nothing moves when the script draws).
+        box = page.split(f'class="atlas-col atlas-dla" data-model="{slug}"')[1]
+        first = box.split('<ol class="atlas-small atlas-dla-list">')[1].split("</li>")[0]
+        assert first.startswith(f'<li><a href="#">{induction}</a> +'), first

@@ -162,10 +162,11 @@
     return rows;
   }
 
-  const LIST_LENGTH = 8;
+  const LIST_LENGTH = 8;    // pagedata.DLA_LIST_LENGTH: render writes the default list alike
   const signed = (v) => (v >= 0 ? "+" : "\u2212") + Math.abs(v).toFixed(3);
 
   // "Who wrote it": the largest stored contributions, signed; a head's name opens its attention.
+  // Mirrors pagedata.dla_list (render writes the default position's list into the page).
   function fillDlaList(box, data, pos, target) {
     const caption = box.querySelector(".atlas-dla-caption");
     const list = box.querySelector(".atlas-dla-list");
