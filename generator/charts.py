@@ -53,55 +53,83 @@ def predictions_chart() -> alt.LayerChart:
 
 
 def surprisal_chart() -> alt.Chart:
-    """Surprisal (bits) of the token that actually came next, at every position."""
+    """Surprisal (bits) of the token that actually came next, at every position. The axis and
+    colour end at the `surprisal_max` param, which a prompt page sets to the larger of both
+    models' maxima so that their charts compare (None: this chart's own maximum)."""
+    top = alt.param(name="surprisal_max", value=None)
+    scale = dict(domainMin=0, domainMax=alt.ExprRef(expr="surprisal_max"))
     return alt.Chart(alt.Data(name="tokens")).transform_filter(
         "datum.surprisal != null").mark_bar().encode(
         x=alt.X("label:N", sort=_tokens_sort("i"), title="token (predicting the next one)",
                 axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)),
-        y=alt.Y("surprisal:Q", title="surprisal of actual next token (bits)"),
-        color=alt.Color("surprisal:Q", scale=alt.Scale(scheme="orangered"), legend=None),
+        y=alt.Y("surprisal:Q", title="surprisal of actual next token (bits)",
+                scale=alt.Scale(**scale)),
+        color=alt.Color("surprisal:Q", scale=alt.Scale(scheme="orangered", **scale), legend=None),
         tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("next:N", title="next"),
                  alt.Tooltip("surprisal:Q", format=".2f", title="bits"),
                  alt.Tooltip("rank:Q", title="rank of next")],
-    ).properties(width=WIDTH, height=160)
+    ).add_params(top).properties(width=WIDTH, height=160)
+
+
+# Probabilities as a reader reads them: 0.412, 0.031, then 3.2e-5 below a thousandth.
+def _readable(field: str) -> str:
+    return (f"datum.{field} == null ? 'n/a' : datum.{field} >= 0.001 || datum.{field} == 0 ? "
+            f"format(datum.{field}, '.3f') : format(datum.{field}, '.1e')")
 
 
 def lens_chart() -> alt.LayerChart:
     """Logit lens: layer x position, coloured by the rank of the token that actually came next
-    (log scale: dark = the right answer is near the top), text = that layer's top prediction."""
-    base = alt.Chart(alt.Data(name="lens")).encode(
+    (log scale, viridis: dark purple = rank 1, the right answer on top; yellow = far down), text =
+    that layer's top prediction. Cells are wide enough for 10 px text; the chart grows with the
+    prompt and scrolls in its own frame. The colour domain ends at the `lrank_max` param (both
+    models' largest log10 rank on a prompt page; None: this chart's own)."""
+    top = alt.param(name="lrank_max", value=None)
+    base = alt.Chart(alt.Data(name="lens")).transform_calculate(
+        p_text=_readable("p"), pnext_text=_readable("pnext")).encode(
         x=alt.X("pl:N", sort=_tokens_sort("pos"), title="position (predicting the next token)",
-                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)),
-        y=alt.Y("layer:O", sort="descending", title="layer"),
+                axis=alt.Axis(labelAngle=-60, labelLimit=90, labelFontSize=11)),
+        y=alt.Y("layer:O", sort="descending", title="layer", axis=alt.Axis(labelFontSize=11)),
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("lrank:Q", title="log10 rank of actual next",
-                        scale=alt.Scale(scheme="viridis", reverse=True, domainMin=0)),
+        color=alt.Color("lrank:Q", scale=alt.Scale(scheme="viridis", domainMin=0,
+                                                    domainMax=alt.ExprRef(expr="lrank_max")),
+                        legend=alt.Legend(title="rank of the actual next token", titleLimit=400,
+                                          labelExpr="format(pow(10, datum.value), ',.0f')",
+                                          orient="top", gradientLength=240)),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("pl:N", title="after"),
                  alt.Tooltip("top:N", title="top prediction"),
-                 alt.Tooltip("p:Q", format=".3f", title="its probability"),
+                 alt.Tooltip("p_text:N", title="its probability"),
                  alt.Tooltip("runners:N", title="next in line"),
-                 alt.Tooltip("rank:Q", title="rank of actual next"),
-                 alt.Tooltip("pnext:Q", format=".4f", title="p(actual next)")],
+                 alt.Tooltip("rank:Q", title="rank of actual next (1 = top)"),
+                 alt.Tooltip("pnext_text:N", title="p(actual next)")],
     )
-    text = base.mark_text(fontSize=8, limit=34, color="white").encode(text="top:N")
-    return alt.layer(rect, text).properties(width=alt.Step(36), height=alt.Step(14))
+    # Light text on the dark (top-ranked) cells, dark text on the light ones.
+    text = base.mark_text(fontSize=10, limit=44).encode(
+        text="top:N",
+        color=alt.condition("datum.lrank == null || datum.lrank < 0.55 * (lrank_max || 6)",
+                            alt.value("white"), alt.value("black")))
+    return alt.layer(rect, text).add_params(top).properties(width=alt.Step(48),
+                                                            height=alt.Step(18))
 
 
 def heads_chart() -> alt.Chart:
-    """Model view: every layer x head at a glance; click a cell to open it in the heatmap."""
+    """Model view: every layer x head's attention entropy; click a cell to open it in the heatmap.
+    The colour domain is [entropy_min, entropy_max], both models' range on a prompt page."""
     return alt.Chart(alt.Data(name="heads")).mark_rect(cursor="pointer").encode(
         x=alt.X("head:O", title="head"),
         y=alt.Y("layer:O", sort="descending", title="layer"),
-        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(scheme="purples",
-                                                                              reverse=True)),
+        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(
+            scheme="purples", reverse=True, domainMin=alt.ExprRef(expr="entropy_min"),
+            domainMax=alt.ExprRef(expr="entropy_max"))),
         tooltip=[alt.Tooltip("name:N", title="head"), alt.Tooltip("group:Q", title="kv group"),
                  alt.Tooltip("entropy:Q", format=".2f"),
                  alt.Tooltip("prev_token:Q", format=".2f", title="previous-token"),
                  alt.Tooltip("first_token:Q", format=".2f", title="first-token (sink)"),
                  alt.Tooltip("distance:Q", format=".1f", title="mean distance"),
                  alt.Tooltip("induction:Q", format=".2f", title="induction")],
-    ).properties(width=alt.Step(18), height=alt.Step(14))
+    ).add_params(alt.param(name="entropy_min", value=None),
+                 alt.param(name="entropy_max", value=None)
+                 ).properties(width=alt.Step(18), height=alt.Step(14))
 
 
 def groups_chart() -> alt.Chart:
@@ -131,21 +159,26 @@ def cumulative_chart() -> alt.Chart:
     ).properties(width=2 * WIDTH, height=200)
 
 
+ATLAS_TOP = 20   # heads per head-atlas chart (fewer when the model has fewer)
+
+
 def atlas_chart(metric: str, title: str) -> alt.Chart:
-    """Head atlas: the 20 heads with the highest mean `metric` (lowest for entropy); a bar links
-    to the prompt where that head shows the behaviour most clearly."""
+    """Head atlas: the ATLAS_TOP heads with the highest mean `metric` (lowest for entropy); a bar
+    links to the prompt where that head shows the behaviour most clearly, opened at that layer
+    and head (the row's `{metric}_href`, from generator/pagedata.py)."""
     order = "ascending" if metric == "entropy" else "descending"
     return alt.Chart(alt.Data(name="atlas")).transform_filter(
         f"isValid(datum.{metric})").transform_window(
         rank="row_number()", sort=[alt.SortField(metric, order=order)]).transform_filter(
-        "datum.rank <= 20").transform_calculate(
-        url=f"'../prompts/' + datum.{metric}_best + '.html'").mark_bar(cursor="pointer").encode(
-        x=alt.X(f"{metric}:Q", title=title),
-        y=alt.Y("name:N", sort=alt.EncodingSortField(field=metric, order=order), title="head"),
-        href="url:N",
+        f"datum.rank <= {ATLAS_TOP}").mark_bar(cursor="pointer").encode(
+        x=alt.X(f"{metric}:Q", title=title,
+                axis=alt.Axis(labelOverlap=True, tickCount=5, labelFontSize=11, labelFlush=True)),
+        y=alt.Y("name:N", sort=alt.EncodingSortField(field=metric, order=order), title="head",
+                axis=alt.Axis(labelFontSize=11)),
+        href=alt.Href(f"{metric}_href:N"),
         tooltip=[alt.Tooltip("name:N", title="head"), alt.Tooltip(f"{metric}:Q", format=".3f"),
                  alt.Tooltip(f"{metric}_best:N", title="clearest on prompt")],
-    ).properties(width=WIDTH, height=alt.Step(13))
+    ).properties(width=WIDTH, height=alt.Step(17))
 
 
 def tokenizers_chart() -> alt.Chart:

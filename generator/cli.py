@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import click
 
+from . import layout
 from .errors import AtlasError
 
 DEFAULT_MODELS = ("gpt2", "Qwen/Qwen2.5-0.5B")
@@ -46,7 +47,9 @@ common_options = _options(
                       "Default: the curated sets in prompt_sets/."),
     click.option("--model", "models", multiple=True, metavar="ID_OR_DIR",
                  help="Hugging Face model id or local checkpoint directory (repeatable). "
-                      "Default: gpt2 and Qwen/Qwen2.5-0.5B."),
+                      "Default: gpt2 and Qwen/Qwen2.5-0.5B. Files and URLs name it by its "
+                      "slug: a directory by its own name, a hub id whole (render finds it "
+                      "without the checkpoint: give render the same --model as compute)."),
     click.option("--demo", is_flag=True,
                  help="Use the offline demo: tiny random-weight GPT-2 and Qwen2 models with the "
                       "real tokenizers, no network needed. Pages say the weights are random."),
@@ -94,11 +97,11 @@ def _model_ids(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str
 
 
 def _slugs(models: tuple[str, ...], demo: bool, build_dir: Path) -> list[str]:
-    from .store import slugify
+    from .store import render_slug
     if demo:
         from .demo import DEMO_SPECS
         return list(DEMO_SPECS)
-    return [slugify(m) for m in (models or DEFAULT_MODELS)]
+    return [render_slug(m, build_dir / "artifacts") for m in (models or DEFAULT_MODELS)]
 
 
 def check_dirs(build_dir: Path, out: Path | None = None) -> None:
@@ -115,9 +118,10 @@ def check_dirs(build_dir: Path, out: Path | None = None) -> None:
         if inner == resolved or resolved in inner.parents:
             raise click.BadParameter(f"{out} contains {inner}, and a build replaces --out whole. "
                                      f"Give a directory of its own, like site/.", param_hint="--out")
-    if any(out.iterdir()) and not (out / "index.html").is_file():
+    home = layout.served(layout.HOME)
+    if any(out.iterdir()) and not (out / home).is_file():
         raise click.BadParameter(f"{out} is a non-empty directory that is not a built site (no "
-                                 f"index.html), and a build replaces --out whole. Give a new or "
+                                 f"{home}), and a build replaces --out whole. Give a new or "
                                  f"empty directory, or a previous site.", param_hint="--out")
 
 
@@ -188,7 +192,8 @@ def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
     check_dirs(build_dir, out)
     do_compute(prompt_paths, models, demo, build_dir, **kw)
     do_render(prompt_paths, models, demo, build_dir, out)
-    log(f"done: open {out / 'index.html'} through a web server, e.g. `model-atlas serve`")
+    log(f"done: open {out / layout.served(layout.HOME)} through a web server, e.g. "
+        f"`model-atlas serve`")
 
 
 @main.command()
@@ -214,13 +219,19 @@ def serve(prompt_paths, models, demo, build_dir, out, port, no_build, **kw) -> N
             pass
 
 
+# How `export` lays out its files, as its --help says: the site's stable URLs (generator/layout.py).
+_EXPORT_FILES = ", ".join(f"{layout.chart_file(scope, stem)}.*" for scope, stem in (
+    (layout.prompt_scope("<model>", "<set>/<prompt>"), "<chart>"),
+    (layout.compare_scope("<set>/<prompt>"), "cumulative"),
+    (layout.model_scope("<model>"), "atlas-*"), (layout.SITE_SCOPE, "tokenizers")))
+
+
 @main.command()
 @click.option("--build-dir", type=click.Path(path_type=Path), default=Path("build"),
               show_default=True, help="Build directory of the last `model-atlas build` (its docs/ "
                                       "tree is read).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Directory for the files: <model>/<set>/<prompt>/<chart>.*, "
-                   "compare/<set>/<prompt>/cumulative.*, <model>/atlas-*.*, site/tokenizers.*.")
+              help=f"Directory for the files: {_EXPORT_FILES}.")
 @click.option("--model", default=None, metavar="SLUG",
               help="Only this model's charts (its slug, e.g. gpt2 or qwen-qwen2.5-0.5b).")
 @click.option("--prompt", default=None, metavar="SET/PROMPT",

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, layout
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
@@ -91,7 +91,7 @@ class ComputeReport:
 
 
 def artifact_path(root: Path, slug: str, prompt: Prompt) -> Path:
-    return root / slug / prompt.set_id / f"{prompt.id}.json"
+    return layout.artifact_path(root, slug, prompt.set_id, prompt.id)
 
 
 def unit_key(ref: ModelRef, prompt: Prompt, settings: Settings) -> str:

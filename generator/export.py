@@ -1,28 +1,18 @@
-"""Reuse of charts: every chart of a built site as standalone files, and the site's embed pages.
+"""`model-atlas export`: the charts of the last build as standalone files (no torch).
 
-A built docs tree (`build/docs`) holds each chart twice over: an Altair spec with an empty named
-dataset (`charts/<name>.vl.json`) and the data files that fill it (`data/...`). This module joins
-them into complete Vega-Lite specs with the data inlined, for
+Per chart a self-contained HTML file (the vendored Vega bundle, the chart's script and the spec
+inlined, so it opens from file:// with no network), the spec as `.vl.json`, an SVG and a PNG
+(vl-convert), under `<out>/<scope>/<chart>.<ext>`, laid out like the site's stable URLs
+(generator/layout.py).
 
-- `export_charts` (the `model-atlas export` command): per chart a self-contained HTML file (the
-  vendored Vega bundle and the spec inlined, so it opens from file:// with no network), the spec as
-  `.vl.json`, an SVG and a PNG (vl-convert), under `<out>/<scope>/<chart>.<ext>`;
-- `write_embed_pages` (called by the render stage): `downloads/<scope>/<chart>.vl.json` and a
-  minimal page per chart, `embed/<scope>/<chart>.html`, for an `<iframe>`. It loads the site's
-  vendored Vega bundle and `embed/embed.js`, and fetches its spec, all by relative URLs, so it
-  works under any sub-path of any static host and calls no CDN.
-
-A chart's scope is `<slug>/<set>/<prompt>` (one model on one prompt), `compare/<set>/<prompt>`
-(both models on one prompt: `cumulative`), `<slug>` (the head atlas of one model: `atlas-*`) or
-`site` (`tokenizers`). The attention chart is one head of one layer, decoded from the stored
-uint8 layer exactly as the page script's `attentionRows` does; layer 0 head 0 unless asked.
-No torch here.
+Export reads what render recorded in the docs tree: its manifest (generator/manifest.py), which
+lists every chart and the data file that fills it, and those files. An attention chart is decoded
+from the artifact copy the manifest names, read and checked by `schema.read_artifact`. The specs
+are completed by generator/embed.py, as render's downloads are, so both are the same bytes.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,66 +20,42 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
-
+from . import layout
+from .embed import (ChartRef, ModelInfo, attention_rows, chart_title, complete_spec, datasets_from,
+                    standalone_html)
 from .errors import ArtifactError, AtlasError, OptionError
-from .schema import tril_by_key
-from .store import atomic_write_bytes, atomic_write_text, canonical_json
+from .manifest import Manifest, read_manifest
+from .schema import read_artifact
+from .store import atomic_write_bytes, canonical_json
+from .templating import environment
 
 Log = Callable[[str], None]
 FORMATS = ("html", "json", "svg", "png")
-SUFFIXES = {"html": ".html", "json": ".vl.json", "svg": ".svg", "png": ".png"}
+SUFFIXES = {"html": ".html", "json": layout.SPEC_SUFFIX, "svg": ".svg", "png": ".png"}
 PNG_SCALE = 2
-# Charts of one model on one prompt, and the data file each reads (data/<slug>/<set>/<prompt>...).
-PROMPT_SOURCES = {"attention": ".json", "predictions": ".json", "surprisal": ".json",
-                  "lens": ".lens.json", "heads": ".heads.json", "groups": ".heads.json"}
-LABELS = {"predictions": "top next-token predictions", "surprisal": "surprisal per token",
-          "lens": "logit lens", "heads": "attention entropy of every head",
-          "groups": "key/value groups", "cumulative": "cumulative surprisal",
-          "tokenizers": "tokens per character by script"}
-
-
-@dataclass
-class ModelInfo:
-    """What the export needs of one model, read from its first artifact."""
-    slug: str
-    model_id: str
-    layers: int
-    query_heads: int
-    kv_heads: int
-    prompts: list[str]
-
-    @property
-    def grouped(self) -> bool:
-        return self.kv_heads < self.query_heads
-
-
-@dataclass(frozen=True)
-class ChartRef:
-    """One chart of the site: its kind, where it lives, and the data files that fill it."""
-    name: str                  # chart kind: charts/<name>.vl.json
-    scope: str                 # <slug>/<set>/<prompt>, compare/<set>/<prompt>, <slug> or site
-    model: str | None          # model slug, None for charts of every model
-    prompt: str | None         # set/prompt key, None for model- and site-level charts
-    sources: tuple[str, ...]   # data files, relative to the docs tree
-    stem: str                  # file name without suffix (attention-L<l>-H<h> off layer 0 head 0)
-
-    @property
-    def rel(self) -> str:
-        return f"{self.scope}/{self.stem}"
 
 
 @dataclass
 class Inventory:
-    """The charts, models and prompts of one built docs tree."""
+    """The charts, models and prompts of one built docs tree, from its manifest."""
     docs: Path
-    models: dict[str, ModelInfo]
-    prompts: list[str]
-    kinds: list[str]
-    _provenance: dict[Path, dict[str, Any]] = field(default_factory=dict)
+    manifest: Manifest
+    _artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return self.manifest.models
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.manifest.prompts
+
+    @property
+    def kinds(self) -> list[str]:
+        return self.manifest.kinds
 
     def spec(self, name: str) -> dict[str, Any]:
-        return copy.deepcopy(_read_json(self.docs / "charts" / f"{name}.vl.json"))
+        return _read_json(self.docs / layout.chart_spec(name))
 
     def data(self, rel: str) -> dict[str, Any]:
         path = self.docs / rel
@@ -98,15 +64,13 @@ class Inventory:
                                 f"`model-atlas render` (or `model-atlas build`) again.")
         return _read_json(path)
 
-    def provenance(self, slug: str, prompt: str) -> dict[str, Any]:
-        path = self.docs / "artifacts" / slug / f"{prompt}.json"
-        if path not in self._provenance:
-            self._provenance[path] = _read_json(path)["provenance"]
-        return self._provenance[path]
-
-    def random_weights(self, slug: str, prompt: str | None = None) -> bool:
-        prompts = [prompt] if prompt else self.models[slug].prompts[:1]
-        return any(self.provenance(slug, p).get("random_weights") for p in prompts)
+    def artifact(self, rel: str) -> dict[str, Any]:
+        """An artifact copy of the docs tree, validated with its attention file (one at a time:
+        the charts of one prompt come one after another)."""
+        if rel not in self._artifacts:
+            self._artifacts.clear()
+            self._artifacts[rel] = read_artifact(self.docs / rel)
+        return self._artifacts[rel]
 
 
 @lru_cache(maxsize=16)
@@ -129,58 +93,15 @@ def _read_json(path: Path) -> Any:
 
 
 def load_inventory(docs_dir: Path) -> Inventory:
-    """Models, prompts and chart kinds of a built docs tree (`<build-dir>/docs`)."""
+    """Models, prompts and charts of a built docs tree (`<build-dir>/docs`), from its manifest."""
     docs_dir = Path(docs_dir)
-    if not (docs_dir / "charts").is_dir() or not (docs_dir / "artifacts").is_dir():
-        raise AtlasError(f"{docs_dir}: no built site here (no charts/ and artifacts/). Run "
-                         f"`model-atlas build` first, or give the --build-dir of that build.")
-    kinds = sorted(p.name[: -len(".vl.json")] for p in (docs_dir / "charts").glob("*.vl.json"))
-    models: dict[str, ModelInfo] = {}
-    prompts: list[str] = []
-    for model_dir in sorted(p for p in (docs_dir / "artifacts").iterdir() if p.is_dir()):
-        keys = sorted(f"{p.parent.name}/{p.name[:-5]}" for p in model_dir.glob("*/*.json"))
-        if not keys:
-            continue
-        facts = _read_json(model_dir / f"{keys[0]}.json")
-        f, prov = facts["model"], facts["provenance"]
-        models[model_dir.name] = ModelInfo(model_dir.name, prov.get("model_id", model_dir.name),
-                                           f["layers"], f["query_heads"], f["kv_heads"], keys)
-        prompts += [k for k in keys if k not in prompts]
-    if not models:
-        raise AtlasError(f"{docs_dir}: the built site has no artifacts. Run `model-atlas build` "
-                         f"first.")
-    return Inventory(docs_dir, models, sorted(prompts), kinds)
-
-
-def _attention_stem(layer: int, head: int) -> str:
-    return "attention" if (layer, head) == (0, 0) else f"attention-L{layer}-H{head}"
+    return Inventory(docs_dir, read_manifest(docs_dir))
 
 
 def all_charts(inv: Inventory, layer: int = 0, head: int = 0) -> list[ChartRef]:
-    """Every chart of the site, per model and prompt first, then per prompt, model and site."""
-    refs = []
-    for m in inv.models.values():
-        for key in m.prompts:
-            base = f"data/{m.slug}/{key}"
-            for name, suffix in PROMPT_SOURCES.items():
-                if name not in inv.kinds or (name == "groups" and not m.grouped):
-                    continue
-                stem = _attention_stem(layer, head) if name == "attention" else name
-                sources = (base + suffix, f"{base}/L{layer}.json") if name == "attention" \
-                    else (base + suffix,)
-                refs.append(ChartRef(name, f"{m.slug}/{key}", m.slug, key, sources, stem))
-    for key in inv.prompts:
-        if "cumulative" in inv.kinds and (inv.docs / f"data/compare/{key}.json").is_file():
-            refs.append(ChartRef("cumulative", f"compare/{key}", None, key,
-                                 (f"data/compare/{key}.json",), "cumulative"))
-    for m in inv.models.values():
-        if (inv.docs / f"data/{m.slug}/atlas.json").is_file():
-            refs += [ChartRef(name, m.slug, m.slug, None, (f"data/{m.slug}/atlas.json",), name)
-                     for name in inv.kinds if name.startswith("atlas-")]
-    if "tokenizers" in inv.kinds and (inv.docs / "data/compare/tokenizers.json").is_file():
-        refs.append(ChartRef("tokenizers", "site", None, None, ("data/compare/tokenizers.json",),
-                             "tokenizers"))
-    return refs
+    """Every chart of the site, in the manifest's order; attention charts for layer, head."""
+    return [ref.with_head(layer, head) if ref.name == "attention" else ref
+            for ref in inv.manifest.charts]
 
 
 def _valid(values: Iterable[str]) -> str:
@@ -245,144 +166,32 @@ def _nothing_selected(inv: Inventory, model: str | None, prompt: str | None,
 # --- complete specs ------------------------------------------------------------------------------
 
 
-def attention_rows(layer_file: dict[str, Any], head: int,
-                   labels: Sequence[str]) -> list[dict[str, Any]]:
-    """One head of one stored layer as heatmap rows, as atlas.js `attentionRows` (hideFirst off):
-    uint8 [heads, T*(T+1)/2], the lower triangle key by key (uint8-tril-by-key), weight =
-    value / scale."""
-    t = layer_file["length"]
-    tri = t * (t + 1) // 2
-    raw = base64.b64decode(layer_file["data"])
-    if len(raw) != layer_file["heads"] * tri or not 0 <= head < layer_file["heads"]:
-        raise ArtifactError(f"attention layer {layer_file.get('layer')}: {len(raw)} bytes do not "
-                            f"hold head {head} of {layer_file['heads']} heads of {t} tokens. "
-                            f"Run `model-atlas render` again.")
-    queries, keys = tril_by_key(t)
-    weights = np.zeros((t, t))
-    weights[queries, keys] = np.frombuffer(raw, np.uint8)[head * tri:(head + 1) * tri]
-    weights /= layer_file["scale"]
-    return [{"q": q, "k": k, "w": float(weights[q, k]), "ql": labels[q], "kl": labels[k]}
-            for q in range(t) for k in range(q + 1)]
-
-
-def dataset_names(spec: Any) -> list[str]:
-    """Names of the named datasets a spec reads ({"data": {"name": ...}} anywhere in it)."""
-    found: list[str] = []
-    if isinstance(spec, dict):
-        data = spec.get("data")
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            found.append(data["name"])
-        for value in spec.values():
-            found += [n for n in dataset_names(value) if n not in found]
-    elif isinstance(spec, list):
-        for value in spec:
-            found += [n for n in dataset_names(value) if n not in found]
-    return found
-
-
-def _drop_links(spec: Any) -> None:
-    """Standalone charts have no site to link into: no href channel, no pointer cursor."""
-    if isinstance(spec, dict):
-        enc = spec.get("encoding")
-        if isinstance(enc, dict):
-            enc.pop("href", None)
-        mark = spec.get("mark")
-        if isinstance(mark, dict) and mark.get("cursor") == "pointer":
-            mark.pop("cursor")
-        for value in spec.values():
-            _drop_links(value)
-    elif isinstance(spec, list):
-        for value in spec:
-            _drop_links(value)
-
-
-def _label(name: str, layer: int, head: int) -> str:
-    if name == "attention":
-        return f"attention, layer {layer}, head {head}"
-    if name.startswith("atlas-"):
-        from .metrics import METRIC_DEFINITIONS
-        d = METRIC_DEFINITIONS.get(name[len("atlas-"):])
-        return f"{d['title']} by head (top 20)" if d else name
-    return LABELS.get(name, name)
-
-
-def chart_title(inv: Inventory, ref: ChartRef, layer: int = 0, head: int = 0) -> dict[str, Any]:
-    """Title naming model, prompt and chart (layer and head for attention); subtitle "random
-    weights" when the artifacts say the weights were random."""
-    parts = [inv.models[ref.model].model_id] if ref.model else []
-    parts += [ref.prompt] if ref.prompt else []
-    parts.append(_label(ref.name, layer, head))
-    title: dict[str, Any] = {"text": " · ".join(parts), "anchor": "start"}
-    slugs = [ref.model] if ref.model else [s for s, m in inv.models.items()
-                                           if ref.prompt is None or ref.prompt in m.prompts]
-    random = [s for s in slugs if inv.random_weights(s, ref.prompt)]
-    if random and (ref.model or len(random) == len(slugs)):
-        title["subtitle"] = "random weights"
-    elif random:
-        title["subtitle"] = "random weights: " + ", ".join(inv.models[s].model_id for s in random)
-    return title
-
-
 def chart_spec(inv: Inventory, ref: ChartRef, layer: int = 0, head: int = 0) -> dict[str, Any]:
     """The complete Vega-Lite spec of one chart: its named datasets filled, a title added."""
     spec = inv.spec(ref.name)
     if ref.name == "attention":
-        tokens = inv.data(ref.sources[0])["tokens"]
-        rows = attention_rows(inv.data(ref.sources[1]), head, [t["label"] for t in tokens])
-        datasets = {"attention": rows}
+        if ref.artifact is None:
+            raise ArtifactError(f"{inv.docs / layout.MANIFEST}: attention chart {ref.file} names "
+                                f"no artifact. Run `model-atlas render` again.")
+        labels = [t["label"] for t in inv.data(ref.data)["tokens"]]
+        datasets = {"attention": attention_rows(inv.artifact(ref.artifact), layer, head, labels)}
     else:
-        data: dict[str, Any] = {}
-        for rel in ref.sources:
-            data.update(inv.data(rel))
-        missing = [n for n in dataset_names(spec) if n not in data]
-        if missing:
-            raise ArtifactError(f"{inv.docs / ref.sources[0]}: has no {', '.join(missing)} for "
-                                f"chart {ref.name}. Run `model-atlas render` again.")
-        datasets = {n: data[n] for n in dataset_names(spec)}
-    _drop_links(spec)
-    spec["datasets"] = datasets
-    spec["title"] = chart_title(inv, ref, layer, head)
-    return spec
+        datasets = datasets_from(spec, inv.data(ref.data), str(inv.docs / ref.data), ref.name)
+    return complete_spec(spec, datasets, chart_title(inv.models, ref, layer, head))
 
 
 # --- files ---------------------------------------------------------------------------------------
 
 
-def script_json(obj: Any) -> str:
-    """JSON safe inside an HTML <script>: no "</script>", "<!--" or line separators."""
-    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, allow_nan=False)
-    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(ch, esc)
-    return text
-
-
-@lru_cache(maxsize=1)
-def _template() -> Any:
-    import jinja2
-
-    from .render import resource_dir
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
-                             autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return env.get_template("embed.html.j2")
-
-
-def standalone_html(spec: dict[str, Any], bundle: str, filename: str) -> str:
-    """One HTML file with the Vega bundle and the spec inlined: opens from file://, offline."""
-    from markupsafe import Markup
-    return _template().render(
-        mode="standalone", title=spec["title"]["text"], filename=filename,
-        random="subtitle" in spec["title"], bundle=Markup(bundle.replace("</script", "<\\/script")),
-        spec_json=Markup(script_json(spec)))
-
-
-def render_file(fmt: str, spec: dict[str, Any], bundle: str, filename: str) -> bytes:
-    """The bytes of one export format of a complete spec."""
+def render_file(fmt: str, spec: dict[str, Any], page: "_Standalone | None",
+                filename: str) -> bytes:
+    """The bytes of one export format of a complete spec (`page`: what an HTML file inlines)."""
     if fmt == "json":
         return (canonical_json(spec) + "\n").encode("utf-8")
     if fmt == "html":
-        return standalone_html(spec, bundle, filename).encode("utf-8")
+        if page is None:
+            raise ValueError("the html format needs the page's bundle and scripts")
+        return standalone_html(page.env, spec, page.bundle, page.scripts, filename).encode("utf-8")
     import vl_convert as vlc
     if fmt == "svg":
         return vlc.vegalite_to_svg(spec).encode("utf-8")
@@ -397,12 +206,23 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
-def _bundle(docs_dir: Path) -> str:
-    path = docs_dir / "assets" / "vendor" / "vega-bundle.js"
-    if not path.is_file():
-        raise AtlasError(f"{path}: the built site has no Vega bundle. Run `model-atlas build` "
-                         f"again.")
-    return path.read_text("utf-8")
+@dataclass
+class _Standalone:
+    """What every exported HTML file inlines: the site's Vega bundle and chart scripts."""
+    env: Any
+    bundle: str
+    scripts: list[str]
+
+
+def _standalone(docs_dir: Path) -> _Standalone:
+    texts = []
+    for rel in (layout.VENDOR_BUNDLE, *layout.EMBED_SCRIPTS):
+        path = docs_dir / rel
+        if not path.is_file():
+            raise AtlasError(f"{path}: the built site has no {path.name}. Run `model-atlas build` "
+                             f"again.")
+        texts.append(path.read_text("utf-8"))
+    return _Standalone(environment(), texts[0], texts[1:])
 
 
 def export_charts(docs_dir: Path, out_dir: Path, model: str | None = None,
@@ -417,74 +237,16 @@ def export_charts(docs_dir: Path, out_dir: Path, model: str | None = None,
         raise OptionError(f"--out {out_dir}: this is a file; give a directory for the charts.")
     inv = load_inventory(Path(docs_dir))
     refs = select_charts(inv, model, prompt, chart, layer, head)
-    bundle = _bundle(inv.docs) if "html" in formats else ""
+    page = _standalone(inv.docs) if "html" in formats else None
     t0, written = time.perf_counter(), []
     for i, ref in enumerate(refs, 1):
         spec = chart_spec(inv, ref, layer or 0, head or 0)
         for fmt in formats:
-            path = out_dir / f"{ref.rel}{SUFFIXES[fmt]}"
-            atomic_write_bytes(path, render_file(fmt, spec, bundle, ref.stem))
+            path = out_dir / f"{ref.file}{SUFFIXES[fmt]}"
+            atomic_write_bytes(path, render_file(fmt, spec, page, ref.stem))
             written.append(path)
         if i % 50 == 0:
             log(f"export: {i} of {len(refs)} charts written")
     log(f"export: {len(refs)} charts ({len(written)} files: {', '.join(formats)}) written to "
         f"{out_dir} in {time.perf_counter() - t0:.1f}s")
     return written
-
-
-# --- the site: downloads and embed pages ---------------------------------------------------------
-
-
-class _Target:
-    """Where the render stage's extra files go: its Writer (counted, swapped in at commit) or a
-    docs directory written in place."""
-
-    def __init__(self, target: Any):
-        self.writer = target if hasattr(target, "tmp") and hasattr(target, "text") else None
-        self.root = Path(self.writer.tmp if self.writer else target)
-
-    def text(self, rel: str, content: str) -> None:
-        if self.writer is not None:
-            self.writer.text(rel, content)
-        else:
-            atomic_write_text(self.root / rel, content)
-
-
-def embed_page(inv: Inventory, ref: ChartRef, spec: dict[str, Any]) -> str:
-    """The minimal page of one chart, `embed/<scope>/<chart>.html`, for an <iframe>."""
-    root = "../" * (1 + ref.scope.count("/") + 1)
-    model = inv.models.get(ref.model or "")
-    attn = {"tokens": f"{root}{ref.sources[0]}", "layers": f"{root}data/{ref.scope}/L",
-            "nlayers": model.layers, "nheads": model.query_heads} \
-        if ref.name == "attention" and model else None
-    if ref.prompt:
-        page = f"prompts/{ref.prompt}.html"
-    elif ref.model:
-        page = f"models/{ref.model}.html"
-    else:
-        page = "compare/tokenizers.html"
-    return _template().render(
-        mode="embed", title=spec["title"]["text"], filename=ref.rel.replace("/", "-"),
-        random="subtitle" in spec["title"], root=root, chart=ref.name,
-        spec_url=f"{root}downloads/{ref.rel}.vl.json", page_url=root + page, attention=attn)
-
-
-def write_embed_pages(target: Any, log: Log = print) -> int:
-    """Write `downloads/<scope>/<chart>.vl.json` (data inlined) and `embed/<scope>/<chart>.html`
-    (plus their script, `embed/embed.js`) for every chart of a docs tree: the render stage's
-    Writer before its commit, or a docs dir.
-    Returns the number of charts."""
-    t0 = time.perf_counter()
-    out = _Target(target)
-    if not any((out.root / "artifacts").glob("*/*/*.json")):
-        return 0
-    inv = load_inventory(out.root)
-    refs = all_charts(inv)
-    out.text("embed/embed.js", _template().render(mode="script"))
-    for ref in refs:
-        spec = chart_spec(inv, ref)
-        out.text(f"downloads/{ref.rel}.vl.json", canonical_json(spec) + "\n")
-        out.text(f"embed/{ref.rel}.html", embed_page(inv, ref, spec))
-    log(f"render: {len(refs)} charts given embed pages and downloads in "
-        f"{time.perf_counter() - t0:.1f}s")
-    return len(refs)

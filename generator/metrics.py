@@ -13,8 +13,10 @@ share one key/value head (Qwen2.5) with each other and with heads of other group
 attention (GPT-2) every query head has its own keys and values, so there is nothing to compare
 within a group.
 
-`renormalize_without_first` backs the "hide the attention sink" toggle, and `METRIC_DEFINITIONS`
-holds the titles, units, formulas and meanings that the pages and `site_src/metrics.md` show.
+`renormalize_without_first` states in Python what the prompt page's "hide first token" toggle
+shows (the browser's codec, site_src/assets/attention-codec.js, re-normalizes the rows itself;
+tests/test_layout.py checks that both agree), and `METRIC_DEFINITIONS` holds the titles, units,
+formulas and meanings that the pages and `site_src/metrics.md` show.
 """
 
 from __future__ import annotations

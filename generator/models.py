@@ -13,7 +13,6 @@ by hand.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -24,10 +23,9 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import ModelLoadError, OptionError
-from .store import sha256_file, slugify
+from .store import is_hub_id, model_slug, sha256_file
 
 DEMO_MARKER = "model_atlas_demo.json"   # written beside a checkpoint built with random weights
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -140,9 +138,9 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         marker = path / DEMO_MARKER
         # Named by its directory, not its absolute path, so artifacts do not depend on where the
         # checkout lives; the weights hash is the revision.
-        return ModelRef(path.resolve().name, slugify(str(path)), path.resolve(),
+        return ModelRef(path.resolve().name, model_slug(str(path), local_dir=True), path.resolve(),
                         _weights_fingerprint(path), random_weights=marker.is_file())
-    if not HUB_ID_RE.fullmatch(model_id) or ".." in model_id:  # fullmatch: no trailing "\n"
+    if not is_hub_id(model_id):
         raise ModelLoadError(f"--model {model_id!r}: neither an existing directory nor a valid "
                              f"Hugging Face model id (like 'gpt2' or 'Qwen/Qwen2.5-0.5B').")
     commit = _cached_revision(model_id, revision)
@@ -159,7 +157,8 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
         except Exception as e:  # noqa: BLE001 - hub errors come in many classes
             raise ModelLoadError(f"--model {model_id!r}: not found on the Hugging Face hub or not "
                                  f"accessible ({type(e).__name__}: {e}).") from None
-    return ModelRef(model_id, slugify(model_id), None, commit, random_weights=False)
+    return ModelRef(model_id, model_slug(model_id, local_dir=False), None, commit,
+                    random_weights=False)
 
 
 @dataclass

@@ -7,10 +7,11 @@ of validated artifacts, so two renders of the same artifacts give the same bytes
 
 from __future__ import annotations
 
+import codecs
 import math
 import unicodedata
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +41,33 @@ def show_token(text: str | None, hexed: str, tid: int | None = None) -> str:
     return "".join(out)
 
 
+TITLE_CHARS = 40          # a prompt's title: its first words, up to about this many characters
+
+
+def prompt_title(text: str) -> str:
+    """A prompt's page title and nav label: the first words of its text (prompt sets have no title
+    field per prompt, and the id is a slug like `repeated-list`). Cut at a word boundary, with an
+    ellipsis when anything is left out; a text without spaces (Chinese, Japanese) is cut at
+    TITLE_CHARS characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(empty prompt)"
+    first = " ".join(lines[0].split())
+    if len(first) <= TITLE_CHARS:
+        return first + (" …" if len(lines) > 1 else "")
+    cut = first[:TITLE_CHARS + 1]
+    space = cut.rfind(" ")
+    cut = cut[:space] if space >= TITLE_CHARS // 2 else first[:TITLE_CHARS]
+    return cut.rstrip(" ,;:") + " …"
+
+
+def token_counts(a: dict[str, Any]) -> dict[str, int]:
+    """The one count of a prompt's tokens every page shows: the prompt's own tokens and the
+    tokens the model generated after it, named separately (the artifact's token list holds both)."""
+    g = a["generation"]       # schema.py checks that the two add up to the token list
+    return {"prompt": g["prompt_tokens"], "generated": g["generated_tokens"]}
+
+
 def bits(logprob: float | None) -> float | None:
     return None if logprob is None else round(-logprob / LN2, 3)
 
@@ -63,6 +91,61 @@ def token_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
             "next": shown[i + 1] if i + 1 < len(shown) else "(end)",
         })
     return rows
+
+
+MAX_CHAR_PIECES = 16      # byte-level BPE needs at most 4 pieces per character; a longer run is
+                          # chained characters (a piece that ends one and starts the next)
+
+
+def chip_groups(a: dict[str, Any], rows: Sequence[dict[str, Any]],
+                generated: bool = True) -> list[dict[str, Any]]:
+    """Token chips grouped under the character(s) they form: a run of byte pieces (tokens whose
+    bytes are not complete UTF-8 on their own, like `<e0 a4>` `<ac>`) becomes one group whose
+    bytes together decode, shown as `char` above its chips. Every other token is a group of one
+    with `char` None. `rows` are `token_rows(a)`; `generated=False` leaves out the generated
+    tokens. A run that never completes (generation stopped mid-character, or a stray continuation
+    byte) stays ungrouped."""
+    groups: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    buf = b""
+
+    def flush_single() -> None:
+        groups.extend({"char": None, "tokens": [r]} for r in pending)
+        pending.clear()
+
+    for t, row in zip(a["tokens"], rows):
+        if row["generated"] and not generated:
+            break
+        if pending and row["generated"] != pending[0]["generated"]:
+            flush_single()
+        if not pending and t["text"] is not None:
+            groups.append({"char": None, "tokens": [row]})
+            continue
+        buf = (buf if pending else b"") + bytes.fromhex(t["bytes"])
+        pending.append(row)
+        try:
+            text = buf.decode("utf-8")
+        except UnicodeDecodeError:
+            try:      # incomplete (more pieces to come) or invalid (never completes)?
+                codecs.getincrementaldecoder("utf-8")().decode(buf, final=False)
+            except UnicodeDecodeError:
+                flush_single()
+                continue
+            if len(pending) >= MAX_CHAR_PIECES:
+                flush_single()
+            continue
+        if len(pending) == 1:   # a lone token that decodes (cannot happen: text was None)
+            flush_single()
+        else:
+            shown = show_token(text, buf.hex())
+            if unicodedata.category(shown[0]).startswith("M"):
+                shown = "◌" + shown    # a vowel sign or other mark: drawn on a dotted circle
+            groups.append({"char": shown, "tokens": list(pending),
+                           "codepoints": " ".join(f"U+{ord(c):04X}" for c in text
+                                                  if not c.isspace())})
+            pending.clear()
+    flush_single()
+    return groups
 
 
 def prediction_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,12 +177,19 @@ def lens_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
             rank = block["next_rank"][i]
             rows.append({"layer": layer, "pos": i, "pl": labels[i],
                          "top": shown(ids[0]), "p": probs[0],
-                         "runners": ", ".join(f"{shown(t)} ({p:.3f})"
+                         # FSI..PDI isolate each token: a right-to-left one (Hebrew, Arabic)
+                         # must not swap places with its probability.
+                         "runners": ", ".join(f"\u2068{shown(t)}\u2069 ({p:.3f})"
                                               for t, p in zip(ids[1:], probs[1:])),
                          "rank": rank, "lrank": None if rank is None else round(math.log10(rank), 3),
                          "pnext": None if block["next_logprob"][i] is None
-                         else round(math.exp(block["next_logprob"][i]), 5)})
+                         else _sig(math.exp(block["next_logprob"][i]))})
     return rows
+
+
+def _sig(x: float) -> float:
+    """Three significant figures: 0.00003217 stays 3.22e-05 where round(x, 5) made it 3e-05."""
+    return float(f"{x:.3g}")
 
 
 def head_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
@@ -227,6 +317,7 @@ def script_of(text: str) -> str:
 
 
 def tokenizer_stats(prompt: Any, artifact: dict[str, Any]) -> dict[str, Any]:
+    """Counts over the prompt's own tokens (never the generated ones)."""
     toks = [t for t in artifact["tokens"] if not t.get("generated")]
     chars = len(prompt.text)
     words = max(1, len(prompt.text.split()))
@@ -235,8 +326,11 @@ def tokenizer_stats(prompt: Any, artifact: dict[str, Any]) -> dict[str, Any]:
             "byte_pieces": sum(1 for t in toks if t["text"] is None)}
 
 
-def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any]]) -> dict:
-    """Every head's metrics averaged over prompts, with the prompt where each shows most."""
+def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
+               link: Callable[[str, int, int], str] | None = None) -> dict:
+    """Every head's metrics averaged over prompts, with the prompt where each shows most
+    (`{metric}_best`) and, given `link(prompt key, layer, head) -> URL`, the link that opens that
+    prompt's page at this layer and head (`{metric}_href`)."""
     per_prompt = [{n: np.array(a["metrics"][n], dtype=np.float64) for n in HEAD_METRICS}
                   for a in artifacts]
     mean = aggregate(per_prompt)                                     # name -> [L, H]
@@ -256,5 +350,8 @@ def head_atlas(slug: str, keys: Sequence[str], artifacts: Sequence[dict[str, Any
                     # Entropy shows a head's behaviour most clearly where it is lowest (focused).
                     best = int(np.nanargmin(column) if n == "entropy" else np.nanargmax(column))
                     row[f"{n}_best"] = keys[best]
+                if link is not None:
+                    row[f"{n}_href"] = (None if row[f"{n}_best"] is None
+                                        else link(row[f"{n}_best"], layer, head))
             rows.append(row)
     return {"model": slug, "rows": rows}

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import AtlasError
+from .resources import resource_path
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -130,12 +131,8 @@ class PromptSet:
 
 
 def default_prompt_dir() -> Path:
-    """The curated ``prompt_sets/`` directory: the repository's, else the one packaged beside
-    this module (installed wheels)."""
-    repo_dir = Path(__file__).resolve().parent.parent / "prompt_sets"
-    if repo_dir.is_dir():
-        return repo_dir
-    return Path(__file__).parent / "prompt_sets"
+    """The curated ``prompt_sets/`` directory: the checkout's, else the installed copy."""
+    return resource_path("prompt_sets")
 
 
 def load_prompt_set(path: str | Path) -> PromptSet:

@@ -1,10 +1,13 @@
 """The render stage: artifacts -> Markdown pages, chart specs and data files (never imports torch).
 
-`render_docs` reads and validates every artifact, then writes a complete MkDocs `docs_dir` (the
-hand-written `site_src/` tree copied in, plus generated pages, data and charts) into a fresh
-directory that replaces the old one only when it is complete. Generated files never mix into
-`site_src/`. Pages are Jinja templates with autoescaping on: prompt text, tokens and model names
-only ever enter a page as escaped values, never as template source.
+`load_catalog` reads and validates every artifact; `render_docs` then writes a complete MkDocs
+`docs_dir` (the hand-written `site_src/` tree copied in, plus generated pages, data files, chart
+specs, and for every chart a download and an embed page, generator/embed.py) into a fresh
+directory that replaces the old one only when it is complete. Every path it writes comes from
+generator/layout.py. Last it writes the manifest (generator/manifest.py), the record that
+`model-atlas export` reads. Generated files never mix into `site_src/`. Pages are Jinja templates
+with autoescaping on (generator/templating.py, the one Jinja environment of the site): prompt
+text, tokens and model names only ever enter a page as escaped values, never as template source.
 """
 
 from __future__ import annotations
@@ -17,28 +20,21 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import jinja2
-
+from . import embed, layout
 from . import pagedata as pd
-from .charts import chart_specs
+from .charts import ATLAS_TOP, chart_specs
+from .embed import ChartRef, ModelInfo
 from .errors import ArtifactError
-from .export import write_embed_pages
+from .manifest import manifest_data
 from .prompts import PromptSet
+from .resources import resource_path
 from .schema import SCHEMA_VERSION, attention_layer, attention_path, read_artifact
 from .store import canonical_json
+from .templating import environment
 
 Log = Callable[[str], None]
-REPO = Path(__file__).resolve().parent.parent
-
-
-def resource_dir(name: str) -> Path:
-    """templates/ and site_src/ of the checkout, or the copies installed inside the package."""
-    for candidate in (REPO / name, Path(__file__).parent / "_data" / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"cannot find the {name}/ directory of Model Atlas")
 
 
 def build_date() -> str:
@@ -83,7 +79,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
         summary = None
         for s in sets:
             for p in s.prompts:
-                path = artifacts_dir / slug / s.id / f"{p.id}.json"
+                path = layout.artifact_path(artifacts_dir, slug, s.id, p.id)
                 if not path.exists():
                     raise ArtifactError(
                         f"{path}: missing artifact for prompt {p.key} and model {slug}. Run "
@@ -108,26 +104,6 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
             models.append(summary)
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
     return Catalog(sets, models, artifacts, paths)
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(resource_dir("templates")),
-        autoescape=True, trim_blocks=True, lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["show_token"] = lambda t: pd.show_token(t["text"], t["bytes"], t["id"])
-    env.filters["thousands"] = lambda n: f"{n:,}" if isinstance(n, int) else n
-    env.filters["surprisal_style"] = _surprisal_style
-    env.filters["char_style"] = lambda b: _surprisal_style(None if b is None else 4 * b)
-    return env
-
-
-def _surprisal_style(bits: float | None) -> str:
-    """Background colour for a token chip: white (expected) to deep orange (surprising)."""
-    if bits is None:
-        return "background: transparent"
-    level = min(bits / 16.0, 1.0)
-    return f"background: hsl(24, 95%, {98 - 48 * level:.0f}%)"
 
 
 class Writer:
@@ -164,113 +140,206 @@ class Writer:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _rel_root(page: str) -> str:
-    return "../" * page.count("/")
+def _model_info(m: ModelSummary) -> ModelInfo:
+    return ModelInfo(m.slug, m.model_id, m.facts["layers"], m.facts["query_heads"],
+                     m.facts["kv_heads"], m.random_weights, tuple(m.prompts))
 
 
-def _prompt_files(w: Writer, catalog: Catalog, s: PromptSet, p: Any) -> list[dict[str, Any]]:
-    """Data files of one prompt page; returns what the template needs per model."""
-    per_model = []
-    for m in catalog.models:
-        a = catalog.artifacts[(m.slug, p.key)]
-        base = f"data/{m.slug}/{s.id}/{p.id}"
-        tokens = pd.token_rows(a)
-        w.json(f"{base}.json", {"tokens": tokens, "predictions": pd.prediction_rows(a)})
-        w.json(f"{base}.lens.json", {"lens": pd.lens_rows(a)})
-        w.json(f"{base}.heads.json", {"heads": pd.head_rows(a), "groups": pd.group_rows(a)})
+class _Site:
+    """One render: the writer, the Jinja environment, what every page gets, and every chart
+    written so far (for the manifest). Pages and charts are written as they are made, so the rows
+    of one prompt are let go before the next."""
+
+    def __init__(self, catalog: Catalog, w: Writer, log: Log):
+        from .metrics import GROUP_METRIC_DEFINITIONS, METRIC_DEFINITIONS
+        self.catalog, self.w, self.log = catalog, w, log
+        self.env = environment()
+        self.specs = chart_specs()
+        self.models = {m.slug: _model_info(m) for m in catalog.models}
+        self.charts: list[ChartRef] = []
+        self.common = {"catalog": catalog, "models": catalog.models, "sets": catalog.sets,
+                       "build_date": build_date(), "schema_version": SCHEMA_VERSION,
+                       "metric_defs": METRIC_DEFINITIONS, "group_defs": GROUP_METRIC_DEFINITIONS,
+                       "chart_top_k": pd.CHART_TOP_K}
+
+    def page(self, rel: str, template: str, **ctx: Any) -> None:
+        self.w.text(rel, self.env.get_template(template).render(
+            urls=layout.Urls(rel), **self.common, **ctx))
+
+    def chart(self, ref: ChartRef, datasets: dict[str, Any] | None = None,
+              data: dict[str, Any] | None = None) -> None:
+        """Write one chart's download and embed page, its datasets given or taken from `data`
+        (the content of its data file)."""
+        spec = self.specs[ref.name]
+        if datasets is None:
+            datasets = embed.datasets_from(spec, data or {}, ref.data, ref.name)
+        embed.write_chart(self.w.text, self.env, self.models, ref, spec, datasets)
+        self.charts.append(ref)
+
+    def static_files(self, vendor_js: Path) -> None:
+        """site_src/ as it is, the Vega bundle and the chart specs."""
+        src = resource_path("site_src")
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                self.w.copy(f, f.relative_to(src).as_posix())
+        self.w.copy(vendor_js, layout.VENDOR_BUNDLE)
+        for name, spec in self.specs.items():
+            self.w.json(layout.chart_spec(name), spec)
+
+    def model_pages(self) -> None:
+        keys = [p.key for s in self.catalog.sets for p in s.prompts]
+        for m in self.catalog.models:
+            page = layout.model_page(m.slug)
+            atlas = pd.head_atlas(
+                m.slug, keys, [self.catalog.artifacts[(m.slug, k)] for k in keys],
+                link=lambda key, layer, head, slug=m.slug, page=page:
+                layout.Urls(page).prompt_head(key, slug, layer, head))
+            data = {"atlas": atlas["rows"]}
+            self.w.json(layout.atlas_data(m.slug), data)
+            charts = embed.atlas_charts(self.models[m.slug], self.specs)
+            for ref in charts.values():
+                self.chart(ref, data=data)
+            self.page(page, "model.md.j2", model=m, atlas=atlas["rows"],
+                      atlas_top=min(ATLAS_TOP, m.facts["layers"] * m.facts["query_heads"]),
+                      charts=charts)
+
+    def prompt_files(self, p: Any) -> list[dict[str, Any]]:
+        """Data files, artifact copies and charts of one prompt; what the page needs per model."""
+        per_model = []
+        for m in self.catalog.models:
+            a = self.catalog.artifacts[(m.slug, p.key)]
+            tokens, lens = pd.token_rows(a), pd.lens_rows(a)
+            files = {layout.prompt_data(m.slug, p.key): {"tokens": tokens,
+                                                          "predictions": pd.prediction_rows(a)},
+                     layout.prompt_lens(m.slug, p.key): {"lens": lens},
+                     layout.prompt_heads(m.slug, p.key): {"heads": pd.head_rows(a),
+                                                          "groups": pd.group_rows(a)}}
+            for rel, content in files.items():
+                self.w.json(rel, content)
+            self._attention_files(m.slug, p.key, a)
+            charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
+            for name, ref in charts.items():
+                if name == "attention":
+                    labels = [t["label"] for t in tokens]
+                    self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, labels)})
+                else:
+                    self.chart(ref, data=files[ref.data])
+            per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
+                              "charts": charts, "chips": pd.chip_groups(a, tokens),
+                              "generation": a["generation"]})
+        return per_model
+
+    def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
         att = a["attention"]
         for layer in range(att["layers"]):
             # base64 in JSON: web servers compress JSON but often not binary files.
-            w.json(f"{base}/L{layer}.json", {
+            self.w.json(layout.attention_layer(slug, key, layer), {
                 "layer": layer, "heads": att["heads"], "length": att["length"],
                 "encoding": att["encoding"], "scale": att["scale"],
                 "data": base64.b64encode(attention_layer(a, layer)).decode("ascii")})
-        src = catalog.paths[(m.slug, p.key)]
-        w.copy(src, f"artifacts/{m.slug}/{s.id}/{p.id}.json")
-        w.copy(attention_path(src), f"artifacts/{m.slug}/{s.id}/{attention_path(src).name}")
-        per_model.append({"summary": m, "artifact": a, "base": base, "tokens": tokens,
-                          "generation": a["generation"]})
-    return per_model
+        src, copy = self.catalog.paths[(slug, key)], layout.artifact_copy(slug, key)
+        self.w.copy(src, copy)
+        self.w.copy(attention_path(src), attention_path(copy).as_posix())
+
+    def comparison(self, p: Any, per_model: list[dict[str, Any]]) -> dict[str, Any]:
+        """The prompt's data and chart across models, and what its page shows of them."""
+        arts = [pm["artifact"] for pm in per_model]
+        names = [pm["summary"].model_id for pm in per_model]
+        ref = embed.compare_chart(p.key)
+        data = {"cumulative": pd.cumulative_rows(p.text, names, arts)}
+        self.w.json(ref.data, data)
+        self.chart(ref, data=data)
+        return {"segments": pd.aligned_segments(p.text, arts), "names": names,
+                "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None, "chart": ref}
+
+    def prompt_pages(self) -> list[dict[str, Any]]:
+        """Every set page and prompt page; returns the tokenizer rows of every prompt."""
+        done, tok_rows = 0, []
+        for s in self.catalog.sets:
+            self.page(layout.set_page(s.id), "set.md.j2", set=s)
+            for p in s.prompts:
+                per_model = self.prompt_files(p)
+                compare = self.comparison(p, per_model)
+                self.page(layout.prompt_page(p.key), "prompt.md.j2", set=s, prompt=p,
+                          per_model=per_model, compare=compare,
+                          domains=shared_domains(per_model))
+                tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
+                                 "stats": [pd.tokenizer_stats(p, pm["artifact"])
+                                           for pm in per_model],
+                                 "counts": [pd.token_counts(pm["artifact"]) for pm in per_model],
+                                 "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
+                                                          generated=False) for pm in per_model]})
+                done += 1
+                if done % 10 == 0:
+                    self.log(f"render: {done} prompt pages written")
+        return tok_rows
+
+    def comparison_pages(self, tok_rows: list[dict[str, Any]]) -> None:
+        by_script = _tokenizer_summary(self.catalog, tok_rows)
+        ref = embed.tokenizers_chart()
+        data = {"scripts": by_script}
+        self.w.json(ref.data, data)
+        self.chart(ref, data=data)
+        differ = sorted(tok_rows, key=lambda r: (-_spread(r["stats"]), r["prompt"].key))[:8]
+        self.page(layout.TOKENIZERS_PAGE, "tokenizers.md.j2", rows=tok_rows, by_script=by_script,
+                  differ=differ, tokenizers_chart=ref)
+        self.page(layout.ARCHITECTURES_PAGE, "architectures.md.j2")
+
+    def manifest(self) -> None:
+        self.w.json(layout.MANIFEST, manifest_data(list(self.models.values()), list(self.specs),
+                                                   self.charts))
 
 
-def _comparison(w: Writer, catalog: Catalog, s: PromptSet, p: Any,
-                per_model: list[dict[str, Any]]) -> dict[str, Any] | None:
-    arts = [pm["artifact"] for pm in per_model]
-    names = [pm["summary"].model_id for pm in per_model]
-    segments = pd.aligned_segments(p.text, arts)
-    w.json(f"data/compare/{s.id}/{p.id}.json",
-           {"cumulative": pd.cumulative_rows(p.text, names, arts)})
-    return {"segments": segments, "names": names,
-            "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None,
-            "data": f"data/compare/{s.id}/{p.id}.json"}
+def shared_domains(per_model: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Scale domains shared by both models' charts of one prompt page, so that the same colour
+    and the same axis position mean the same value side by side. Keyed by chart; each value is
+    the params of that chart's spec (generator/charts.py), which atlas.js sets before drawing."""
+    def top(values: Any) -> float | None:
+        vals = [v for v in values if v is not None]
+        return round(max(vals), 3) if vals else None
+
+    entropy = [v for pm in per_model for row in pm["artifact"]["metrics"]["entropy"] for v in row
+               if v is not None]
+    return {"surprisal": {"surprisal_max": top(t["surprisal"] for pm in per_model
+                                               for t in pm["tokens"])},
+            "heads": {"entropy_min": round(min(entropy), 3) if entropy else None,
+                      "entropy_max": round(max(entropy), 3) if entropy else None},
+            "lens": {"lrank_max": top(r["lrank"] for pm in per_model for r in pm["lens"])}}
 
 
 def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = print) -> list[Any]:
     """Write the complete docs tree; return the nav (for mkdocs.yml)."""
-    from .metrics import GROUP_METRIC_DEFINITIONS, METRIC_DEFINITIONS
     t0 = time.perf_counter()
-    env = _environment()
     w = Writer(docs_dir)
-    src = resource_dir("site_src")
-    for f in sorted(src.rglob("*")):
-        if f.is_file():
-            w.copy(f, str(f.relative_to(src)))
-    w.copy(vendor_js, "assets/vendor/vega-bundle.js")
-    for name, spec in chart_specs().items():
-        w.json(f"charts/{name}.vl.json", spec)
-    common = {"catalog": catalog, "models": catalog.models, "sets": catalog.sets,
-              "build_date": build_date(), "schema_version": SCHEMA_VERSION,
-              "metric_defs": METRIC_DEFINITIONS, "group_defs": GROUP_METRIC_DEFINITIONS}
-
-    def page(rel: str, template: str, **ctx: Any) -> None:
-        w.text(rel, env.get_template(template).render(root=_rel_root(rel), page=rel, **common,
-                                                       **ctx))
-
-    page("index.md", "home.md.j2")
-    keys = [p.key for s in catalog.sets for p in s.prompts]
-    for m in catalog.models:
-        atlas = pd.head_atlas(m.slug, keys, [catalog.artifacts[(m.slug, k)] for k in keys])
-        w.json(f"data/{m.slug}/atlas.json", {"atlas": atlas["rows"]})
-        page(f"models/{m.slug}.md", "model.md.j2", model=m, atlas=atlas["rows"])
-    done = 0
-    tok_rows = []
-    for s in catalog.sets:
-        page(f"sets/{s.id}.md", "set.md.j2", set=s)
-        for p in s.prompts:
-            per_model = _prompt_files(w, catalog, s, p)
-            compare = _comparison(w, catalog, s, p, per_model)
-            page(f"prompts/{s.id}/{p.id}.md", "prompt.md.j2", set=s, prompt=p,
-                 per_model=per_model, compare=compare)
-            tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
-                             "stats": [pd.tokenizer_stats(p, pm["artifact"]) for pm in per_model],
-                             "tokens": [pm["tokens"] for pm in per_model]})
-            done += 1
-            if done % 10 == 0:
-                log(f"render: {done} prompt pages written")
-    by_script = _tokenizer_summary(catalog, tok_rows)
-    w.json("data/compare/tokenizers.json", {"scripts": by_script})
-    differ = sorted(tok_rows, key=lambda r: (-_spread(r["stats"]), r["prompt"].key))[:8]
-    page("compare/tokenizers.md", "tokenizers.md.j2", rows=tok_rows, by_script=by_script,
-         differ=differ)
-    page("compare/architectures.md", "architectures.md.j2")
-    write_embed_pages(w, log)
+    site = _Site(catalog, w, log)
+    site.static_files(vendor_js)
+    site.page(layout.HOME, "home.md.j2")
+    site.model_pages()
+    site.comparison_pages(site.prompt_pages())
+    site.manifest()
     w.commit()
-    log(f"render: {w.count} files written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
+    log(f"render: {w.count} files ({len(site.charts)} charts with embed pages and downloads) "
+        f"written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
+    return navigation(catalog)
+
+
+def navigation(catalog: Catalog) -> list[Any]:
+    """The site's navigation, for mkdocs.yml."""
     # MkDocs inserts nav titles into pages unescaped: escape the set titles and model ids here.
-    nav: list[Any] = [{"Home": "index.md"}]
+    nav: list[Any] = [{"Home": layout.HOME}]
+    # Labels a reader can use: the set's overview as "Overview" under the set's title, each
+    # prompt by its first words (pd.prompt_title, as the page's own title), never by its slug.
     nav.append({"Prompt sets": [
         {html.escape(s.title, quote=False):
-         [f"sets/{s.id}.md"] + [{p.id: f"prompts/{s.id}/{p.id}.md"} for p in s.prompts]}
+         [{"Overview": layout.set_page(s.id)}]
+         + [{html.escape(pd.prompt_title(p.text), quote=False): layout.prompt_page(p.key)}
+            for p in s.prompts]}
         for s in catalog.sets]})
-    nav.append({"Models": [{html.escape(m.model_id, quote=False): f"models/{m.slug}.md"}
+    nav.append({"Models": [{html.escape(m.model_id, quote=False): layout.model_page(m.slug)}
                            for m in catalog.models]})
-    nav.append({"Comparisons": [{"Tokenizers": "compare/tokenizers.md"},
-                                {"Architectures": "compare/architectures.md"}]})
-    nav.append({"Reference": [{"About Model Atlas": "about.md"},
-                              {"Head metrics": "metrics.md"},
-                              {"Artifact format": "artifact-format.md"},
-                              {"Prompt-set format": "prompt-sets.md"},
-                              {"Embedding charts": "embedding.md"}]})
+    nav.append({"Comparisons": [{"Tokenizers": layout.TOKENIZERS_PAGE},
+                                {"Architectures": layout.ARCHITECTURES_PAGE}]})
+    nav.append({"Reference": [{title: rel} for title, rel in layout.REFERENCE_PAGES.items()]})
     return nav
 
 
@@ -292,7 +361,3 @@ def _tokenizer_summary(catalog: Catalog, rows: list[dict[str, Any]]) -> list[dic
                         "per_word": round(sum(x["per_word"] for x in stats) / len(stats), 2),
                         "byte_pieces": sum(x["byte_pieces"] for x in stats)})
     return out
-
-
-def iter_files(root: Path) -> Iterable[Path]:
-    return (p for p in sorted(root.rglob("*")) if p.is_file())

@@ -29,10 +29,42 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(list(parts)).encode("utf-8")).hexdigest()
 
 
-def slugify(model_id: str) -> str:
-    """File-system and URL name of a model: a local directory by its name, a hub id whole."""
-    name = model_id.rstrip("/").split("/")[-1] if Path(model_id).exists() else model_id
+# A Hugging Face model id, `name` or `owner/name` (the hub's own limits on characters and length).
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+
+
+def is_hub_id(model: str) -> bool:
+    return HUB_ID_RE.fullmatch(model) is not None and ".." not in model  # fullmatch: no "\n"
+
+
+def model_slug(model: str, local_dir: bool) -> str:
+    """File-system and URL name of `--model model`: a local checkpoint directory by its own name
+    (`/data/ck/gpt2-random` -> `gpt2-random`), a hub id whole (`Qwen/Qwen2.5-0.5B` ->
+    `qwen-qwen2.5-0.5b`). Compute knows which `model` is; render uses `render_slug`."""
+    name = model.rstrip("/").split("/")[-1] if local_dir else model
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
+
+
+def render_slug(model: str, artifacts_dir: Path) -> str:
+    """The slug compute gave `--model model`, found without its checkpoint: render may run on a
+    machine that never had the directory (a CI render job gathering GPU jobs' artifacts), so
+    whether `model` exists here must not decide it.
+
+    A path that cannot be a hub id (`/data/ck/gpt2-random`, `./ck`, `a/b/c`) was a directory;
+    a name without a slash has one slug either way. Only `owner/name` reads both ways (a hub id,
+    or a relative directory `ck/gpt2-random`): the artifacts say which compute wrote, and the
+    local directory decides only if both or neither are there.
+    """
+    as_dir = model_slug(model, local_dir=True)
+    if not is_hub_id(model):
+        return as_dir
+    as_hub = model_slug(model, local_dir=False)
+    if as_dir == as_hub:
+        return as_hub
+    found = [s for s in (as_dir, as_hub) if (artifacts_dir / s).is_dir()]
+    if len(found) == 1:
+        return found[0]
+    return as_dir if Path(model).is_dir() else as_hub
 
 
 def sha256_bytes(data: bytes) -> str:

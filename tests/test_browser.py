@@ -5,6 +5,8 @@ running. Skipped (with the reason) where /usr/bin/chromium is absent."""
 
 from __future__ import annotations
 
+import base64
+import re
 from urllib.parse import urlparse
 
 import pytest
@@ -29,8 +31,9 @@ def site_url(demo_build):
 class Watched:
     """A page with its console errors, page errors, requests and dialogs recorded."""
 
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1400, "height": 900})
+    def __init__(self, browser, width: int = 1400, color_scheme: str = "light"):
+        self.context = browser.new_context(viewport={"width": width, "height": 900},
+                                           color_scheme=color_scheme)
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.requests: list[str] = []
@@ -99,14 +102,18 @@ def wait_redrawn(page, chart, key: str, value: str, watched: Watched) -> None:
     assert not error, f"redraw for {key}={value} failed: {error}; {watched.errors}"
 
 
+# A Vega canvas, or the attention heatmap's own (site_src/assets/heatmap.js).
+CANVAS = "canvas.marks, canvas.atlas-heat-canvas"
+
+
 def canvas_pixels(chart) -> str:
     """The drawn pixels of a chart's Vega canvas, as a data URL."""
-    return chart.locator("canvas.marks").evaluate("(c) => c.toDataURL()")
+    return chart.locator(CANVAS).evaluate("(c) => c.toDataURL()")
 
 
 def canvas_colours(chart) -> int:
     """How many distinct colours a chart's Vega canvas shows."""
-    return chart.locator("canvas.marks").evaluate("""(c) => {
+    return chart.locator(CANVAS).evaluate("""(c) => {
         const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
         const seen = new Set();
         for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
@@ -125,7 +132,7 @@ def test_prompt_page_charts_render_and_redraw(site_url, watched):
     for i in range(charts.count()):
         chart = charts.nth(i)
         assert chart.get_attribute("data-rendered") == "true"
-        assert chart.locator("svg.marks, canvas.marks").count() == 1, f"chart {i} has no Vega view"
+        assert chart.locator("svg.marks, " + CANVAS).count() == 1, f"chart {i} is not drawn"
     for kind in ("predictions", "surprisal"):
         kind_charts = page.locator(f'[data-spec$="charts/{kind}.vl.json"] .atlas-chart')
         assert kind_charts.count() == 2, f"{kind}: one chart per model expected"
@@ -153,7 +160,7 @@ def test_prompt_page_charts_render_and_redraw(site_url, watched):
     box.locator(".atlas-head").select_option(str(heads - 1))
     wait_redrawn(page, chart, "head", str(heads - 1), watched)
     assert canvas_pixels(chart) != after_layer, "changing the head did not redraw the heatmap"
-    assert chart.locator("canvas.marks").count() == 1, "the redraw added a second chart"
+    assert chart.locator(CANVAS).count() == 1, "the redraw added a second chart"
     assert not page.locator(".atlas-error").count()
 
     assert not watched.errors, watched.errors
@@ -197,3 +204,545 @@ def test_other_pages_load_cleanly(site_url, watched, path):
     page.wait_for_timeout(200)
     assert not watched.errors, watched.errors
     assert not watched.foreign_requests(), watched.foreign_requests()
+
+
+# --- a site that fits the reader (issue 10): phones, dark mode, no chart library where unused ---
+
+# One page of every kind the site has.
+PAGE_KINDS = ["index.html", "sets/basics.html", "prompts/basics/repeat.html",
+              "prompts/mixed/cjk-emoji.html", "models/tiny-random-gpt2.html",
+              "compare/tokenizers.html", "compare/architectures.html", "metrics.html",
+              "artifact-format.html", "prompt-sets.html", "embedding.html", "about.html"]
+# Pages that draw no chart.
+CHART_FREE = ["index.html", "sets/basics.html", "compare/architectures.html", "metrics.html",
+              "about.html"]
+
+
+@pytest.mark.parametrize("path", PAGE_KINDS)
+def test_no_page_scrolls_sideways_on_a_phone(browser, site_url, path):
+    """At 390 px no page is wider than the screen once every chart is drawn: wide tables and
+    charts scroll inside their own frames."""
+    w = Watched(browser, width=390)
+    try:
+        page = w.page
+        page.goto(site_url + path, wait_until="load")
+        if page.locator(".atlas-attention, .atlas-plain").count():
+            render_all_charts(page)
+        page.evaluate("window.scrollTo(0, 0)")
+        width, viewport = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        if width > viewport:
+            culprits = page.evaluate("""(w) => [...document.querySelectorAll('.md-content *')]
+                .filter((el) => el.getBoundingClientRect().right > w + 1)
+                .slice(0, 5).map((el) => el.tagName + '.' + el.className)""", viewport)
+        else:
+            culprits = []
+        assert width <= viewport, f"{path} is {width} px wide at {viewport} px: {culprits}"
+        assert not w.errors, w.errors
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("path", CHART_FREE)
+def test_chart_free_pages_fetch_no_vega_bundle(watched, site_url, path):
+    page = watched.page
+    page.goto(site_url + path, wait_until="load")
+    assert page.locator(".atlas-attention, .atlas-plain").count() == 0, f"{path} has a chart"
+    page.wait_for_timeout(500)
+    assert watched.requests, "no request recorded"
+    bundle = [u for u in watched.requests if "vega" in u.rsplit("/", 1)[-1]]
+    assert not bundle, f"{path} fetched {bundle}"
+    assert not watched.errors, watched.errors
+
+
+def test_chart_pages_load_the_vega_bundle_once(watched, site_url):
+    page = watched.page
+    page.goto(site_url + "compare/tokenizers.html", wait_until="load")
+    render_all_charts(page)
+    assert not page.locator(".atlas-error").count()
+    assert sum(u.endswith("assets/vendor/vega-bundle.js") for u in watched.requests) == 1
+    assert not watched.errors, watched.errors
+
+
+def _scheme(page) -> str:
+    return page.evaluate("document.body.dataset.mdColorScheme")
+
+
+def _background(page, selector: str) -> tuple[int, ...]:
+    css = page.eval_on_selector(selector, "(el) => getComputedStyle(el).backgroundColor")
+    return tuple(int(float(x)) for x in re.findall(r"[\d.]+", css)[:3])
+
+
+def _dark(rgb) -> bool:
+    return sum(rgb) / 3 < 100
+
+
+def test_dark_mode_toggle_switches_the_scheme(browser, site_url):
+    """The header's toggle cycles light -> dark -> follow the system; the page and the token chips
+    follow it, and the choice holds on the next page."""
+    w = Watched(browser, color_scheme="light")
+    try:
+        page = w.page
+        page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
+        assert _scheme(page) == "default" and not _dark(_background(page, "body"))
+        chip_light = page.eval_on_selector(".atlas-tok[style]",
+                                           "(el) => getComputedStyle(el).backgroundColor")
+        toggles = page.locator("form[data-md-component=palette] label.md-header__button")
+        assert toggles.count() == 3, "light, dark and follow-the-system options expected"
+        titles = [toggles.nth(i).get_attribute("title") for i in range(3)]
+        assert any("dark" in t for t in titles) and any("system" in t for t in titles), titles
+
+        def click_visible_toggle():
+            page.locator("form[data-md-component=palette] label.md-header__button:not([hidden])"
+                         ).click()
+
+        # The first option follows the system (light here); the toggle goes on to light, dark.
+        while _scheme(page) != "slate":
+            click_visible_toggle()
+            assert len(page.evaluate("[...document.querySelectorAll('input[name=__palette]')]"
+                                     ".filter(i => i.checked)")) == 1
+            page.wait_for_timeout(100)
+        assert _dark(_background(page, "body")), "the dark scheme left the page light"
+        chip_dark = page.eval_on_selector(".atlas-tok[style]",
+                                          "(el) => getComputedStyle(el).backgroundColor")
+        assert chip_dark != chip_light, "token chips did not follow the dark scheme"
+        # Material remembers the choice: the next page opens dark.
+        page.goto(site_url + "index.html", wait_until="load")
+        assert _scheme(page) == "slate"
+        assert not w.errors, w.errors
+    finally:
+        w.close()
+
+
+def test_dark_system_setting_gives_a_dark_site(browser, site_url):
+    w = Watched(browser, color_scheme="dark")
+    try:
+        w.page.goto(site_url + "index.html", wait_until="load")
+        assert _scheme(w.page) == "slate" and _dark(_background(w.page, "body"))
+    finally:
+        w.close()
+
+
+WORD_SPLITS = """() => {
+    // Every run of letters in a table cell must sit on one line: "Agreeme nt" is a word cut in
+    // two. (Lines may still break at spaces and hyphens.) A prompt's verbatim text (.atlas-text)
+    // is exempt: a run like <script>alert(1)</script> has no space to break at, and wrapping it
+    // beats a column as wide as the longest prompt.
+    const cut = [];
+    for (const cell of document.querySelectorAll('.md-content table td, .md-content table th')) {
+        const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            if (node.parentElement.closest('.atlas-text')) continue;
+            for (const m of node.data.matchAll(/\\p{L}{2,}/gu)) {
+                const range = document.createRange();
+                range.setStart(node, m.index);
+                range.setEnd(node, m.index + m[0].length);
+                const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+                if (tops.size > 1) cut.push(m[0]);
+            }
+        }
+    }
+    return cut;
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+@pytest.mark.parametrize("path", ["index.html", "sets/basics.html", "compare/tokenizers.html",
+                                  "compare/architectures.html", "models/tiny-random-qwen2.html",
+                                  "prompts/basics/repeat.html"])
+def test_table_cells_do_not_cut_words(browser, site_url, path, width):
+    w = Watched(browser, width=width)
+    try:
+        w.page.goto(site_url + path, wait_until="load")
+        assert w.page.locator(".md-content table").count(), f"{path} has no table"
+        cut = w.page.evaluate(WORD_SPLITS)
+        assert not cut, f"{path} at {width} px cuts words in table cells: {cut[:10]}"
+    finally:
+        w.close()
+# --- issue 10: attention you can follow, a lens you can read ------------------------------------
+
+# 28 words: 66 GPT-2 tokens and 64 Qwen2.5 tokens, so with the 8 generated tokens the Qwen2
+# heatmap has exactly the 72 tokens the issue asks about (and the GPT-2 one 74).
+LONG_TEXT = ("Shopping list: flour, lentils, saffron, walnuts, yogurt, apples, bread, cheese, dates, "
+             "eggs, figs, grapes, honey. Checked items: flour, lentils, saffron, walnuts, yogurt, "
+             "apples, bread, cheese, dates, eggs, figs,")
+LONG_PAGE = "prompts/long/list-64.html"
+QWEN = "tiny-random-qwen2"
+GPT2 = "tiny-random-gpt2"
+
+
+@pytest.fixture(scope="module")
+def long_url(scratch, demo_dirs):
+    """A demo site of one 64-token prompt (its own small build: the shared subset has only short
+    prompts, and other tests count the subset's pages)."""
+    from conftest import run_demo_build, write_prompt_sets
+    root = scratch("long-build")
+    prompts = write_prompt_sets(root / "prompt-sets", {"long": {
+        "title": "Long", "description": "One prompt of 64 tokens.",
+        "prompts": [{"id": "list-64", "text": LONG_TEXT, "note": "A list copied."}]}})
+    build = run_demo_build(root, demo_dirs, prompts)
+    with serve_directory(build.site) as url:
+        yield url
+
+
+def wait_heatmaps(page, count: int = 2) -> None:
+    page.wait_for_function(
+        """(n) => document.querySelectorAll('.atlas-attention .atlas-chart[data-rendered="true"]')
+                   .length === n || document.querySelector('.atlas-error')""",
+        arg=count, timeout=CHART_TIMEOUT_MS)
+    assert not page.locator(".atlas-error").count(), page.locator(".atlas-error").all_inner_texts()
+
+
+LABEL_BOXES = """(box) => [".atlas-heat-queries", ".atlas-heat-keys"].map((axis) =>
+    [...box.querySelectorAll(axis + " .atlas-heat-label")].map((el) => {
+        const r = el.getBoundingClientRect();
+        return {text: el.textContent, font: parseFloat(getComputedStyle(el).fontSize),
+                x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+    }))"""
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[str, str]]:
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            # Touching edges are fine; 0.5 px of rounding too.
+            if min(a["x1"], b["x1"]) - max(a["x0"], b["x0"]) > 0.5 and \
+               min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]) > 0.5:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def test_heatmap_shows_every_label_legibly_at_72_tokens(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    for model, tokens in ((QWEN, 72), (GPT2, 74)):
+        box = page.locator(f'.atlas-attention[data-model="{model}"]')
+        data = page.evaluate("(u) => fetch(u).then((r) => r.json())",
+                             box.get_attribute("data-src"))
+        assert len(data["tokens"]) == tokens, f"{model}: the prompt is not {tokens} tokens long"
+        queries, keys = box.evaluate(LABEL_BOXES)
+        for axis, labels in (("query", queries), ("key", keys)):
+            assert [x["text"] for x in labels] == [t["label"] for t in data["tokens"]], \
+                f"{model}: the {axis} axis does not show every token's label"
+            small = [(x["text"], x["font"]) for x in labels if x["font"] < 10]
+            assert not small, f"{model}: {axis} labels under 10 px: {small[:5]}"
+            assert all(x["x1"] > x["x0"] and x["y1"] > x["y0"] for x in labels)
+            clash = overlaps(labels)
+            assert not clash, f"{model}: overlapping {axis} labels: {clash[:5]}"
+        # The heatmap grows with the sequence and scrolls inside its own frame; the page does not.
+        frame = box.locator(".atlas-heat-frame")
+        assert frame.evaluate("(f) => f.scrollWidth > f.clientWidth + 100"), \
+            f"{model}: 72 tokens fit the column only if the heatmap was shrunk"
+        assert frame.evaluate("(f) => getComputedStyle(f).overflowX") == "auto"
+        # The rule between the prompt and the generated tokens sits after the last prompt token.
+        prompt_tokens = sum(1 for t in data["tokens"] if not t["generated"])
+        cell = page.evaluate("AtlasHeatmap.CELL")
+        rules = box.locator(".atlas-heat-rule")
+        assert rules.count() == 2
+        assert box.locator(".atlas-heat-rule-h").evaluate("(r) => r.style.top") == \
+            f"{prompt_tokens * cell}px"
+        assert box.locator(".atlas-heat-rule-v").evaluate("(r) => r.style.left") == \
+            f"{prompt_tokens * cell}px"
+        generated = box.locator(".atlas-heat-queries .atlas-heat-gen")
+        assert generated.count() == tokens - prompt_tokens
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert not watched.errors, watched.errors
+
+
+def test_hover_and_focus_highlight_row_column_and_shade_the_chips(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    box = page.locator(f'.atlas-attention[data-model="{QWEN}"]')
+    chips = page.locator(f'[data-tokens-of="{QWEN}"] .atlas-tok')
+    cell = page.evaluate("AtlasHeatmap.CELL")
+    layer = page.evaluate("(u) => fetch(u).then((r) => r.json())",
+                          box.get_attribute("data-attn").replace("{layer}", "0"))
+    stored = base64.b64decode(layer["data"])
+    t = layer["length"]
+
+    def weight(q: int, k: int) -> float:
+        # artifact-format, uint8-tril-by-key, head 0: key k holds queries k..T-1.
+        return stored[k * t - k * (k - 1) // 2 + (q - k)] / layer["scale"]
+
+    def shown_weights() -> list[float]:
+        return chips.evaluate_all("(cs) => cs.map((c) => Number(c.dataset.attn ?? -1))")
+
+    def expect_token(i: int) -> None:
+        assert box.get_attribute("data-active-query") == str(i)
+        assert box.get_attribute("data-active-key") == str(i)
+        row, col = box.locator(".atlas-heat-row"), box.locator(".atlas-heat-col")
+        assert row.is_visible() and col.is_visible()
+        assert row.evaluate("(r) => r.style.top") == f"{i * cell}px"
+        assert col.evaluate("(c) => c.style.left") == f"{i * cell}px"
+        assert box.locator(".atlas-heat-queries .atlas-heat-on").inner_text() == \
+            box.locator(".atlas-heat-queries .atlas-heat-label").nth(i).inner_text()
+        weights = shown_weights()
+        # The chips carry token i's stored attention row (layer 0, head 0), nothing after i.
+        assert all(w == 0 for w in weights[i + 1:]), weights[i + 1:]
+        assert weights[:i + 1] == pytest.approx([weight(i, k) for k in range(i + 1)], abs=1e-4)
+        assert sum(weights[:i + 1]) == pytest.approx(1, abs=(i + 1) / layer["scale"])
+        strongest = max(range(i + 1), key=lambda j: weights[j])
+        shade = chips.nth(strongest).evaluate("(c) => getComputedStyle(c).backgroundColor")
+        assert shade.startswith("rgba(33, 113, 181"), shade
+        assert chips.nth(i).evaluate("(c) => c.classList.contains('atlas-attn-src')")
+
+    # Pointing at a query label.
+    box.locator(".atlas-heat-queries .atlas-heat-label").nth(40).hover()
+    expect_token(40)
+    # Pointing at a key label.
+    box.locator(".atlas-heat-keys .atlas-heat-label").nth(12).hover()
+    expect_token(12)
+    # Pointing at a chip in the Tokens section.
+    chips.nth(30).hover()
+    expect_token(30)
+    # A cell: its row and its column, with a tooltip that names both tokens and the weight.
+    canvas = box.locator(".atlas-heat-canvas")
+    box.locator(".atlas-heat-frame").evaluate(
+        "(f) => { f.scrollTop = 0; f.scrollLeft = 0; f.scrollIntoView({block: 'center'}); }")
+    r = canvas.bounding_box()
+    page.mouse.move(r["x"] + 3 * cell + cell / 2, r["y"] + 20 * cell + cell / 2)
+    assert box.get_attribute("data-active-query") == "20"
+    assert box.get_attribute("data-active-key") == "3"
+    tip = box.locator(".atlas-heat-tip")
+    assert tip.is_visible() and "→" in tip.inner_text()
+    # Keyboard: focus a query label, then the arrow keys move along the axis.
+    page.mouse.move(0, 0)
+    box.locator(".atlas-heat-queries .atlas-heat-label").first.focus()
+    expect_token(0)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    expect_token(2)
+    assert page.evaluate("document.activeElement.dataset.i") == "2"
+    assert box.locator(".atlas-heat-queries .atlas-heat-label").nth(2).get_attribute(
+        "tabindex") == "0"
+    assert not watched.errors, watched.errors
+
+
+def test_deep_link_opens_the_head_and_the_url_follows_the_selectors(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE + f"?model={QWEN}&layer=3&head=2", wait_until="load")
+    wait_heatmaps(page)
+    qwen = page.locator(f'.atlas-attention[data-model="{QWEN}"] .atlas-chart')
+    gpt2 = page.locator(f'.atlas-attention[data-model="{GPT2}"] .atlas-chart')
+    assert (qwen.get_attribute("data-layer"), qwen.get_attribute("data-head")) == ("3", "2")
+    assert (gpt2.get_attribute("data-layer"), gpt2.get_attribute("data-head")) == ("0", "0")
+    linked = canvas_pixels_of(qwen)
+    box = page.locator(f'.atlas-attention[data-model="{GPT2}"]')
+    box.locator(".atlas-head").select_option("1")
+    wait_redrawn(page, gpt2, "head", "1", watched)
+    assert page.url.endswith(f"?model={GPT2}&layer=0&head=1"), page.url
+    box.locator(".atlas-layer").select_option("2")
+    wait_redrawn(page, gpt2, "layer", "2", watched)
+    assert page.url.endswith(f"?model={GPT2}&layer=2&head=1"), page.url
+    # Reloading the followed URL shows the same head again; a plain load shows layer 0 head 0.
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    assert canvas_pixels_of(qwen) != linked, "the deep link drew the default head"
+    assert not watched.errors, watched.errors
+
+
+def canvas_pixels_of(chart) -> str:
+    return chart.locator("canvas.atlas-heat-canvas").evaluate("(c) => c.toDataURL()")
+
+
+def test_head_atlas_links_open_that_layer_and_head(site_url, watched):
+    page = watched.page
+    page.goto(site_url + f"models/{QWEN}.html", wait_until="load")
+    links = page.locator("table.atlas-table a[href*='prompts/']")
+    assert links.count() > 0
+    hrefs = links.evaluate_all("(ls) => ls.map((a) => a.getAttribute('href'))")
+    assert all(f"?model={QWEN}&layer=" in h and "&head=" in h for h in hrefs), hrefs
+    # Open a ranking's link to a head other than L0.H0 and check the heatmap shows it.
+    target = next(h for h in hrefs if not h.endswith("layer=0&head=0"))
+    layer, head = target.split("layer=")[1].split("&head=")
+    page.locator(f"table.atlas-table a[href='{target}']").first.click()
+    page.wait_for_load_state("load")
+    wait_heatmaps(page)
+    chart = page.locator(f'.atlas-attention[data-model="{QWEN}"] .atlas-chart')
+    assert (chart.get_attribute("data-layer"), chart.get_attribute("data-head")) == (layer, head)
+    # A bar of a head-atlas chart opens its head's clearest prompt at that layer and head.
+    page.goto(site_url + f"models/{QWEN}.html", wait_until="load")
+    assert "ranks the 16 heads" in page.inner_text("body")
+    box = page.locator(".atlas-plain").first
+    box.scroll_into_view_if_needed()
+    page.wait_for_function("(b) => b.querySelector('.atlas-chart').dataset.rendered === 'true'",
+                           arg=box.element_handle(), timeout=CHART_TIMEOUT_MS)
+    bar = box.locator("svg.marks .mark-rect path").nth(1).bounding_box()
+    page.mouse.click(bar["x"] + bar["width"] / 2, bar["y"] + bar["height"] / 2)
+    page.wait_for_url("**/prompts/**", timeout=CHART_TIMEOUT_MS)
+    match = re.search(rf"\?model={QWEN}&layer=(\d+)&head=(\d+)$", page.url)
+    assert match, page.url
+    wait_heatmaps(page)
+    assert (chart.get_attribute("data-layer"), chart.get_attribute("data-head")) == match.groups()
+    # Leaving the model page cancels the fetches of its charts that were still loading.
+    errors = [e for e in watched.errors if "net::ERR_ABORTED" not in e]
+    assert not errors, errors
+
+
+def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    layer_files = lambda: sorted({u.rsplit("/", 1)[1] for u in watched.requests
+                                  if "/list-64/L" in u})
+    assert layer_files() == ["L0.json"], "thumbnails fetched before they were scrolled to"
+    dims = {}
+    for model in (QWEN, GPT2):
+        holder = page.locator(f'.atlas-thumbs[data-model="{model}"]')
+        layers, heads = int(holder.get_attribute("data-layers")), int(holder.get_attribute("data-heads"))
+        dims[model] = layers, heads
+        thumbs = holder.locator(".atlas-thumb")
+        assert thumbs.count() == layers * heads
+        holder.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "(h) => [...h.querySelectorAll('.atlas-thumb')].every((b) => b.dataset.drawn)",
+            arg=holder.element_handle(), timeout=CHART_TIMEOUT_MS)
+        # Each thumbnail is drawn from its own head: pixels differ between heads.
+        drawn = thumbs.evaluate_all("(bs) => bs.map((b) => b.querySelector('canvas').toDataURL())")
+        assert len(set(drawn)) == len(drawn), "two heads drew the same thumbnail"
+        blank = thumbs.first.evaluate("""(b) => { const c = b.querySelector('canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+        assert blank > 0
+    assert f"L{layers - 1}.json" in layer_files()
+    layers, heads = dims[QWEN]
+    # A click opens that head in the heatmap and the URL follows.
+    target = page.locator(f'.atlas-thumbs[data-model="{QWEN}"] .atlas-thumb'
+                          f'[data-layer="{layers - 1}"][data-head="{heads - 1}"]')
+    target.click()
+    chart = page.locator(f'.atlas-attention[data-model="{QWEN}"] .atlas-chart')
+    wait_redrawn(page, chart, "layer", str(layers - 1), watched)
+    assert chart.get_attribute("data-head") == str(heads - 1)
+    assert page.url.endswith(f"?model={QWEN}&layer={layers - 1}&head={heads - 1}")
+    assert target.evaluate("(b) => b.classList.contains('atlas-thumb-on')")
+    # Keyboard: the grid is one tab stop, the arrows move, Enter opens.
+    grid = page.locator(f'.atlas-thumbs[data-model="{QWEN}"] .atlas-thumb')
+    assert grid.evaluate_all("(bs) => bs.filter((b) => b.tabIndex === 0).length") == 1
+    first = grid.first
+    first.focus()
+    for key in ("ArrowDown", "ArrowRight", "ArrowRight", "Enter"):
+        page.keyboard.press(key)
+    wait_redrawn(page, chart, "layer", "1", watched)
+    assert chart.get_attribute("data-head") == "2"
+    assert not watched.errors, watched.errors
+
+
+def test_dark_mode_rethemes_the_charts(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    box = page.locator('[data-spec$="charts/surprisal.vl.json"]').first
+    box.scroll_into_view_if_needed()
+    chart = box.locator(".atlas-chart")
+    page.wait_for_function("(c) => c.dataset.rendered === 'true'", arg=chart.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
+    vega_bg = lambda: chart.locator("svg.marks").evaluate("(s) => s.style.backgroundColor")
+    heat = page.locator(f'.atlas-attention[data-model="{QWEN}"] .atlas-chart')
+    heat_pixels = lambda: heat.locator("canvas.atlas-heat-canvas").evaluate(
+        "(c) => c.toDataURL()")
+    light_bg, light_heat = vega_bg(), heat_pixels()
+    assert light_bg == "rgb(255, 255, 255)", light_bg
+    page.evaluate("document.body.setAttribute('data-md-color-scheme', 'slate')")
+    page.wait_for_function("(c) => c.dataset.theme === 'dark'", arg=chart.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
+    dark_bg = vega_bg()
+    channels = [int(x) for x in dark_bg[4:-1].split(",")[:3]]
+    assert max(channels) < 80, f"dark mode left the chart background at {dark_bg}"
+    assert heat_pixels() != light_heat, "the heatmap kept its light colours in dark mode"
+    page.evaluate("document.body.setAttribute('data-md-color-scheme', 'default')")
+    page.wait_for_function("(c) => c.dataset.theme === 'light'", arg=chart.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
+    assert vega_bg() == light_bg
+    assert not watched.errors, watched.errors
+
+
+def test_logit_lens_is_legible_and_its_legend_and_tooltip_agree(long_url, watched):
+    page = watched.page
+    page.goto(long_url + LONG_PAGE, wait_until="load")
+    box = page.locator('[data-spec$="charts/lens.vl.json"]').first
+    box.scroll_into_view_if_needed()
+    chart = box.locator(".atlas-chart")
+    page.wait_for_function("(c) => c.dataset.rendered === 'true'", arg=chart.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
+    svg = chart.locator("svg.marks")
+    # Drawn at its own size (not shrunk into the column), scrolling in its own frame.
+    assert svg.evaluate("(s) => Math.abs(s.getBoundingClientRect().width - s.width.baseVal.value)"
+                        " < 1")
+    frame = box   # the chart's own frame scrolls, not the page
+    assert frame.evaluate("(f) => f.scrollWidth > f.clientWidth + 100")
+    assert frame.evaluate("(f) => getComputedStyle(f).overflowX") == "auto"
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    sizes = svg.evaluate("""(s) => [...s.querySelectorAll('.role-mark text')].map(
+        (t) => parseFloat(getComputedStyle(t).fontSize))""")
+    assert sizes and min(sizes) >= 10, min(sizes)
+    legend = svg.evaluate("(s) => [...s.querySelectorAll('.role-legend-title text')]"
+                          ".map((t) => t.textContent)")
+    assert legend == ["rank of the actual next token"], legend
+    labels = svg.evaluate("(s) => [...s.querySelectorAll('.role-legend-label text')]"
+                          ".map((t) => t.textContent)")
+    assert labels[0] == "1", labels
+    # Rank 1 is drawn dark (the caption says "dark purple = rank 1").
+    caption = page.locator("h2#logit-lens + p").inner_text()
+    assert "dark purple = rank 1" in caption
+    gradient = svg.evaluate("""(s) => [...s.querySelectorAll('linearGradient stop')].map(
+        (e) => e.getAttribute('stop-color'))""")
+
+    def lum(colour: str) -> int:
+        if colour.startswith("#"):
+            return sum(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        return sum(int(float(x)) for x in re.findall(r"[\d.]+", colour)[:3])
+    assert lum(gradient[0]) < lum(gradient[-1]), gradient
+    # The tooltip writes small probabilities in readable notation, not 0.0000.
+    r = svg.bounding_box()
+    page.mouse.move(r["x"] + 120, r["y"] + 80)
+    page.wait_for_function("() => document.querySelector('#vg-tooltip-element.visible')",
+                           timeout=CHART_TIMEOUT_MS)
+    tip = page.inner_text("#vg-tooltip-element")
+    value = tip.split("p(actual next)")[1].split()[0]
+    assert re.fullmatch(r"0\.\d{3}|1\.000|\d\.\de-\d+", value), value
+    assert value != "0.000", tip
+    assert not watched.errors, watched.errors
+
+
+def test_embed_lens_does_not_scroll_the_window(long_url, watched):
+    page = watched.page
+    page.goto(long_url + f"embed/{QWEN}/long/list-64/lens.html", wait_until="load")
+    page.wait_for_function("() => document.getElementById('atlas-chart').dataset.rendered",
+                           timeout=CHART_TIMEOUT_MS)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate("(() => { const c = document.getElementById('atlas-chart');"
+                         " return c.scrollWidth > c.clientWidth; })()"), \
+        "the embedded lens should scroll in its frame"
+    assert not watched.errors, watched.errors
+
+
+AXIS_LABELS = """(svg) => [...svg.querySelectorAll('.role-axis')].map((axis) =>
+    [...axis.querySelectorAll('.role-axis-label text')].filter((t) => t.textContent).map((t) => {
+        const r = t.getBoundingClientRect();
+        return {text: t.textContent, font: parseFloat(getComputedStyle(t).fontSize),
+                x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+    }))"""
+
+
+def test_head_atlas_axis_labels_are_legible_and_apart(site_url, watched):
+    page = watched.page
+    page.goto(site_url + f"models/{QWEN}.html", wait_until="load")
+    render_all_charts(page)
+    charts = page.locator('[data-spec*="charts/atlas-"] svg.marks')
+    assert charts.count() >= 5
+    for i in range(charts.count()):
+        svg = charts.nth(i)
+        # Drawn at its own size: a shrunk SVG shrinks its text.
+        assert svg.evaluate("(s) => Math.abs(s.getBoundingClientRect().width - s.width.baseVal.value)"
+                            " < 1")
+        axes = [labels for labels in svg.evaluate(AXIS_LABELS) if labels]   # grid lines: none
+        assert len(axes) == 2
+        for labels in axes:
+            assert labels
+            small = [(x["text"], x["font"]) for x in labels if x["font"] < 10]
+            assert not small, small
+            clash = overlaps(labels)
+            assert not clash, f"atlas chart {i}: labels overlap: {clash}"
+    assert not watched.errors, watched.errors

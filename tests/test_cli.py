@@ -170,3 +170,44 @@ def test_out_that_is_a_file_is_refused(demo_build, tmp_path):
     assert result.exit_code != 0
     assert "--out" in result.output and "is a file" in result.output
     assert target.read_text() == "not a directory"
+
+
+def test_render_finds_artifacts_of_a_checkpoint_it_does_not_have(demo_dirs, tiny_prompts, tmp_path):
+    """Compute with `--model DIR`, move DIR away (a render job without the checkpoints), render
+    with the same `--model DIR`: the slug is the one compute wrote, not one made of the path."""
+    import shutil
+    ckpt = tmp_path / "gpu-machine" / "ck" / "tiny-random-gpt2"
+    shutil.copytree(demo_dirs[0], ckpt)
+    build = tmp_path / "b"
+    result = invoke("compute", "--model", ckpt, "--prompts", tiny_prompts, "--build-dir", build,
+                    "--device", "cpu", "--continuation", "0")
+    assert result.exit_code == 0, result.output
+    assert (build / "artifacts" / "tiny-random-gpt2" / "tiny" / "hello.json").is_file()
+    (tmp_path / "gpu-machine").rename(tmp_path / "gone")
+    result = invoke("render", "--model", ckpt, "--prompts", tiny_prompts, "--build-dir", build,
+                    "--out", tmp_path / "site")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "site" / "models" / "tiny-random-gpt2.html").is_file()
+    assert (tmp_path / "site" / "prompts" / "tiny" / "hello.html").is_file()
+
+
+# (what --model says, slug directories the artifacts hold, the slug, whether compute read a
+# local directory)
+@pytest.mark.parametrize("model, written, slug, local", [
+    ("/data/ck/gpt2-random", [], "gpt2-random", True),      # a path: its directory's name
+    ("./gpt2-random/", [], "gpt2-random", True),
+    ("a/b/Tiny_GPT2", [], "tiny_gpt2", True),
+    ("gpt2", [], "gpt2", False),                             # one name: the same either way
+    ("gpt2", [], "gpt2", True),
+    ("Qwen/Qwen2.5-0.5B", [], "qwen-qwen2.5-0.5b", False),   # owner/name: a hub id ...
+    ("Qwen/Qwen2.5-0.5B", ["qwen-qwen2.5-0.5b"], "qwen-qwen2.5-0.5b", False),
+    ("ck/gpt2-random", ["gpt2-random"], "gpt2-random", True),  # ... or a relative directory
+    ("ck/gpt2-random", ["gpt2-random", "other"], "gpt2-random", True),
+])
+def test_render_slug_does_not_depend_on_the_checkpoint(tmp_path, model, written, slug, local):
+    from generator.store import model_slug, render_slug
+    artifacts = tmp_path / "artifacts"
+    for s in written:
+        (artifacts / s).mkdir(parents=True)
+    assert render_slug(model, artifacts) == slug      # no checkpoint exists in tmp_path
+    assert model_slug(model, local_dir=local) == slug  # what compute named it

@@ -4,10 +4,10 @@ options that narrow and fail naming the valid values, and embed pages that rende
 
 from __future__ import annotations
 
-import base64
 import html.parser
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,7 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import run_demo_build, serve_directory, write_prompt_sets
+from generator import layout
 from generator.cli import main
+from generator.schema import decode_attention, read_artifact
 
 GPT2, QWEN2 = "tiny-random-gpt2", "tiny-random-qwen2"
 HOSTILE = "The cat sat. The cat </script><b>x</b>"
@@ -64,15 +66,14 @@ def attention_layer(built: Path, slug: str, key: str, layer: int) -> dict:
 
 
 def expected_attention(built: Path, slug: str, key: str, layer: int, head: int) -> list[dict]:
-    """atlas.js attentionRows, written out again here as the reference."""
+    """One head of the compute stage's artifact, decoded by the one Python decoder
+    (`schema.decode_attention`, itself checked against the written format in test_layout.py),
+    labelled by the page's token rows."""
     tokens = json.loads((built / "docs" / "data" / slug / f"{key}.json").read_text("utf-8"))
     labels = [t["label"] for t in tokens["tokens"]]
-    stored = attention_layer(built, slug, key, layer)
-    t, raw = stored["length"], base64.b64decode(stored["data"])
-    assert (stored["encoding"], stored["scale"]) == ("uint8-tril-by-key", 128)
-    tri = t * (t + 1) // 2
-    at = lambda q, k: raw[head * tri + k * t - k * (k - 1) // 2 + (q - k)]  # key k: queries k..t-1
-    return [{"q": q, "k": k, "w": at(q, k) / 128, "ql": labels[q], "kl": labels[k]}
+    weights = decode_attention(read_artifact(built / "artifacts" / slug / f"{key}.json"), layer)
+    t = weights.shape[-1]
+    return [{"q": q, "k": k, "w": float(weights[head, q, k]), "ql": labels[q], "kl": labels[k]}
             for q in range(t) for k in range(q + 1)]
 
 
@@ -233,6 +234,78 @@ def test_export_python_api_returns_the_files(built, tmp_path):
     assert lines and "1 charts" in lines[-1]
     with pytest.raises(OptionError, match="Valid values: tiny-random-gpt2, tiny-random-qwen2"):
         export_charts(built / "docs", tmp_path, model="nope")
+
+
+# --- what export reads: the manifest render wrote, and artifacts, both checked ---------------------
+
+
+@pytest.fixture()
+def docs_copy(built, tmp_path) -> Path:
+    """A copy of the built docs tree, to damage."""
+    docs = tmp_path / "build" / "docs"
+    shutil.copytree(built / "docs", docs)
+    return docs
+
+
+def test_the_manifest_lists_every_chart_of_the_site(built):
+    manifest = json.loads((built / "docs" / layout.MANIFEST).read_text("utf-8"))
+    assert [m["slug"] for m in manifest["models"]] == [GPT2, QWEN2]
+    assert manifest["models"][1]["kv_heads"] < manifest["models"][1]["query_heads"]
+    listed = {f"{c['scope']}/{c['stem']}" for c in manifest["charts"]}
+    downloads = {p.relative_to(built / "docs" / "downloads").as_posix()[: -len(".vl.json")]
+                 for p in (built / "docs" / "downloads").rglob("*.vl.json")}
+    assert listed == downloads and len(listed) == len(manifest["charts"])
+    for c in manifest["charts"]:
+        assert (built / "docs" / c["data"]).is_file(), c
+        assert (built / "docs" / c["page"]).is_file(), c
+        if c["name"] == "attention":
+            assert (built / "docs" / c["artifact"]).is_file(), c
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m: m["charts"][0].update(data="../../../etc/passwd"),
+     "invalid field data of chart 0: '../../../etc/passwd' is not a path inside the docs tree"),
+    (lambda m: m["charts"][3].update(scope="/tmp/elsewhere"),
+     "invalid field scope, stem of chart 3"),
+    (lambda m: m["models"][0].pop("layers"), "invalid field models/0: 'layers' is a required"),
+    (lambda m: m.update(version=99), "invalid field version: 1 was expected"),
+    (lambda m: m["charts"][0].update(model="gpt3"), "invalid field model of chart 0: 'gpt3'"),
+])
+def test_export_refuses_a_damaged_manifest(docs_copy, tmp_path, damage, message):
+    path = docs_copy / layout.MANIFEST
+    data = json.loads(path.read_text("utf-8"))
+    damage(data)
+    path.write_text(json.dumps(data), "utf-8")
+    result = export(docs_copy.parent, tmp_path / "out", "--format", "json")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{path}: {message}" in result.output, result.output
+    assert "model-atlas render" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_an_unreadable_or_missing_manifest(docs_copy, tmp_path):
+    path = docs_copy / layout.MANIFEST
+    path.write_text('{"format": ', "utf-8")
+    result = export(docs_copy.parent, tmp_path / "out")
+    assert result.exit_code != 0 and f"{path}: cannot read it" in result.output, result.output
+    path.unlink()
+    result = export(docs_copy.parent, tmp_path / "out")
+    assert result.exit_code != 0 and "model-atlas build" in result.output, result.output
+
+
+def test_export_checks_the_artifact_it_decodes(docs_copy, tmp_path):
+    """The attention chart is decoded from the artifact copy, read through schema.read_artifact:
+    an attention file that does not match its JSON is refused, naming it."""
+    attention = docs_copy / "artifacts" / GPT2 / "tiny" / "repeat.attention.bin"
+    attention.write_bytes(bytes(reversed(attention.read_bytes())))
+    result = export(docs_copy.parent, tmp_path / "out", "--model", GPT2, "--prompt", "tiny/repeat",
+                    "--chart", "attention", "--format", "json")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{attention}: " in result.output and "do not match" in result.output, result.output
+    # Charts that do not decode attention still export.
+    result = export(docs_copy.parent, tmp_path / "out", "--model", GPT2, "--prompt", "tiny/repeat",
+                    "--chart", "surprisal", "--format", "json")
+    assert result.exit_code == 0, result.output
 
 
 # --- the site: downloads, embed pages, links -----------------------------------------------------

@@ -271,7 +271,9 @@ def test_tokenizer_page_shows_tokens_literally(browser, site_url):
         opened.wait_for_charts()
         page = opened.page
         blocks = page.eval_on_selector_all(
-            ".atlas-differ", "els => els.map(e => [e.querySelector('a').innerText, "
+            # Each block links its prompt page (its text is the prompt's title, its href the key).
+            ".atlas-differ", "els => els.map(e => [e.querySelector('a').getAttribute('href')"
+            ".replace(/^.*prompts\\//, '').replace(/\\.html$/, ''), "
             "[...e.querySelectorAll('.atlas-col')].map(c => [...c.querySelectorAll('.atlas-tok')]"
             ".map(t => t.innerText).join(''))])")
         shown = {key: cols for key, cols in blocks}
@@ -335,8 +337,8 @@ def test_search_results_show_the_text_literally(browser, site_url):
 
 
 def test_autoescape_is_on_for_every_template():
-    from generator.render import _environment
-    env = _environment()
+    from generator.templating import environment
+    env = environment()
     names = env.list_templates()
     assert "prompt.md.j2" in names and "set.md.j2" in names and "tokenizers.md.j2" in names
     for name in names:

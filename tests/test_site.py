@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
+from generator.layout import LAYER
 
 DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
 CDN_HOSTS = ("cdn.jsdelivr", "unpkg", "googleapis", "gstatic")
@@ -80,8 +81,12 @@ def test_full_site_vendors_vega(demo_site_full):
     text = bundle.read_text("utf-8")
     assert "vegaEmbed" in text or "vega-embed" in text
     index = (demo_site_full.site / "index.html").read_text("utf-8")
-    assert 'src="assets/vendor/vega-bundle.js"' in index
+    # Pages list only the codec and atlas.js, which adds the bundle itself on pages that draw a
+    # chart, from their chart elements' data-vega (the browser tests check which pages fetch it).
+    assert "vega-bundle.js" not in index
     assert 'src="assets/atlas.js"' in index
+    prompt = next((demo_site_full.site / "prompts").rglob("*.html")).read_text("utf-8")
+    assert 'data-vega="../../assets/vendor/vega-bundle.js"' in prompt
 
 
 @pytest.mark.slow
@@ -114,6 +119,8 @@ def test_every_local_link_resolves(demo_site_full):
             continue
         for attr, value in LINK_RE.findall(page.read_text("utf-8")):
             value = html.unescape(value).split("#")[0].split("?")[0]
+            # A per-layer URL template (generator/layout.py attention_layers): its layer 0 file.
+            value = value.replace(LAYER, "0")
             if not value or re.match(r"^[a-z]+:", value) or not value.endswith(LINKED_SUFFIXES):
                 continue
             target = (page.parent / unquote(value)).resolve()
@@ -268,5 +275,77 @@ def test_lens_rows_show_the_stored_top_k(demo_build):
             shown = [show_token(a["vocab"][str(t)]["text"], entry_bytes(a["vocab"][str(t)]), t)
                      for t in ids]
             assert row["top"] == shown[0] and row["p"] == probs[0]
-            assert row["runners"] == ", ".join(f"{s} ({p:.3f})" for s, p in zip(shown[1:],
-                                                                                probs[1:]))
+            # Each token isolated (U+2068 .. U+2069) so right-to-left text keeps its place.
+            assert row["runners"] == ", ".join(f"\u2068{s}\u2069 ({p:.3f})"
+                                               for s, p in zip(shown[1:], probs[1:]))
+
+
+def _params_of(page_html: str, chart: str) -> list[dict]:
+    """The data-params of every `chart` box of a page (its shared scale domains)."""
+    found = re.findall(r'data-spec="[^"]*charts/' + re.escape(chart) +
+                       r'\.vl\.json"[^>]*data-params=\'([^\']*)\'', page_html)
+    return [json.loads(html.unescape(p)) for p in found]
+
+
+def test_both_models_share_one_scale_per_quantity(demo_build):
+    """Surprisal, entropy and lens rank: both models' charts of a prompt page get one domain,
+    the extremes over both models' data files (issue 10: side by side, comparable)."""
+    site = demo_build.site
+    page = (site / "prompts/basics/repeat.html").read_text("utf-8")
+    data = {s: json.loads((site / f"data/{s}/basics/repeat.json").read_text("utf-8"))
+            for s in DEMO_SLUGS}
+    heads = {s: json.loads((site / f"data/{s}/basics/repeat.heads.json").read_text("utf-8"))
+             for s in DEMO_SLUGS}
+    lens = {s: json.loads((site / f"data/{s}/basics/repeat.lens.json").read_text("utf-8"))
+            for s in DEMO_SLUGS}
+    surprisal = _params_of(page, "surprisal")
+    assert len(surprisal) == 2 and surprisal[0] == surprisal[1]
+    top = max(t["surprisal"] for s in DEMO_SLUGS for t in data[s]["tokens"]
+              if t["surprisal"] is not None)
+    assert surprisal[0]["surprisal_max"] == pytest.approx(top, abs=1e-3)
+    per_model_top = [max(t["surprisal"] or 0 for t in data[s]["tokens"]) for s in DEMO_SLUGS]
+    assert min(per_model_top) < top, "the test needs two models with different maxima"
+    entropy = _params_of(page, "heads")
+    assert len(entropy) == 2 and entropy[0] == entropy[1]
+    values = [h["entropy"] for s in DEMO_SLUGS for h in heads[s]["heads"]
+              if h["entropy"] is not None]
+    assert entropy[0] == {"entropy_min": pytest.approx(min(values), abs=1e-3),
+                          "entropy_max": pytest.approx(max(values), abs=1e-3)}
+    lrank = _params_of(page, "lens")
+    assert len(lrank) == 2 and lrank[0] == lrank[1]
+    assert lrank[0]["lrank_max"] == pytest.approx(
+        max(r["lrank"] for s in DEMO_SLUGS for r in lens[s]["lens"] if r["lrank"] is not None),
+        abs=1e-3)
+    # The specs read those params for their scales (and fall back to their own data without).
+    specs = {n: json.loads((site / f"charts/{n}.vl.json").read_text("utf-8"))
+             for n in ("surprisal", "heads", "lens")}
+    assert {p["name"] for p in specs["surprisal"]["params"]} == {"surprisal_max"}
+    assert {p["name"] for p in specs["heads"]["params"]} == {"entropy_min", "entropy_max"}
+    assert {p["name"] for p in specs["lens"]["params"]} == {"lrank_max"}
+    assert '"expr": "surprisal_max"' in json.dumps(specs["surprisal"]["encoding"]["y"])
+
+
+def test_head_atlas_links_name_layer_and_head_and_count_the_heads(demo_build):
+    """Every head-atlas row links to its clearest prompt opened at that layer and head, and the
+    intro counts the heads a chart really ranks (16 for a 4 x 4 model, not 20)."""
+    site = demo_build.site
+    for slug in DEMO_SLUGS:
+        rows = json.loads((site / f"data/{slug}/atlas.json").read_text("utf-8"))["atlas"]
+        for row in rows:
+            for metric in ("entropy", "prev_token", "first_token"):
+                best = row[f"{metric}_best"]
+                assert row[f"{metric}_href"] == (
+                    f"../prompts/{best}.html?model={slug}&layer={row['layer']}&head={row['head']}")
+        page = (site / f"models/{slug}.html").read_text("utf-8")
+        n = len(rows)
+        assert f"ranks the {min(20, n)} heads" in page
+        links = re.findall(r'href="(\.\./prompts/[^"]+)"', page)
+        with_head = [h for h in links if "?model=" in h]
+        assert with_head and all(re.search(r"\?model=[\w-]+&amp;layer=\d+&amp;head=\d+$", h)
+                                 for h in with_head), with_head[:3]
+
+
+def test_lens_probabilities_keep_three_significant_figures():
+    from generator.pagedata import _sig
+    assert _sig(0.0000321789) == 3.22e-05
+    assert _sig(0.41234) == 0.412

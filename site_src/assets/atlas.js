@@ -1,10 +1,38 @@
 /* Model Atlas page script: draws a page's Altair (Vega-Lite) charts from the data files it
- * fetches, when each chart scrolls into view, and drives the attention view (layer, head, hiding
- * the first token, clicks in the all-heads chart). Vega, Vega-Lite and vega-embed come from the
- * bundled assets/vendor/vega-bundle.js; nothing is fetched from outside the site. */
+ * fetches, when each chart scrolls into view; hands the attention heatmaps and the head
+ * thumbnails of prompt pages to heatmap.js and thumbs.js (which decode with the shared codec,
+ * attention-codec.js); keeps the URL and the attention selectors in step
+ * (?model=M&layer=L&head=H, generator/layout.py head_query); re-themes every chart when the page
+ * switches between light and dark. Every URL comes from the data attributes render writes into
+ * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
+ * bundle, which this script loads itself, only on pages that hold a Vega chart (its URL is the
+ * chart elements' data-vega); nothing is fetched from outside the site. */
 (function () {
   "use strict";
   const cache = new Map();
+  const CHARTS = ".atlas-attention, .atlas-plain";
+  let bundle = null;
+
+  // The Vega bundle is 900 KB: a page without a chart (home, sets, reference) must not fetch it.
+  // The pages list only the small scripts (layout.PAGE_SCRIPTS); the bundle is added here, once,
+  // as soon as a page with a Vega chart runs this script (beside the prefetch of the first
+  // charts' data). The attention heatmaps and thumbnails need no Vega.
+  function loadVega() {
+    if (window.vegaEmbed) return Promise.resolve();
+    if (!bundle) {
+      bundle = new Promise((resolve, reject) => {
+        const box = document.querySelector("[data-vega]");
+        if (!box) { reject(new Error("no data-vega attribute: cannot find the chart library")); return; }
+        const script = document.createElement("script");
+        script.src = box.dataset.vega;
+        script.onload = () => resolve();
+        script.onerror = () => reject(new Error(script.src + ": the chart library did not load"));
+        document.head.appendChild(script);
+      });
+    }
+    return bundle;
+  }
+  window.atlasLoadVega = loadVega;
   const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
                   renderer: "svg" };
 
@@ -18,111 +46,182 @@
     return cache.get(url);
   }
 
-  function bytesOf(b64) {
-    const bin = atob(b64);
-    const out = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-    return out;
-  }
-
-  // One head of one layer as heatmap rows. Stored layout (artifact-format, uint8-tril-by-key):
-  // uint8 [heads, T*(T+1)/2], the lower triangle key by key (key k holds queries k..T-1),
-  // weight = value / scale. With hideFirst, key 0 is dropped and each row re-normalized over the
-  // rest (row 0 then has nothing left to show).
-  function attentionRows(layer, head, labels, hideFirst) {
-    const t = layer.length, tri = (t * (t + 1)) / 2, bytes = bytesOf(layer.data);
-    const base = head * tri;
-    const at = (q, k) => bytes[base + k * t - (k * (k - 1)) / 2 + (q - k)];
-    const rows = [];
-    for (let q = 0; q < t; q++) {
-      let total = layer.scale;
-      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += at(q, k); }
-      for (let k = hideFirst ? 1 : 0; k <= q; k++) {
-        rows.push({ q: q, k: k, w: total > 0 ? at(q, k) / total : 0, ql: labels[q], kl: labels[k] });
-      }
-    }
-    return rows;
-  }
-
   function showError(el, err) {
     el.textContent = "Could not draw this chart: " + err.message;
     el.classList.add("atlas-error");
   }
 
-  // Charts are drawn one after another, not interleaved: two charts started together would both
-  // appear only when both are done, while in turn the first shows as soon as it alone is done.
-  let drawing = Promise.resolve();
-
-  async function embed(el, spec, datasets, renderer) {
-    const s = JSON.parse(JSON.stringify(spec));
-    s.datasets = Object.assign({}, s.datasets || {}, datasets);
-    const options = renderer ? Object.assign({}, EMBED, { renderer }) : EMBED;
-    const turn = drawing.then(() => vegaEmbed(el, s, options));
-    drawing = turn.catch(() => undefined);
-    const result = await turn;
-    el.dataset.rendered = "true";
+  function markFirstChart() {
     // For benchmarks/page_bench.py: when the page first showed a chart.
     if (!performance.getEntriesByName("atlas-first-chart").length) {
       performance.mark("atlas-first-chart");
     }
+  }
+
+  // --- light and dark ---------------------------------------------------------------------------
+  // Material puts the colour scheme on <body data-md-color-scheme="default|slate">; the colours
+  // are read from its CSS variables (through a probe, which resolves them to rgb()).
+  let themeNow = null;
+  const themeListeners = [];
+  function readTheme() {
+    const probe = document.createElement("div");
+    probe.style.cssText = "position:absolute;visibility:hidden;color:var(--md-default-fg-color);" +
+      "background:var(--md-default-bg-color);border-color:var(--md-default-fg-color--lighter)";
+    document.body.append(probe);
+    const cs = getComputedStyle(probe);
+    const t = { dark: document.body.getAttribute("data-md-color-scheme") === "slate",
+                fg: cs.color, bg: cs.backgroundColor, line: cs.borderTopColor };
+    probe.remove();
+    if (!t.bg || t.bg === "rgba(0, 0, 0, 0)") t.bg = t.dark ? "#1e2129" : "#ffffff";
+    return t;
+  }
+  function theme() { return themeNow || (themeNow = readTheme()); }
+  function onTheme(f) { themeListeners.push(f); }
+  function watchTheme() {
+    new MutationObserver(() => {
+      const before = theme();
+      themeNow = readTheme();
+      if (before.dark === themeNow.dark && before.bg === themeNow.bg) return;
+      themeListeners.forEach((f) => { try { f(themeNow); } catch (e) { console.warn(e); } });
+    }).observe(document.body, { attributes: true, attributeFilter: ["data-md-color-scheme"] });
+  }
+  function vegaConfig() {
+    const t = theme();
+    const text = { labelColor: t.fg, titleColor: t.fg };
+    return { background: t.bg, view: { stroke: t.line },
+             axis: Object.assign({ domainColor: t.line, tickColor: t.line, gridColor: t.line },
+                                 text),
+             legend: text, title: { color: t.fg }, header: text };
+  }
+
+  // --- Vega charts ------------------------------------------------------------------------------
+  // Charts are drawn one after another, not interleaved: two charts started together would both
+  // appear only when both are done, while in turn the first shows as soon as it alone is done.
+  let drawing = Promise.resolve();
+
+  async function embed(el, spec, datasets, params) {
+    const s = JSON.parse(JSON.stringify(spec));
+    s.datasets = Object.assign({}, s.datasets || {}, datasets);
+    // Values the page sets for the spec's params: the shared scale domains of both models.
+    for (const p of s.params || []) {
+      if (params && Object.prototype.hasOwnProperty.call(params, p.name)) p.value = params[p.name];
+    }
+    const options = Object.assign({}, EMBED, { config: vegaConfig(),
+                                               tooltip: { theme: theme().dark ? "dark" : "light" } });
+    const turn = drawing.then(loadVega).then(() => window.vegaEmbed(el, s, options));
+    drawing = turn.catch(() => undefined);
+    const result = await turn;
+    el.dataset.rendered = "true";
+    el.dataset.theme = theme().dark ? "dark" : "light";
+    markFirstChart();
     return result;
   }
 
   async function drawPlain(box) {
     const el = box.querySelector(".atlas-chart");
+    const params = box.dataset.params ? JSON.parse(box.dataset.params) : null;
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
-      const result = await embed(el, spec, data);
-      if (box.dataset.model) {
-        // All-heads chart: a click opens that head in the same model's attention heatmap.
-        result.view.addEventListener("click", (event, item) => {
-          if (!item || !item.datum || item.datum.head === undefined) return;
-          const target = document.querySelector(
-            '.atlas-attention[data-model="' + box.dataset.model + '"]');
-          if (!target) return;
-          target.querySelector(".atlas-layer").value = String(item.datum.layer);
-          target.querySelector(".atlas-head").value = String(item.datum.head);
-          target.querySelector(".atlas-head").dispatchEvent(new Event("change"));
-          target.scrollIntoView({ behavior: "smooth", block: "start" });
-        });
-      }
+      const show = async () => {
+        const result = await embed(el, spec, data, params);
+        if (box.dataset.model) {
+          // All-heads chart: a click opens that head in the same model's attention heatmap.
+          result.view.addEventListener("click", (event, item) => {
+            if (!item || !item.datum || item.datum.head === undefined) return;
+            openHead(box.dataset.model, item.datum.layer, item.datum.head);
+          });
+        }
+      };
+      await show();
+      // A chart's colours are fixed when it is drawn: draw it again in the other scheme.
+      onTheme(() => show().catch((err) => showError(el, err)));
     } catch (err) { showError(el, err); }
   }
 
-  async function drawAttention(box) {
-    const el = box.querySelector(".atlas-chart");
+  // --- the attention view and the URL -----------------------------------------------------------
+  function attentionBox(model) {
+    return document.querySelector('.atlas-attention[data-model="' + model + '"]');
+  }
+
+  // Show layer/head of `model` in its heatmap (a thumbnail or all-heads click, or the URL).
+  function openHead(model, layer, head, scroll = true) {
+    const box = attentionBox(model);
+    if (!box) return false;
     const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
-    const sink = box.querySelector(".atlas-sink");
-    try {
-      const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src),
-        getJSON(box.dataset.attn + layerSel.value + ".json")]);
-      const labels = data.tokens.map((t) => t.label);
-      const rowsFor = async () => {
-        const layer = await getJSON(box.dataset.attn + layerSel.value + ".json");
-        return attentionRows(layer, Number(headSel.value), labels, sink.checked);
-      };
-      // Canvas: a heatmap has T(T+1)/2 cells (2,628 at 72 tokens, 35,000 at 264), too many
-      // SVG elements to draw quickly. The embed page's SVG and PNG downloads are unaffected.
-      const result = await embed(el, spec, { attention: await rowsFor() }, "canvas");
-      const update = async () => {
-        const rows = await rowsFor();
-        // view.data replaces the named dataset (the bundle's global `vega` is not exported).
-        await result.view.data("attention", rows).runAsync();
-        el.dataset.layer = layerSel.value;
-        el.dataset.head = headSel.value;
-      };
-      for (const input of [layerSel, headSel, sink]) {
-        input.addEventListener("change", () => update().catch((e) => showError(el, e)));
-      }
-    } catch (err) { showError(el, err); }
+    if (Number(layer) >= layerSel.options.length || Number(head) >= headSel.options.length) {
+      return false;
+    }
+    layerSel.value = String(layer);
+    headSel.value = String(head);
+    headSel.dispatchEvent(new Event("change"));
+    if (scroll) box.scrollIntoView({ behavior: "smooth", block: "start" });
+    return true;
   }
 
-  function draw(box) {
-    return box.classList.contains("atlas-attention") ? drawAttention(box) : drawPlain(box);
+  // ?model=M&layer=L&head=H (or #model=M&layer=L&head=H): open that head when the page loads.
+  // Without model, every heatmap that has that layer and head opens it.
+  function fromURL() {
+    const q = new URLSearchParams(location.search);
+    const h = new URLSearchParams(location.hash.replace(/^#/, ""));
+    const get = (k) => q.get(k) !== null ? q.get(k) : h.get(k);
+    const layer = get("layer"), head = get("head"), model = get("model");
+    if (layer === null && head === null) return;
+    let first = null;
+    document.querySelectorAll(".atlas-attention").forEach((box) => {
+      if (model && box.dataset.model !== model) return;
+      const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
+      const l = layer === null ? layerSel.value : layer, hd = head === null ? headSel.value : head;
+      if (!/^\d+$/.test(l) || !/^\d+$/.test(hd) || Number(l) >= layerSel.options.length ||
+          Number(hd) >= headSel.options.length) return;
+      layerSel.value = l;
+      headSel.value = hd;
+      first = first || box;
+    });
+    if (first) first.scrollIntoView({ block: "start" });
   }
+
+  // The URL follows the selectors, so a reader can link to the head they are looking at.
+  function followURL() {
+    document.querySelectorAll(".atlas-attention").forEach((box) => {
+      const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
+      const update = () => {
+        const q = new URLSearchParams(location.search);
+        q.set("model", box.dataset.model);
+        q.set("layer", layerSel.value);
+        q.set("head", headSel.value);
+        const hash = /(^|&)(layer|head|model)=/.test(location.hash.slice(1)) ? "" : location.hash;
+        history.replaceState(history.state, "", location.pathname + "?" + q.toString() + hash);
+      };
+      layerSel.addEventListener("change", update);
+      headSel.addEventListener("change", update);
+    });
+  }
+
+  const page = { getJSON, showError, markFirstChart, theme, onTheme, openHead };
+  window.AtlasPage = page;
+
+  const started = new WeakSet();
+  function draw(box) {
+    if (started.has(box)) return undefined;
+    started.add(box);
+    if (box.classList.contains("atlas-attention")) {
+      if (!window.AtlasHeatmap) return showError(box.querySelector(".atlas-chart"),
+                                                 new Error("heatmap.js is not loaded"));
+      return window.AtlasHeatmap.draw(box, page)
+        .catch((err) => showError(box.querySelector(".atlas-chart"), err));
+    }
+    return drawPlain(box);
+  }
+
+  function onScreen(box) { return box.getBoundingClientRect().top < window.innerHeight + 400; }
 
   function drawAll() {
-    const boxes = document.querySelectorAll(".atlas-attention, .atlas-plain");
+    watchTheme();
+    followURL();
+    if (window.AtlasThumbs) {
+      document.querySelectorAll(".atlas-thumbs").forEach((h) => window.AtlasThumbs.mount(h, page));
+    }
+    const boxes = document.querySelectorAll(CHARTS);
     if (!("IntersectionObserver" in window)) { boxes.forEach(draw); return; }
     // Charts are drawn (and their data fetched) only when they come near the viewport.
     const seen = new IntersectionObserver((entries) => {
@@ -135,19 +234,24 @@
     boxes.forEach((box) => seen.observe(box));
   }
 
-  // This script runs before the Vega bundle (see mkdocs.yml): start downloading the data of the
-  // charts on the first screen now, while the browser is still parsing the bundle.
-  function prefetch() {
-    document.querySelectorAll(".atlas-attention, .atlas-plain").forEach((box) => {
-      if (box.getBoundingClientRect().top > window.innerHeight + 400) return;
+  // Start downloading the Vega bundle (on pages with a Vega chart) and the data of the charts on
+  // the first screen now, together, and draw the heatmaps there, which need no Vega.
+  function early() {
+    if (document.querySelector(".atlas-plain")) loadVega().catch(() => {});
+    document.querySelectorAll(CHARTS).forEach((box) => {
+      if (!onScreen(box)) return;
+      if (box.classList.contains("atlas-attention") && window.AtlasHeatmap) {
+        draw(box);
+        return;
+      }
       getJSON(box.dataset.spec).catch(() => {});
       getJSON(box.dataset.src).catch(() => {});
-      if (box.dataset.attn) getJSON(box.dataset.attn + "0.json").catch(() => {});
     });
   }
 
+  fromURL();
   if (document.readyState === "loading") {
-    prefetch();
+    early();
     document.addEventListener("DOMContentLoaded", drawAll);
   } else drawAll();
 })();

@@ -1,0 +1,254 @@
+"""The address book of Model Atlas: every file and URL of the generated site, named once.
+
+datasette builds every URL through one class (`url_builder.Urls`); this module is that for Model
+Atlas. Render writes each file at the path a function here names; export finds them through the
+manifest render writes (`MANIFEST`); templates get a `Urls` bound to the page they render
+(`urls.prompt_data(slug, key)`); the page scripts read their URLs from data attributes render
+fills in, and spell no path themselves. Changing where a file lives is one edit, here.
+`tests/test_layout.py` fails when a path of the site is spelled out anywhere else in `generator/`,
+`templates/` or `site_src/`.
+
+Paths are POSIX paths relative to the docs tree, which is also the site root ("docs paths"). Pages
+are Markdown files of the docs tree that MkDocs serves as `.html` (`use_directory_urls: false`).
+A prompt is named by its key, `<set>/<prompt>` (`Prompt.key`), a model by its slug.
+
+Also here, though outside the site: where the compute stage keeps artifacts (`artifact_path`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+
+def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
+    """`<root>/<slug>/<set>/<prompt>.json` (root: `build/artifacts`); its attention file lies
+    beside it (`schema.attention_path`)."""
+    return root / slug / set_id / f"{prompt_id}.json"
+
+
+# --- files every page needs ----------------------------------------------------------------------
+
+MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
+STYLESHEET = "assets/atlas.css"                # hand-written, from site_src/
+CHART_STYLESHEET = "assets/charts.css"         # hand-written: heatmap, thumbnails, chart frames
+ATTENTION_CODEC = "assets/attention-codec.js"  # hand-written: the browser's attention decoder
+HEATMAP_SCRIPT = "assets/heatmap.js"           # hand-written: a prompt page's attention heatmap
+THUMBS_SCRIPT = "assets/thumbs.js"             # hand-written: every head's pattern, small
+PAGE_SCRIPT = "assets/atlas.js"                # hand-written: draws the charts of a page
+EMBED_SCRIPT = "assets/embed.js"               # hand-written: draws the chart of an embed page
+VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed (site.vendor_bundle)
+# Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the small codec,
+# the heatmap and thumbnail scripts, then the page script that calls them. The Vega bundle (900 KB)
+# is not among them: a page without a chart (home, sets, reference pages) must not fetch it. The
+# page script loads it, on pages that hold a Vega chart, from the URL in the chart elements'
+# data-vega attribute (`Urls.vendor_bundle`), together with the first charts' data.
+PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
+STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
+# Scripts of an embed page after its chart element (the bundle loads in its head).
+EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
+
+# --- data files that pages fetch -----------------------------------------------------------------
+
+LAYER = "{layer}"  # placeholder in `attention_layers`: the page scripts put a layer number there
+
+
+def prompt_data(slug: str, key: str) -> str:
+    """Tokens and predictions of one model on one prompt."""
+    return f"data/{slug}/{key}.json"
+
+
+def prompt_lens(slug: str, key: str) -> str:
+    return f"data/{slug}/{key}.lens.json"
+
+
+def prompt_heads(slug: str, key: str) -> str:
+    """Head metrics and key/value groups of one model on one prompt."""
+    return f"data/{slug}/{key}.heads.json"
+
+
+def attention_layers(slug: str, key: str) -> str:
+    """The per-layer attention files of one model on one prompt, `LAYER` standing for the layer."""
+    return f"data/{slug}/{key}/L{LAYER}.json"
+
+
+def attention_layer(slug: str, key: str, layer: int) -> str:
+    return attention_layers(slug, key).replace(LAYER, str(layer))
+
+
+def compare_data(key: str) -> str:
+    """Every model on one prompt (cumulative surprisal)."""
+    return f"data/compare/{key}.json"
+
+
+def tokenizers_data() -> str:
+    return "data/compare/tokenizers.json"
+
+
+def atlas_data(slug: str) -> str:
+    """The head atlas of one model (metrics averaged over prompts)."""
+    return f"data/{slug}/atlas.json"
+
+
+def artifact_copy(slug: str, key: str) -> str:
+    """The artifact a prompt page links, copied into the site; its attention file lies beside it
+    (`schema.attention_path`)."""
+    return f"artifacts/{slug}/{key}.json"
+
+
+SPEC_SUFFIX = ".vl.json"   # a Vega-Lite spec: chart specs, downloads and `model-atlas export`
+
+
+def chart_spec(name: str) -> str:
+    """The Altair spec of a chart kind, its named datasets empty (generator/charts.py)."""
+    return f"charts/{name}{SPEC_SUFFIX}"
+
+
+# --- charts standing alone: scopes, downloads, embed pages ---------------------------------------
+# A chart's scope says what it shows: one model on one prompt, every model on one prompt, one
+# model, or the site. `model-atlas export` lays its files out the same way: `<out>/<chart_file>.*`.
+
+SITE_SCOPE = "site"
+
+
+def prompt_scope(slug: str, key: str) -> str:
+    return f"{slug}/{key}"
+
+
+def compare_scope(key: str) -> str:
+    return f"compare/{key}"
+
+
+def model_scope(slug: str) -> str:
+    return slug
+
+
+def chart_file(scope: str, stem: str) -> str:
+    """A chart's path without suffix: under `downloads/`, `embed/` and an export's directory."""
+    return f"{scope}/{stem}"
+
+
+def attention_stem(layer: int, head: int) -> str:
+    """The file name of one attention head's chart: layer 0 head 0 is the default."""
+    return "attention" if (layer, head) == (0, 0) else f"attention-L{layer}-H{head}"
+
+
+def download(scope: str, stem: str) -> str:
+    """The complete Vega-Lite spec of one chart, data inlined."""
+    return f"downloads/{chart_file(scope, stem)}{SPEC_SUFFIX}"
+
+
+def embed_page(scope: str, stem: str) -> str:
+    """The minimal page of one chart, for an <iframe>."""
+    return f"embed/{chart_file(scope, stem)}.html"
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+HOME = "index.md"
+TOKENIZERS_PAGE = "compare/tokenizers.md"
+ARCHITECTURES_PAGE = "compare/architectures.md"
+METRICS_PAGE = "metrics.md"
+# The hand-written pages of site_src/, as the navigation's "Reference" lists them.
+REFERENCE_PAGES = {"About Model Atlas": "about.md", "Head metrics": METRICS_PAGE,
+                   "Artifact format": "artifact-format.md",
+                   "Prompt-set format": "prompt-sets.md", "Embedding charts": "embedding.md"}
+
+
+def prompt_page(key: str) -> str:
+    return f"prompts/{key}.md"
+
+
+def model_page(slug: str) -> str:
+    return f"models/{slug}.md"
+
+
+def set_page(set_id: str) -> str:
+    return f"sets/{set_id}.md"
+
+
+# --- from a docs path to a URL -------------------------------------------------------------------
+
+
+def served(path: str) -> str:
+    """The URL path MkDocs serves a docs path at: a page's `.md` becomes `.html`."""
+    return path[: -len(".md")] + ".html" if path.endswith(".md") else path
+
+
+def rel_root(at: str) -> str:
+    """The relative URL of the site root from the file at docs path `at`."""
+    return "../" * at.count("/")
+
+
+def is_docs_path(path: str) -> bool:
+    """Whether `path` names a file inside the docs tree: relative, no `..`, no backslash."""
+    p = PurePosixPath(path)
+    return bool(path) and not p.is_absolute() and ".." not in p.parts and "\\" not in path
+
+
+def head_query(slug: str, layer: int, head: int) -> str:
+    """The query that opens one model's layer and head on a prompt page (atlas.js reads it, and
+    writes it back as the reader changes the selectors)."""
+    return f"?model={slug}&layer={layer}&head={head}"
+
+
+def prompt_url_expr(at: str, key_expr: str) -> str:
+    """A Vega expression for the URL of the prompt page whose key `key_expr` evaluates to, from the
+    page at docs path `at` (charts link into the site with it)."""
+    before, after = served(prompt_page("\0")).split("\0")
+    return f"'{rel_root(at)}{before}' + {key_expr} + '{after}'"
+
+
+class Urls:
+    """URLs relative to one file of the docs tree (a page or an embed page): what a template
+    receives as `urls`. Every method names the file through the functions above."""
+
+    def __init__(self, at: str):
+        self.at = at
+        self.root = rel_root(at)
+
+    def to(self, path: str) -> str:
+        """The URL of docs path `path` from this file."""
+        return self.root + served(path)
+
+    def prompt_data(self, slug: str, key: str) -> str:
+        return self.to(prompt_data(slug, key))
+
+    def attention_layers(self, slug: str, key: str) -> str:
+        return self.to(attention_layers(slug, key))
+
+    def artifact(self, slug: str, key: str) -> str:
+        return self.to(artifact_copy(slug, key))
+
+    def chart_spec(self, name: str) -> str:
+        return self.to(chart_spec(name))
+
+    def vendor_bundle(self) -> str:
+        return self.to(VENDOR_BUNDLE)
+
+    def download(self, scope: str, stem: str) -> str:
+        return self.to(download(scope, stem))
+
+    def embed(self, scope: str, stem: str) -> str:
+        return self.to(embed_page(scope, stem))
+
+    def home(self) -> str:
+        return self.to(HOME)
+
+    def prompt_page(self, key: str) -> str:
+        return self.to(prompt_page(key))
+
+    def prompt_head(self, key: str, slug: str, layer: int, head: int) -> str:
+        """A prompt page opened at one model's layer and head."""
+        return self.to(prompt_page(key)) + head_query(slug, layer, head)
+
+    def model_page(self, slug: str) -> str:
+        return self.to(model_page(slug))
+
+    def set_page(self, set_id: str) -> str:
+        return self.to(set_page(set_id))
+
+    def metrics_page(self) -> str:
+        return self.to(METRICS_PAGE)
+
+    def tokenizers_page(self) -> str:
+        return self.to(TOKENIZERS_PAGE)
