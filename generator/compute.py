@@ -273,13 +273,22 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                 f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
 
 
+WRITE_THREADS = 2  # artifacts of one batch written at once by the writer
+
+
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,
                  out_dir: Path, report: ComputeReport) -> int:
     """The writer's job for one batch: every prompt's artifact built, checked and written; the
     time it takes goes to `report.host_seconds`. Returns how many were written."""
     t0 = time.perf_counter()
-    done = sum(_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, report)
-               for prompt, result in results)
+    # Two threads: hashing and writing one artifact's attention bytes release the GIL, so they
+    # overlap another artifact's JSON encoding (which holds it).
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="atlas-write") as pool:
+        failures = list(pool.map(lambda pr: _store(lm, pr[0], pr[1], tokens_of[pr[0].key],
+                                                   settings, out_dir), results))
+    report.failures.extend(f for f in failures if f is not None)  # in the batch's order
+    done = failures.count(None)
+    report.computed += done
     report.host_seconds += time.perf_counter() - t0
     report.host_prompts += len(results)
     return done
@@ -318,9 +327,9 @@ def _tokenize(lm: LoadedModel, todo: list[tuple[Prompt, str]], settings: Setting
 
 
 def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseException,
-           key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path,
-           report: ComputeReport) -> int:
-    """Build, check and write one prompt's artifact; 1 if written, 0 if it failed (reported)."""
+           key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path) -> str | None:
+    """Build, check and write one prompt's artifact: None if written, else the failure's line
+    for the report (one failed prompt must not lose the others)."""
     ref = lm.ref
     try:
         if isinstance(result, BaseException):
@@ -331,15 +340,13 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
         artifact = build_artifact(lm, prompt, key, settings, tokens, result).to_dict()
         validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
         write_artifact(artifact_path(out_dir, ref.slug, prompt), artifact)
-        report.computed += 1
-        return 1
+        return None
     except AtlasError as e:
-        report.failures.append(f"{prompt.key} ({ref.model_id}): {e}")
+        return f"{prompt.key} ({ref.model_id}): {e}"
     except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
         kind = ("out of memory even at batch size 1" if _is_oom(e)
                 else f"{type(e).__name__}: {e}")
-        report.failures.append(f"{prompt.key} ({ref.model_id}): {kind}")
-    return 0
+        return f"{prompt.key} ({ref.model_id}): {kind}"
 
 
 def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir: Path,

@@ -498,7 +498,11 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
     """Each sequence's stored attention, quantized and packed on the device, then copied to the
     host once: uint8 [L, H, n(n+1)/2] (n = its analysed tokens), the bytes of the format."""
     if passes.stacked is not None:
-        quantized = quantize_attention(passes.stacked)              # uint8 [L, B, H, S, S]
+        # Layer by layer into one uint8 tensor: quantize's float temporary stays one layer big.
+        quantized = torch.empty(passes.stacked.shape, dtype=torch.uint8,
+                                device=passes.stacked.device)       # uint8 [L, B, H, S, S]
+        for l, layer in enumerate(passes.stacked):
+            quantized[l] = quantize_attention(layer)
         blocks = [quantized[:, b, :, st:st + n, st:st + n]          # [L, H, n, n]
                   for b, (st, n) in enumerate(zip(starts, lengths))]
     else:
