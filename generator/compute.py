@@ -352,8 +352,9 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
 def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir: Path,
                 settings: Settings = Settings(), device: str = "auto", dtype: str = "auto",
                 shard: Shard = Shard(1, 1), log: Log = print, revision: str = "main",
-                device_map: str | None = None) -> ComputeReport:
-    """Compute every (model, prompt) of this shard whose artifact is missing or stale."""
+                device_map: str | None = None, batch_size: int | None = None) -> ComputeReport:
+    """Compute every (model, prompt) of this shard whose artifact is missing or stale
+    (`batch_size`: prompts per batch; default, as many as the memory budget holds)."""
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     prompts = shard.take([p for s in prompt_sets for p in s.prompts])
@@ -367,7 +368,7 @@ def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir
         + (f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""))
     for model_id in models:
         compute_model(model_id, prompts, out_dir, settings, dev, torch_dtype, log, report,
-                      revision=revision, device_map=device_map)
+                      revision=revision, device_map=device_map, batch_size=batch_size)
     report.seconds = time.perf_counter() - t0
     log(f"compute: {report.computed} computed, {report.reused} reused, "
         f"{len(report.failures)} failed in {report.seconds:.1f}s")
