@@ -191,6 +191,26 @@ def test_render_finds_artifacts_of_a_checkpoint_it_does_not_have(demo_dirs, tiny
     assert (tmp_path / "site" / "prompts" / "tiny" / "hello.html").is_file()
 
 
+def test_a_model_that_is_not_the_demo_renders(demo_dirs, tiny_prompts, tmp_path):
+    """A checkpoint with no planted heads in its config (any hub or local model but the demo's):
+    its model page renders, with no planted-heads section and no constructed-weights banner."""
+    import json
+    import shutil
+    ckpt = tmp_path / "ck" / "plain-gpt2"
+    shutil.copytree(demo_dirs[0], ckpt)
+    config = json.loads((ckpt / "config.json").read_text("utf-8"))
+    assert config.pop("model_atlas_planted_heads"), "the demo checkpoint should plant heads"
+    (ckpt / "config.json").write_text(json.dumps(config), "utf-8")
+    for marker in ckpt.glob("*demo*"):   # the demo's marker file, if it has one
+        marker.unlink()
+    build = tmp_path / "b"
+    result = invoke("build", "--model", ckpt, "--prompts", tiny_prompts, "--build-dir", build,
+                    "--out", tmp_path / "site", "--device", "cpu", "--continuation", "0")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "site" / "models" / "plain-gpt2.html").read_text("utf-8")
+    assert "Planted heads" not in page
+
+
 # (what --model says, slug directories the artifacts hold, the slug, whether compute read a
 # local directory)
 @pytest.mark.parametrize("model, written, slug, local", [
