@@ -250,13 +250,16 @@ def dla_list(data: dict[str, Any], pos: int, target: str) -> dict[str, Any]:
         return {"caption": f"No token came after {p['label']}.", "entries": [], "rest": None}
     token = p["top1"] if target == "top1" else p["next"]
     logit = sum(entry["value"]) + entry["rest"]
-    items = []
+    items, listed = [], 0.0
     for c, v in zip(entry["index"][:DLA_LIST_LENGTH], entry["value"]):
+        if abs(v) < 0.0005:   # "+0.000" says nothing: such components join the rest
+            continue
         name = data["names"][c]
         layer, _, head = name[1:].partition(".H") if name.startswith("L") else ("", "", "")
         items.append({"name": name, "value": _signed(v),
                       "head": (int(layer), int(head)) if head.isdigit() else None})
-    rest = sum(entry["value"][DLA_LIST_LENGTH:]) + entry["rest"]
+        listed += v
+    rest = sum(entry["value"]) + entry["rest"] - listed
     return {"caption": f"Logit of {token} after {p['label']}: {logit:.3f}. Who wrote it "
                        f"(largest direct contributions):", "entries": items, "rest": _signed(rest)}
 

@@ -397,3 +397,17 @@ def test_attribution_data_matches_the_artifact(demo_build):
         box = page.split(f'class="atlas-col atlas-dla" data-model="{slug}"')[1]
         first = box.split('<ol class="atlas-small atlas-dla-list">')[1].split("</li>")[0]
         assert first.startswith(f'<li><a href="#">{induction}</a> +'), first
+        # A component that rounds to zero says nothing: it joins "all other components", and the
+        # list with the rest still adds up to the logit the caption states.
+        from generator.pagedata import dla_list
+        for target in ("top1", "next"):
+            for pos, entry in enumerate(d[target]):
+                if entry is None:
+                    continue
+                shown = dla_list(d, pos, target)
+                values = [it["value"] for it in shown["entries"]] + [shown["rest"]]
+                assert all(v not in ("+0.000", "\u22120.000") for v in values[:-1]), values
+                total = sum(float(v.replace("\u2212", "-")) for v in values)
+                logit = float(re.search(r": (-?\d+\.\d{3})\. Who wrote it",
+                                        shown["caption"]).group(1))
+                assert total == pytest.approx(logit, abs=0.002 * len(values))

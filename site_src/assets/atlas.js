@@ -180,7 +180,11 @@
     const logit = entry.value.reduce((s, v) => s + v, 0) + entry.rest;
     caption.textContent = "Logit of " + token + " after " + p.label + ": " + logit.toFixed(3) +
       ". Who wrote it (largest direct contributions):";
+    let listed = 0;
     entry.index.slice(0, LIST_LENGTH).forEach((c, n) => {
+      // "+0.000" says nothing: such components join the rest (as pagedata.dla_list).
+      if (Math.abs(entry.value[n]) < 0.0005) return;
+      listed += entry.value[n];
       const li = document.createElement("li");
       const name = data.names[c], head = /^L(\d+)\.H(\d+)$/.exec(name);
       if (head) {
@@ -197,8 +201,7 @@
       list.appendChild(li);
     });
     const rest = document.createElement("li");
-    rest.textContent = "all other components " +
-      signed(entry.value.slice(LIST_LENGTH).reduce((s, v) => s + v, entry.rest));
+    rest.textContent = "all other components " + signed(logit - listed);
     list.appendChild(rest);
   }
 
