@@ -199,6 +199,9 @@ def test_direct_logit_attribution_names_the_induction_head_and_opens_it(site_url
     layer, head = name[1:].split(".H")
     wait_redrawn(page, att.locator(".atlas-chart"), "head", head, watched)
     assert att.locator(".atlas-layer").input_value() == layer
+    # ... at that position: the heatmap lights the row of the position chosen above.
+    page.wait_for_function("(b) => b.dataset.activeQuery === '3'", arg=att.element_handle(),
+                           timeout=CHART_TIMEOUT_MS)
     assert not watched.errors, watched.errors
 
 

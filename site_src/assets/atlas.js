@@ -193,7 +193,7 @@
         a.textContent = name;
         a.addEventListener("click", (event) => {
           event.preventDefault();
-          openHead(box.dataset.model, Number(head[1]), Number(head[2]));
+          openHead(box.dataset.model, Number(head[1]), Number(head[2]), true, pos);
         });
         li.appendChild(a);
       } else li.appendChild(document.createTextNode(name));
@@ -218,7 +218,8 @@
         view = (await embed(el, spec, { dla: rows() })).view;
         view.addEventListener("click", (event, item) => {
           if (!item || !item.datum || item.datum.head === undefined) return;
-          openHead(box.dataset.model, item.datum.layer, item.datum.head);
+          openHead(box.dataset.model, item.datum.layer, item.datum.head, true,
+                   Number(posSel.value));
         });
       };
       const update = async () => {
@@ -243,8 +244,9 @@
     return document.querySelector('.atlas-attention[data-model="' + model + '"]');
   }
 
-  // Show layer/head of `model` in its heatmap (a thumbnail or all-heads click, or the URL).
-  function openHead(model, layer, head, scroll = true) {
+  // Show layer/head of `model` in its heatmap (a thumbnail or all-heads click, or the URL);
+  // with `position` (from "who wrote it"), that token's row and column are lit once it is drawn.
+  function openHead(model, layer, head, scroll = true, position = null) {
     const box = attentionBox(model);
     if (!box) return false;
     const layerSel = box.querySelector(".atlas-layer"), headSel = box.querySelector(".atlas-head");
@@ -253,6 +255,7 @@
     }
     layerSel.value = String(layer);
     headSel.value = String(head);
+    if (position !== null && box.atlasHeatmap) box.atlasHeatmap.active = [position, position];
     headSel.dispatchEvent(new Event("change"));
     if (scroll) box.scrollIntoView({ behavior: "smooth", block: "start" });
     return true;
