@@ -196,13 +196,6 @@ def head_query(slug: str, layer: int, head: int) -> str:
     return f"?model={slug}&layer={layer}&head={head}"
 
 
-def prompt_url_expr(at: str, key_expr: str) -> str:
-    """A Vega expression for the URL of the prompt page whose key `key_expr` evaluates to, from the
-    page at docs path `at` (charts link into the site with it)."""
-    before, after = served(prompt_page("\0")).split("\0")
-    return f"'{rel_root(at)}{before}' + {key_expr} + '{after}'"
-
-
 class Urls:
     """URLs relative to one file of the docs tree (a page or an embed page): what a template
     receives as `urls`. Every method names the file through the functions above."""

@@ -150,8 +150,6 @@ def test_urls_are_relative_to_the_page():
                                           "attention"))
     assert embed.to(layout.VENDOR_BUNDLE) == "../../../../assets/vendor/vega-bundle.js"
     assert layout.attention_layer("gpt2", "a/b", 7) == "data/gpt2/a/b/L7.json"
-    assert layout.prompt_url_expr(layout.model_page("gpt2"), "datum.k") == \
-        "'../prompts/' + datum.k + '.html'"
     assert not layout.is_docs_path("../x.json") and not layout.is_docs_path("/x.json")
     assert layout.is_docs_path(layout.download("compare/a/b", "cumulative"))
 
