@@ -185,3 +185,23 @@ def direct_logit_attribution(rec: DlaRecorder, valid: torch.Tensor, targets: tor
     err = (out.sum(-1) - logit).abs() / logit.abs().clamp_min(1.0)
     err[none] = float("nan")
     return out, err
+
+
+@torch.no_grad()
+def rank_components(dla: torch.Tensor, k: int) -> tuple[Any, Any, Any]:
+    """What the artifact keeps of the attribution, ranked on its device: per position and target
+    the k components with the largest |contribution| at 3 decimals, ties by component index (so
+    float noise of another batch or padding cannot reorder near-equal ones), their values and the
+    sum of all the others. dla: float32 [N, 2, C], NaN where there is no target -> host arrays
+    int64 [N, 2, k], float32 [N, 2, k] and [N, 2] (NaN where there is no target)."""
+    C = dla.shape[-1]
+    k = min(k, C)
+    full = torch.nan_to_num(dla.float())
+    # One integer per component orders by |value| (in thousandths), then by index.
+    key = torch.round(full.abs() * 1000).long() * C + (C - 1 - torch.arange(C, device=dla.device))
+    index = torch.topk(key, k, dim=-1).indices                          # largest first
+    value = full.gather(-1, index)
+    rest = full.sum(-1) - value.sum(-1)
+    missing = torch.isnan(dla).all(-1)
+    value[missing], rest[missing] = float("nan"), float("nan")
+    return index.cpu().numpy(), value.cpu().numpy(), rest.cpu().numpy()

@@ -30,9 +30,9 @@ from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
-from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation, KVGroup,
+from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
                      LayerGroups, PromptInfo, Provenance, TopK, current_attention,
-                     validate_artifact, write_artifact)
+                     validate_artifact, write_artifact_json, write_attention_file)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 
@@ -118,13 +118,17 @@ def library_versions() -> dict[str, str]:
 
 
 def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
-                   tokens: list[dict], seq: SequenceOutput) -> Artifact:
+                   tokens: list[dict], seq: SequenceOutput,
+                   attention_sha256: str | None = None) -> Artifact:
     """The artifact of one prompt, in memory, built through the schema's typed constructor from
-    the arrays `extract.run_batch` brought to the host (no per-value work here)."""
+    the arrays `extract.run_batch` brought to the host (no per-value work here);
+    `attention_sha256`: the hash of the attention bytes, if already computed."""
     ref = lm.ref
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
-    referenced = np.unique(np.concatenate([seq.top_ids.ravel(), seq.lens_ids.ravel()]))
-    attention = Attention.from_packed(seq.attention, prompt.id)
+    referenced = _referenced(seq.top_ids, seq.lens_ids)
+    stored = seq.attention
+    attention = Attention.from_encoded(stored.data, stored.overflow, stored.heads, stored.length,
+                                       prompt.id, attention_sha256)
     return Artifact(
         key=key,
         provenance=Provenance(
@@ -140,14 +144,22 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         lens=TopK.layers_from_arrays(seq.lens_ids, seq.lens_logprobs, seq.next_logprob,
                                      seq.next_rank, settings.lens_top_k),
         attention=attention,
-        vocab=vocab_entries(lm.tokenizer, referenced.tolist()),
+        vocab=vocab_entries(lm.tokenizer, referenced),
         generation=Generation(n_prompt, attention.length - n_prompt),
         metrics={**dict(zip(HEAD_METRICS, seq.metrics)),             # name -> [L, H]
                  "direct_logit": direct_logit_to_next(seq.dla, attention.layers,
                                                       attention.heads)},
         groups=_groups(seq.groups, attention.heads, lm.facts["kv_heads"]),
-        attribution=Attribution.from_arrays(seq.dla, seq.dla_error),
+        attribution=Attribution.from_ranked(seq.dla.shape[-1], *seq.dla_ranked, seq.dla_error),
     )
+
+
+def _referenced(*ids: np.ndarray) -> list[int]:
+    """The distinct token ids of `ids`, ascending (a mark per id: faster than sorting them)."""
+    flat = np.concatenate([np.ravel(x) for x in ids])
+    seen = np.zeros(int(flat.max()) + 1 if flat.size else 0, dtype=bool)
+    seen[flat] = True
+    return np.flatnonzero(seen).tolist()
 
 
 def direct_logit_to_next(dla: np.ndarray, layers: int, heads: int) -> np.ndarray:
@@ -166,11 +178,7 @@ def _groups(values: np.ndarray | None, heads: int, kv_heads: int) -> list[LayerG
     and mean JS)."""
     if values is None or kv_heads >= heads:
         return []
-    members = kv_groups(heads, kv_heads)
-    rows = values.astype(np.float64).tolist()                       # [L][1 + 2G]
-    return [LayerGroups(row[0], [KVGroup(g, members[g], row[1 + 2 * g], row[2 + 2 * g])
-                                 for g in range(kv_heads)])
-            for row in rows]
+    return LayerGroups.layers_from_array(values, kv_groups(heads, kv_heads))
 
 
 def plan_batches(items: list[tuple[Prompt, list[int]]], layers: int, heads: int,
@@ -273,19 +281,22 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                 f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
 
 
-WRITE_THREADS = 2  # artifacts of one batch written at once by the writer
-
-
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,
                  out_dir: Path, report: ComputeReport) -> int:
     """The writer's job for one batch: every prompt's artifact built, checked and written; the
-    time it takes goes to `report.host_seconds`. Returns how many were written."""
+    time it takes goes to `report.host_seconds`. Returns how many were written.
+
+    One I/O thread hashes and writes the attention files, in order (both release the GIL), while
+    this thread builds, checks and writes the JSONs: each JSON waits only for its own attention
+    file, which is on disk before the JSON that records it."""
     t0 = time.perf_counter()
-    # Two threads: hashing and writing one artifact's attention bytes release the GIL, so they
-    # overlap another artifact's JSON encoding (which holds it).
-    with ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="atlas-write") as pool:
-        failures = list(pool.map(lambda pr: _store(lm, pr[0], pr[1], tokens_of[pr[0].key],
-                                                   settings, out_dir), results))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-io") as io:
+        written = [None if isinstance(result, BaseException) else
+                   io.submit(write_attention_file, artifact_path(out_dir, lm.ref.slug, prompt),
+                             result.attention.data)
+                   for prompt, result in results]
+        failures = [_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, digest)
+                    for (prompt, result), digest in zip(results, written)]
     report.failures.extend(f for f in failures if f is not None)  # in the batch's order
     done = failures.count(None)
     report.computed += done
@@ -327,9 +338,11 @@ def _tokenize(lm: LoadedModel, todo: list[tuple[Prompt, str]], settings: Setting
 
 
 def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseException,
-           key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path) -> str | None:
-    """Build, check and write one prompt's artifact: None if written, else the failure's line
-    for the report (one failed prompt must not lose the others)."""
+           key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path,
+           attention_written: Future | None) -> str | None:
+    """Build, check and write one prompt's artifact, its attention file being written by
+    `attention_written` (which returns its hash): None if written, else the failure's line for
+    the report (one failed prompt must not lose the others)."""
     ref = lm.ref
     try:
         if isinstance(result, BaseException):
@@ -337,9 +350,10 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
         key, tokens = key_tokens
         extra = result.ids[len(tokens):]
         tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
-        artifact = build_artifact(lm, prompt, key, settings, tokens, result).to_dict()
+        artifact = build_artifact(lm, prompt, key, settings, tokens, result,
+                                  attention_written.result()).to_dict()
         validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
-        write_artifact(artifact_path(out_dir, ref.slug, prompt), artifact)
+        write_artifact_json(artifact_path(out_dir, ref.slug, prompt), artifact)
         return None
     except AtlasError as e:
         return f"{prompt.key} ({ref.model_id}): {e}"

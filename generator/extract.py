@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from . import device_metrics
-from .attribution import DlaRecorder, direct_logit_attribution
+from .attribution import DlaRecorder, direct_logit_attribution, rank_components
 from .models import final_norm
-from .schema import ATTENTION_SCALE, tril_by_key
+from .schema import (ATTENTION_SCALE, DIGIT_ESCAPE, DLA_TOP_K, decode_values, digit_bytes,
+                     tril_by_key, tril_size)
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
 # float32 (16 MiB) stays in the last-level cache while every reduction reads it; on a GPU one
@@ -53,11 +54,32 @@ LOG2E = 1.4426950408889634
 EXP2_FLOOR = -120.0       # 2^-120 is nothing next to the row maximum's 1; keeps exp2 off subnormals
 
 @dataclass
+class StoredAttention:
+    """One sequence's attention as stored (`schema.encode_attention`, encoded on the device)."""
+    data: np.ndarray            # uint8: the bytes of the attention file
+    overflow: list[int]         # each layer's count of overflow bytes
+    heads: int
+    length: int                 # T
+
+    def values(self) -> np.ndarray:
+        """The stored values decoded: uint8 [L, H, T(T+1)/2], each head's triangle key by key."""
+        count = self.heads * tril_size(self.length)
+        n, layers = digit_bytes(count), len(self.overflow)
+        out, start = [], layers * n
+        for layer, extra in enumerate(self.overflow):
+            block = np.concatenate([self.data[layer * n:(layer + 1) * n],
+                                    self.data[start:start + extra]])
+            out.append(decode_values(block, count))
+            start += extra
+        return np.stack(out).reshape(layers, self.heads, -1)
+
+
+@dataclass
 class SequenceOutput:
     """Host-side results for one sequence of a batch: its T analysed tokens (prompt, then the
     generated tokens, cut after end-of-text)."""
     ids: list[int]              # [T] token ids
-    attention: Any              # uint8 [L, H, T(T+1)/2] (numpy): the stored bytes, key by key
+    attention: StoredAttention  # the stored bytes (values(): uint8 [L, H, T(T+1)/2], key by key)
     top_ids: Any                # int64 [T, k]: the model's top-k predictions (the output layer)
     top_logprobs: Any           # float32 [T, k]
     lens_ids: Any               # int64 [L, T, lens_k] (the output layer's: the first lens_k of top_ids)
@@ -69,14 +91,16 @@ class SequenceOutput:
     # Direct logit attribution (attribution.py) to [top-1 prediction, actual next token]:
     dla: Any = None             # float32 [T, 2, C], C = attribution.component_names; NaN: no token
     dla_error: Any = None       # float32 [T, 2]: |sum of contributions - logit| / max(|logit|, 1)
+    dla_ranked: Any = None      # attribution.rank_components of dla: (index, value, rest)
 
     def square_attention(self) -> np.ndarray:
         """The stored attention unpacked: uint8 [L, H, T, T], zero above the diagonal."""
-        L, H, _ = self.attention.shape
+        values = self.attention.values()
+        L, H, _ = values.shape
         t = len(self.ids)
         out = np.zeros((L, H, t, t), dtype=np.uint8)
         queries, keys = tril_by_key(t)
-        out[:, :, queries, keys] = self.attention
+        out[:, :, queries, keys] = values
         return out
 
 
@@ -439,10 +463,11 @@ def logit_lens(model: Any, passes: Passes, all_ids: torch.Tensor, valid: torch.T
 
 @torch.no_grad()
 def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, valid: torch.Tensor,
-                      top1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                      top1: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Direct logit attribution at every analysed position to [the model's top-1 prediction,
-    the token that actually came next]: host float32 [N, 2, C] and its relative error [N, 2],
-    checked against the model's own output-layer hidden states."""
+    the token that actually came next]: host float32 [N, 2, C], its relative error [N, 2],
+    checked against the model's own output-layer hidden states, and the stored top components
+    ranked on the device (`attribution.rank_components`)."""
     dev = rec.unembed.weight.device
     all_ids, valid = all_ids.to(dev), valid.to(dev)
     nxt_ids = torch.full_like(all_ids, -1)                          # [B, P + n_new]
@@ -450,7 +475,7 @@ def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, v
     targets = torch.stack([torch.as_tensor(top1, device=dev), nxt_ids[valid]], 1)   # [N, 2]
     last = torch.cat([step[-1].to(dev) for step in passes.hidden], dim=1)[valid]    # [N, D]
     out, err = direct_logit_attribution(rec, valid, targets, last)
-    return out.cpu().numpy(), err.cpu().numpy()
+    return out.cpu().numpy(), err.cpu().numpy(), rank_components(out, DLA_TOP_K)
 
 
 # Bytes of attention one call of the device metrics takes at once: their temporaries are as large
@@ -492,11 +517,25 @@ def _tril_index(n: int, device: str) -> torch.Tensor:
     return torch.from_numpy(queries * n + keys).to(device)
 
 
+def encode_on_device(values: torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    """`schema.encode_attention` on the tensor's device: uint8 [L, V] -> (the stored bytes, each
+    layer's count of overflow bytes), copied to the host once (after the counts)."""
+    L, V = values.shape
+    d = values.new_zeros(L, 3 * digit_bytes(V))
+    d[:, :V] = values.clamp(max=DIGIT_ESCAPE)
+    d = d.view(L, -1, 3)
+    codes = d[..., 0] * 36 + d[..., 1] * 6 + d[..., 2]          # uint8, <= 215
+    escaped = values >= DIGIT_ESCAPE
+    over = values[escaped] - DIGIT_ESCAPE                        # layer by layer, in order
+    counts = escaped.sum(1).tolist()
+    return torch.cat([codes.reshape(-1), over]).cpu().numpy(), counts
+
+
 @torch.no_grad()
 def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
-                   out_dev: Any) -> list[np.ndarray]:
-    """Each sequence's stored attention, quantized and packed on the device, then copied to the
-    host once: uint8 [L, H, n(n+1)/2] (n = its analysed tokens), the bytes of the format."""
+                   out_dev: Any) -> list[StoredAttention]:
+    """Each sequence's stored attention, quantized, packed and encoded on the device, then copied
+    to the host once: the bytes of the format (n = its analysed tokens)."""
     if passes.stacked is not None:
         # Layer by layer into one uint8 tensor: quantize's float temporary stays one layer big.
         quantized = torch.empty(passes.stacked.shape, dtype=torch.uint8,
@@ -514,7 +553,8 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
         L, H = block.shape[:2]
         index = _tril_index(n, str(block.device))
         packed = block.reshape(L, H, n * n).index_select(-1, index)  # [L, H, n(n+1)/2]
-        out.append(packed.cpu().numpy())
+        data, overflow = encode_on_device(packed.reshape(L, -1))
+        out.append(StoredAttention(data, overflow, H, n))
     return out
 
 
@@ -549,8 +589,8 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
     all_ids = torch.cat([ids, passes.generated.to(ids.device)], dim=1)  # [B, P + n_new]
     top_ids, top_lps, lens_ids, lens_lps, t_lp, rank = logit_lens(model, passes, all_ids, valid,
                                                                   k, lens_k)
-    attr, attr_err = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0]) if dla
-                      else (None, None))
+    attr, attr_err, ranked = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0])
+                              if dla else (None, None, None))
     out_dev = model.get_output_embeddings().weight.device
     dev0 = passes.attention[0].device
     at = device_metrics.Positions(torch.tensor(starts), valid.to(dev0), all_ids.to(dev0))
@@ -566,5 +606,6 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
                                       lens_ids[:, sl], lens_lps[:, sl], t_lp[:, sl], rank[:, sl],
                                       metrics[:, :, b], None if groups is None else groups[:, b],
                                       None if attr is None else attr[sl],
-                                      None if attr is None else attr_err[sl]))
+                                      None if attr is None else attr_err[sl],
+                                      None if attr is None else tuple(r[sl] for r in ranked)))
     return results

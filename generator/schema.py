@@ -5,20 +5,22 @@ checked on write (compute) and on read (render), together with the cross-field r
 cannot express (every per-position list has one entry per token). `site_src/artifact-format.md`
 documents it for people who use the JSON directly.
 
-Attention (`uint8-tril-by-key`) is stored beside the JSON, in `<prompt>.attention.bin`, as raw
+Attention (`base6-tril-by-key`) is stored beside the JSON, in `<prompt>.attention.bin`, as raw
 bytes: JSON would carry them as base64, a third larger and a fifth worse under gzip. For every layer
-and head, the causal lower triangle key by key (key j holds queries j..T-1: weights down one column
-vary slowly, which compresses better than row order), each weight as an integer q in 0..128 meaning
-q/128. Rounding to the nearest 1/128 keeps every stored weight within 1/256 of the model's own
-(`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255) with half the levels of q/255,
-which saves a third of the compressed size. The JSON records the file's name, size and SHA-256;
-readers check both, so an artifact never pairs with another build's attention.
+and head, the causal lower triangle key by key (key j holds queries j..T-1), each weight as an
+integer q in 0..128 meaning q/128: rounding to the nearest 1/128 keeps every stored weight within
+1/256 of the model's own (`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255). The
+values are written three to a byte, as the digits of a base-6 number (5 and above as 5, the rest,
+q - 5, in an overflow byte): most weights are small (over 80 % below 5/128 in a 72-token Qwen2.5
+prompt), so the file takes about half of one byte per weight, and compresses 7 to 9 % better under
+gzip (which sees triples). The JSON records the file's name, size, SHA-256 and each layer's count
+of overflow bytes; readers check the file, so an artifact never pairs with another build's
+attention.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,17 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError
-from .store import atomic_write_bytes, atomic_write_json, sha256_bytes
+from .store import artifact_json, atomic_write_bytes, sha256_bytes
 
 # 3: metrics from full-precision attention; provenance states the softmax.
 # 4: direct logit attribution (`attribution`, metrics.direct_logit). A new version, not an edit of
 # 3: the version is part of every content key, so schema-3 artifacts (no attribution) are
 # recomputed rather than taken as current.
-SCHEMA_VERSION = 4
-ATTENTION_ENCODING = "uint8-tril-by-key"
+# 5: attention as base-6 digits with overflow bytes (`base6-tril-by-key`, `overflow_bytes`).
+SCHEMA_VERSION = 5
+ATTENTION_ENCODING = "base6-tril-by-key"
+DIGIT_BASE = 6            # three values a byte: 6**3 = 216 codes
+DIGIT_ESCAPE = 5          # a digit of 5 means 5 + the layer's next overflow byte
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
 ATTENTION_SUFFIX = ".attention.bin"
@@ -121,7 +126,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "attention": {
             "type": "object",
             "required": ["encoding", "scale", "layers", "heads", "length", "file", "bytes",
-                         "sha256"],
+                         "sha256", "overflow_bytes"],
             "properties": {
                 "encoding": {"const": ATTENTION_ENCODING},
                 "scale": {"const": ATTENTION_SCALE},
@@ -131,6 +136,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "pattern": "^[^/\\\\]+\\.attention\\.bin$"},
                 "bytes": {"type": "integer", "minimum": 1},
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "overflow_bytes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             },
         },
         "generation": {
@@ -177,20 +183,6 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
 
 # --- the typed constructor: the compute stage supplies values, these classes write the fields ---
 
-def rounded(x: Any, digits: int = 4) -> Any:
-    """Floats (nested lists and arrays too) rounded for storage; NaN (undefined) becomes null.
-
-    Arrays are rounded by numpy and converted by one `tolist()`; only their NaNs (few: undefined
-    metrics) are visited one by one."""
-    if isinstance(x, np.ndarray):
-        return _rounded_array(x, digits)
-    if isinstance(x, list):
-        return [rounded(v, digits) for v in x]
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return None
-    return round(float(x), digits)
-
-
 def _rounded_array(x: np.ndarray, digits: int) -> list:
     values = np.round(x.astype(np.float64), digits)
     out = values.tolist()
@@ -204,20 +196,16 @@ def _rounded_array(x: np.ndarray, digits: int) -> list:
     return out
 
 
-def _with_none(values: list, where: np.ndarray) -> list:
-    """The flat list `values` with None at the (few) indices where `where` is true."""
-    for i in np.flatnonzero(where):
-        values[i] = None
-    return values
-
-
 @dataclass(frozen=True)
 class TopK:
-    """Per-position top-k predictions of one layer (the lens) or of the model's output."""
+    """Per-position top-k predictions of one layer (the lens) or of the model's output.
+
+    Built by the compute stage, `ids`, `probs` and `next_logprob` are numpy arrays, written to
+    JSON as they are (`store.artifact_json`: NaN as null); read back, they are lists."""
     k: int
-    ids: list[list[int]]                # [T][k] token ids, most likely first
-    probs: list[list[float]]            # [T][k] probabilities, 6 decimals
-    next_logprob: list[float | None]    # [T] log-probability of the token that came next; None last
+    ids: Any                            # [T][k] token ids, most likely first
+    probs: Any                          # [T][k] probabilities, 6 decimals
+    next_logprob: Any                   # [T] log-probability of the token that came next; None last
     next_rank: list[int | None]         # [T] its rank (1 = top prediction); None where none came
 
     @classmethod
@@ -225,27 +213,21 @@ class TopK:
                     next_rank: np.ndarray, k: int) -> "TopK":
         """ids, logprobs: [T, >=k]; next_logprob: [T] (NaN = no next token); next_rank: [T]
         (0 = no next token)."""
-        nlp = np.round(next_logprob.astype(np.float64), 4)
-        return cls(
-            k=k,
-            ids=ids[:, :k].tolist(),
-            probs=np.round(np.exp(logprobs[:, :k].astype(np.float64)), 6).tolist(),
-            next_logprob=_with_none(nlp.tolist(), np.isnan(nlp)),
-            next_rank=_with_none(next_rank.tolist(), next_rank == 0),
-        )
+        return cls.layers_from_arrays(ids[None], logprobs[None], next_logprob[None],
+                                      next_rank[None], k)[0]
 
     @classmethod
     def layers_from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
                            next_rank: np.ndarray, k: int) -> list["TopK"]:
         """One TopK per layer from stacked arrays, each converted in one bulk operation:
         ids, logprobs: [L, T, >=k]; next_logprob, next_rank: [L, T]."""
-        nlp = np.round(next_logprob.astype(np.float64), 4)
-        ids_l = ids[:, :, :k].tolist()
-        probs_l = np.round(np.exp(logprobs[:, :, :k].astype(np.float64)), 6).tolist()
-        nlp_l, rank_l = nlp.tolist(), next_rank.tolist()
-        missing_lp, missing_rank = np.isnan(nlp), next_rank == 0
-        return [cls(k, ids_l[l], probs_l[l], _with_none(nlp_l[l], missing_lp[l]),
-                    _with_none(rank_l[l], missing_rank[l])) for l in range(len(ids_l))]
+        ids_l = np.ascontiguousarray(ids[:, :, :k], dtype=np.int64)
+        probs_l = np.round(np.exp(logprobs[:, :, :k].astype(np.float64)), 6)
+        nlp_l = np.round(next_logprob.astype(np.float64), 4)
+        rank_l = next_rank.tolist()                          # ints: None where 0
+        for l, t in zip(*np.nonzero(next_rank == 0)):
+            rank_l[l][t] = None
+        return [cls(k, ids_l[l], probs_l[l], nlp_l[l], rank_l[l]) for l in range(len(ids_l))]
 
     def to_dict(self) -> dict[str, Any]:
         return {"k": self.k, "ids": self.ids, "probs": self.probs,
@@ -293,35 +275,43 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Attention:
-    """The stored attention: `data` is the `uint8-tril-by-key` bytes written beside the JSON."""
+    """The stored attention: `data` is the `base6-tril-by-key` bytes written beside the JSON,
+    `overflow` each layer's count of overflow bytes (`encode_attention`)."""
     layers: int
     heads: int
     length: int
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
     data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
+    overflow: list[int] = field(default_factory=list)
+    sha256: str | None = None           # of `data`, when the caller hashed it already
 
     @classmethod
-    def from_packed(cls, packed: np.ndarray, prompt_id: str) -> "Attention":
-        """packed: uint8 [L, H, T(T+1)/2], each head's lower triangle key by key (the stored
-        bytes, as `extract.pack_attention` builds them on the device)."""
-        L, H, n = packed.shape
-        t = int((math.isqrt(8 * n + 1) - 1) // 2)
-        if tril_size(t) != n:
-            raise ValueError(f"{n} packed values per head is no triangle T(T+1)/2")
-        data = memoryview(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1))
-        return cls(L, H, t, prompt_id + ATTENTION_SUFFIX, data)
+    def from_encoded(cls, data: np.ndarray, overflow: list[int], heads: int, length: int,
+                     prompt_id: str, sha256: str | None = None) -> "Attention":
+        """data: uint8, the stored bytes as `extract.pack_attention` encodes them on the device;
+        sha256: their hash, if known (`write_attention_file` returns it)."""
+        data = memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
+        expected = len(overflow) * digit_bytes(heads * tril_size(length)) + sum(overflow)
+        if data.nbytes != expected:
+            raise ValueError(f"{data.nbytes} attention bytes, expected {expected}")
+        return cls(len(overflow), heads, length, prompt_id + ATTENTION_SUFFIX, data,
+                   list(overflow), sha256)
 
     @classmethod
     def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
         """q: uint8 [L, H, T, T], q / ATTENTION_SCALE, zero above the diagonal."""
         L, H, T, _ = q.shape
-        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, encode_attention(q))
+        queries, keys = tril_by_key(T)
+        data, overflow = encode_attention(q[:, :, queries, keys])
+        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data, overflow)
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
                 "bytes": self.data.nbytes if isinstance(self.data, memoryview) else len(self.data),
-                "sha256": sha256_bytes(self.data), "data": self.data}
+                "sha256": self.sha256 or sha256_bytes(self.data),
+                "overflow_bytes": list(self.overflow),
+                "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -337,7 +327,8 @@ class Generation:
 
 @dataclass(frozen=True)
 class KVGroup:
-    """Within-group comparison of the query heads sharing key/value head `group`."""
+    """Within-group comparison of the query heads sharing key/value head `group` (4 decimals;
+    None: undefined)."""
     group: int
     heads: list[int]
     similarity: float | None
@@ -345,7 +336,7 @@ class KVGroup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "heads": list(self.heads),
-                "similarity": rounded(self.similarity), "mean_js": rounded(self.mean_js)}
+                "similarity": self.similarity, "mean_js": self.mean_js}
 
 
 @dataclass(frozen=True)
@@ -354,8 +345,17 @@ class LayerGroups:
     between: float | None
     groups: list[KVGroup]
 
+    @classmethod
+    def layers_from_array(cls, values: np.ndarray, members: list[list[int]]) -> list["LayerGroups"]:
+        """values: float [L, 1 + 2G] (between, then each group's similarity and mean JS, NaN:
+        undefined), rounded to 4 decimals in one operation; members: each group's heads."""
+        rows = _rounded_array(values, 4)                            # [L][1 + 2G]
+        return [cls(row[0], [KVGroup(g, heads, row[1 + 2 * g], row[2 + 2 * g])
+                             for g, heads in enumerate(members)])
+                for row in rows]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"between": rounded(self.between), "groups": [g.to_dict() for g in self.groups]}
+        return {"between": self.between, "groups": [g.to_dict() for g in self.groups]}
 
 
 @dataclass(frozen=True)
@@ -374,22 +374,19 @@ class Attribution:
     max_rel_error: float                      # max |sum - logit| / max(|logit|, 1) at this prompt
 
     @classmethod
-    def from_arrays(cls, dla: np.ndarray, error: np.ndarray, k: int = DLA_TOP_K) -> "Attribution":
-        """dla: float [T, 2, C] (NaN rows: no target); error: float [T, 2]."""
-        T, n_targets, C = dla.shape
-        k = min(k, C)
-        full = np.nan_to_num(dla.astype(np.float64))
-        # Ranked by |value| as stored (3 decimals), ties by component index: float noise of a
-        # different batch or padding cannot reorder near-equal components.
-        shown = np.round(full, 3)                                          # [T, 2, C]
-        idx = np.argsort(-np.abs(shown), axis=-1, kind="stable")[..., :k]  # [T, 2, k]
-        val = np.take_along_axis(shown, idx, -1)                           # [T, 2, k]
-        rest = full.sum(-1) - np.take_along_axis(full, idx, -1).sum(-1)    # [T, 2]
-        index, value, rest_l = idx.tolist(), np.round(val, 3).tolist(), np.round(rest, 3).tolist()
-        for t, j in zip(*np.nonzero(np.isnan(dla).all(-1))):
-            index[t][j] = value[t][j] = rest_l[t][j] = None
+    def from_ranked(cls, components: int, index: np.ndarray, value: np.ndarray, rest: np.ndarray,
+                    error: np.ndarray) -> "Attribution":
+        """index int [T, 2, k], value float [T, 2, k], rest float [T, 2] (NaN: no target), as
+        `attribution.rank_components` ranks them on the device; error float [T, 2]."""
+        missing = np.isnan(rest)
+        index_l = index.tolist()
+        value_l = np.round(np.nan_to_num(value).astype(np.float64), 3).tolist()
+        rest_l = np.round(np.nan_to_num(rest).astype(np.float64), 3).tolist()
+        for t, j in zip(*np.nonzero(missing)):
+            index_l[t][j] = value_l[t][j] = rest_l[t][j] = None
         err = error[np.isfinite(error)]
-        return cls(C, k, index, value, rest_l, float(err.max()) if err.size else 0.0)
+        return cls(components, index.shape[-1], index_l, value_l, rest_l,
+                   float(err.max()) if err.size else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"components": self.components, "top_k": self.top_k, "targets": list(DLA_TARGETS),
@@ -429,7 +426,8 @@ class Artifact:
             "attention": self.attention.to_dict(),
             "vocab": self.vocab,
             "generation": self.generation.to_dict(),
-            "metrics": {name: rounded(v) for name, v in sorted(self.metrics.items())},
+            "metrics": {name: np.round(np.asarray(v, dtype=np.float64), 4)   # NaN: null
+                        for name, v in sorted(self.metrics.items())},
             "groups": [g.to_dict() for g in self.groups],
             "attribution": self.attribution.to_dict(),
         }
@@ -452,14 +450,26 @@ def tril_size(n: int) -> int:
     return n * (n + 1) // 2
 
 
+def _is_matrix(x: Any, rows: int, cols: int) -> bool:
+    """Whether `x` (an array built in memory, or lists read back) is [rows][cols]."""
+    if isinstance(x, np.ndarray):
+        return x.shape == (rows, cols)
+    return len(x) == rows and all(len(r) == cols for r in x)
+
+
 def _check_cross_fields(a: dict[str, Any]) -> None:
     t = len(a["tokens"])
     att = a["attention"]
     if att["length"] != t:
         raise ValueError(f"attention.length is {att['length']} but there are {t} tokens")
-    if att["bytes"] != att["layers"] * att["heads"] * tril_size(t):
-        raise ValueError(f"attention.bytes is {att['bytes']}, expected layers x heads x "
-                         f"T(T+1)/2 = {att['layers'] * att['heads'] * tril_size(t)}")
+    over, values = att["overflow_bytes"], att["heads"] * tril_size(t)
+    if len(over) != att["layers"] or any(not 0 <= n <= values for n in over):
+        raise ValueError(f"attention.overflow_bytes must hold one count per layer "
+                         f"({att['layers']}), each at most heads x T(T+1)/2 = {values}")
+    if att["bytes"] != att["layers"] * digit_bytes(values) + sum(over):
+        raise ValueError(f"attention.bytes is {att['bytes']}, expected layers x ceil(heads x "
+                         f"T(T+1)/2 / 3) + the overflow bytes = "
+                         f"{att['layers'] * digit_bytes(values) + sum(over)}")
     if len(a["lens"]) != att["layers"]:
         raise ValueError("lens needs one entry per layer")
     if att["layers"] != a["model"]["layers"] or att["heads"] != a["model"]["query_heads"]:
@@ -470,23 +480,26 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
             if len(block[field]) != t:
                 raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
         for field in ("ids", "probs"):
-            if set(map(len, block[field])) - {block["k"]}:
+            rows = block[field]
+            widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else set(map(len, rows))
+            if widths - {block["k"]}:
                 raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
     for name, values in a["metrics"].items():
-        if len(values) != att["layers"] or any(len(v) != att["heads"] for v in values):
+        if not _is_matrix(values, att["layers"], att["heads"]):
             raise ValueError(f"metrics.{name} must be [layers][heads]")
     dla = a["attribution"]
     if dla["components"] != 2 + att["layers"] * (att["heads"] + 1):
         raise ValueError("attribution.components must be 1 + layers x heads + layers + 1")
     for field in ("index", "value", "rest"):
-        if len(dla[field]) != t or any(len(row) != len(DLA_TARGETS) for row in dla[field]):
+        if len(dla[field]) != t or set(map(len, dla[field])) - {len(DLA_TARGETS)}:
             raise ValueError(f"attribution.{field} must be [tokens][{len(DLA_TARGETS)}]")
     if a["generation"]["prompt_tokens"] + a["generation"]["generated_tokens"] != t:
         raise ValueError("generation.prompt_tokens + generated_tokens must equal the token count")
     undecodable = [tid for tid, v in a["vocab"].items() if v["text"] is None and "bytes" not in v]
     if undecodable:
         raise ValueError(f"vocab[{undecodable[0]}] has no text, so it needs its bytes")
-    missing = {str(i) for row in a["predictions"]["ids"] for i in row} - a["vocab"].keys()
+    missing = set(map(str, np.unique(np.asarray(a["predictions"]["ids"])).tolist())) \
+        - a["vocab"].keys()
     if missing:
         raise ValueError(f"vocab lacks {len(missing)} predicted ids, e.g. {sorted(missing)[0]}")
 
@@ -584,20 +597,36 @@ def current_attention(path: Path, a: dict[str, Any]) -> bool:
         return False
 
 
-def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
-    """Write an artifact built in memory (attention bytes in `["attention"]["data"]`): first the
-    attention file, then the JSON that records its size and hash, each atomically. A build killed
-    in between leaves a JSON that does not match the new attention file: it is recomputed."""
-    if isinstance(a, Artifact):
-        a = a.to_dict()
-    att = dict(a["attention"])
-    data = att.pop("data")
+def write_attention_file(path: Path, data: bytes | memoryview) -> str:
+    """Write the attention bytes beside the artifact at `path` (atomically) and return their
+    SHA-256, which the JSON records. Both release the GIL, so the compute stage runs this on an
+    I/O thread while it builds the JSON. Not fsynced (see `store.atomic_write_bytes`): every
+    reader checks the pair, and a pair that a power loss tore is recomputed."""
+    digest = sha256_bytes(data)
+    atomic_write_bytes(attention_path(path), data, durable=False)
+    return digest
+
+
+def write_artifact_json(path: Path, a: dict[str, Any]) -> None:
+    """Write an artifact's JSON (`a["attention"]["data"]`, if there, is left out), after its
+    attention file: a build killed in between leaves a JSON that does not match the new attention
+    file, and it is recomputed."""
+    att = {k: v for k, v in a["attention"].items() if k != "data"}
     if att["file"] != attention_path(path).name:
         raise ValueError(f"attention.file {att['file']!r} does not sit beside {path.name}")
-    # Not fsynced (see store.atomic_write_bytes): every reader checks the pair, and a pair that a
-    # power loss tore is recomputed.
-    atomic_write_bytes(attention_path(path), data, durable=False)
-    atomic_write_json(path, {**a, "attention": att}, durable=False)
+    atomic_write_bytes(path, artifact_json({**a, "attention": att}), durable=False)
+
+
+def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
+    """Write an artifact built in memory (attention bytes in `["attention"]["data"]`): first the
+    attention file, then the JSON that records its size and hash, each atomically."""
+    if isinstance(a, Artifact):
+        a = a.to_dict()
+    if a["attention"]["file"] != attention_path(path).name:
+        raise ValueError(f"attention.file {a['attention']['file']!r} does not sit beside "
+                         f"{path.name}")
+    write_attention_file(path, a["attention"]["data"])
+    write_artifact_json(path, a)
 
 
 def tril_by_key(t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -606,20 +635,53 @@ def tril_by_key(t: int) -> tuple[np.ndarray, np.ndarray]:
     return queries, keys
 
 
-def encode_attention(att: np.ndarray) -> bytes:
-    """uint8 [L, H, T, T] -> the stored bytes: every layer and head's lower triangle, key by key."""
-    queries, keys = tril_by_key(att.shape[-1])
-    return np.ascontiguousarray(att[:, :, queries, keys], dtype=np.uint8).tobytes()
+def digit_bytes(values: int) -> int:
+    """Bytes of the base-6 part of a layer of `values` values: three to a byte."""
+    return -(-values // 3)
+
+
+def encode_attention(values: np.ndarray) -> tuple[bytes, list[int]]:
+    """uint8 [L, ...] stored values (each layer's heads' lower triangles, key by key) -> the stored
+    bytes and each layer's count of overflow bytes. Every layer's V values, min(value, 5) each,
+    three to a byte as base-6 digits (36 a + 6 b + c; the last byte padded with 0), layer after
+    layer; then every layer's overflow bytes, value - 5 of each value of 5 or more, in order. The
+    reference of `extract.encode_on_device`, which does the same on the device."""
+    v = np.asarray(values, dtype=np.uint8).reshape(len(values), -1)
+    L, V = v.shape
+    d = np.zeros((L, 3 * digit_bytes(V)), dtype=np.uint8)
+    d[:, :V] = np.minimum(v, DIGIT_ESCAPE)
+    d = d.reshape(L, -1, 3)
+    codes = d[..., 0] * 36 + d[..., 1] * 6 + d[..., 2]                  # <= 215
+    escaped = v >= DIGIT_ESCAPE
+    over = v[escaped] - DIGIT_ESCAPE                                     # layer by layer
+    return (np.concatenate([codes.reshape(-1), over]).astype(np.uint8).tobytes(),
+            escaped.sum(1).tolist())
+
+
+def decode_values(block: bytes | memoryview | np.ndarray, count: int) -> np.ndarray:
+    """One layer's bytes (its base-6 part, then its overflow bytes: `attention_layer`) -> its
+    `count` values (uint8)."""
+    raw = np.frombuffer(block, dtype=np.uint8)
+    n = digit_bytes(count)
+    if raw.size < n or (raw[:n] >= DIGIT_BASE ** 3).any():
+        raise ArtifactError(f"an attention layer of {count} values needs {n} bytes below 216 "
+                            f"before its overflow bytes")
+    codes = raw[:n]
+    values = np.stack([codes // 36, codes // 6 % 6, codes % 6], axis=1).reshape(-1)[:count]
+    escaped = values == DIGIT_ESCAPE
+    over = raw[n:]
+    if int(escaped.sum()) != over.size:
+        raise ArtifactError(f"an attention layer has {int(escaped.sum())} values of 5 or more "
+                            f"but {over.size} overflow bytes")
+    values[escaped] += over
+    return values
 
 
 def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
     """Attention of one layer as float32 [heads, T, T] (zeros above the diagonal)."""
     att = artifact["attention"]
     h, t = att["heads"], att["length"]
-    flat = np.frombuffer(attention_layer(artifact, layer), dtype=np.uint8)
-    if flat.size != h * tril_size(t):
-        raise ArtifactError(f"attention layer {layer} holds {flat.size} values, expected "
-                            f"{h * tril_size(t)}")
+    flat = decode_values(attention_layer(artifact, layer), h * tril_size(t))
     out = np.zeros((h, t, t), dtype=np.float32)
     queries, keys = tril_by_key(t)
     out[:, queries, keys] = flat.reshape(h, -1).astype(np.float32) / ATTENTION_SCALE
@@ -627,7 +689,11 @@ def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
 
 
 def attention_layer(artifact: dict[str, Any], layer: int) -> bytes:
-    """The stored bytes of one layer: [heads, T(T+1)/2], key by key."""
+    """The bytes of one layer, as `decode_values` and the per-layer page files take them: its
+    base-6 part, then its overflow bytes."""
     att = artifact["attention"]
-    size = att["heads"] * tril_size(att["length"])
-    return att["data"][layer * size:(layer + 1) * size]
+    n = digit_bytes(att["heads"] * tril_size(att["length"]))
+    over = att["overflow_bytes"]
+    start = att["layers"] * n + sum(over[:layer])
+    data = att["data"]
+    return bytes(data[layer * n:(layer + 1) * n]) + bytes(data[start:start + over[layer]])

@@ -9,12 +9,14 @@ killed at any moment leaves either the old file or the new one, never half of on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 def canonical_json(obj: Any, *, indent: int | None = None) -> str:
@@ -22,6 +24,15 @@ def canonical_json(obj: Any, *, indent: int | None = None) -> str:
     separators = (",", ":") if indent is None else (",", ": ")
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=separators,
                       indent=indent, allow_nan=False)
+
+
+def artifact_json(obj: Any) -> bytes:
+    """The compute stage's JSON: sorted keys, UTF-8, one line and a newline, like `canonical_json`,
+    but numpy arrays (C-contiguous) are written as they are, each value formatted in C, and NaN
+    becomes null. Deterministic too; floats are written in their shortest form (`0.00001` where
+    `canonical_json` writes `1e-05`)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                        | orjson.OPT_APPEND_NEWLINE)
 
 
 def content_key(*parts: Any) -> str:
@@ -79,9 +90,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_TEMPORARIES = itertools.count()  # names of temporary files, unique within the process
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> None:
     """Write `data` (any bytes-like object) to `path` atomically: a temporary file in the same
-    directory, renamed over the target.
+    directory (`.<name>.<pid>.<n>.tmp`, created exclusively), renamed over the target.
 
     `durable=False` skips the fsync before the rename. A killed process still leaves the old file
     or the new one (the rename is atomic either way); only a power loss can leave a renamed file
@@ -92,27 +106,31 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_TEMPORARIES)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:  # left by an earlier process with this pid: take the next name
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            os.fchmod(fd, 0o644)                 # whatever the umask: the site is published
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def atomic_write_text(path: Path | str, text: str, *, durable: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
-
-
-def atomic_write_json(path: Path | str, obj: Any, *, indent: int | None = None,
-                      durable: bool = True) -> None:
-    atomic_write_text(path, canonical_json(obj, indent=indent) + "\n", durable=durable)
 
 
 def remove_stale_temporaries(root: Path) -> int:

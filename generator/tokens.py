@@ -8,6 +8,7 @@ point into the prompt as written.
 
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -95,12 +96,13 @@ def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any
     Records are made once per tokenizer and id (`_vocab_cache`): the compute stage asks for the
     same ids in artifact after artifact, and the tokenizer's per-id work is the slow part."""
     cache = _vocab_cache.setdefault(id(tokenizer), (tokenizer, {}))[1]
-    unique = sorted({int(i) for i in ids})
-    missing = [i for i in unique if i not in cache]
-    for tid, raw in zip(missing, token_bytes(tokenizer, missing)):
+    unique = sorted(set(map(int, ids)))
+    missing = list(itertools.filterfalse(cache.__contains__, unique))
+    for tid, raw in zip(missing, token_bytes(tokenizer, missing) if missing else ()):
         shown, hexed = display(raw)
         cache[tid] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
-    return {str(tid): cache[tid] for tid in unique}  # shared records: callers must not edit them
+    # Shared records: callers must not edit them.
+    return dict(zip(map(str, unique), map(cache.__getitem__, unique)))
 
 
 # id(tokenizer) -> (tokenizer, {token id: record}); the tokenizer is kept so that its id is not

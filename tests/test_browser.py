@@ -13,6 +13,8 @@ import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, serve_directory
 
+from generator.schema import decode_values
+
 pytestmark = pytest.mark.browser
 
 CHART_TIMEOUT_MS = 30_000
@@ -494,11 +496,11 @@ def test_hover_and_focus_highlight_row_column_and_shade_the_chips(long_url, watc
     cell = page.evaluate("AtlasHeatmap.CELL")
     layer = page.evaluate("(u) => fetch(u).then((r) => r.json())",
                           box.get_attribute("data-attn").replace("{layer}", "0"))
-    stored = base64.b64decode(layer["data"])
     t = layer["length"]
+    stored = decode_values(base64.b64decode(layer["data"]), layer["heads"] * t * (t + 1) // 2)
 
     def weight(q: int, k: int) -> float:
-        # artifact-format, uint8-tril-by-key, head 0: key k holds queries k..T-1.
+        # artifact-format, base6-tril-by-key, head 0: key k holds queries k..T-1.
         return stored[k * t - k * (k - 1) // 2 + (q - k)] / layer["scale"]
 
     def shown_weights() -> list[float]:

@@ -144,7 +144,10 @@ def test_batched_capture_is_causal_complete_and_matches_the_model(request, model
     for seq, res in zip(seqs, out):
         n = len(res.ids)
         assert res.ids[:len(seq)] == seq and len(seq) < n <= len(seq) + n_new or n == len(seq)
-        assert res.attention.dtype == np.uint8 and res.attention.shape == (L, H, n * (n + 1) // 2)
+        values = res.attention.values()
+        assert values.dtype == np.uint8 and values.shape == (L, H, n * (n + 1) // 2)
+        assert res.attention.data.size == L * -(-H * n * (n + 1) // 2 // 3) \
+            + sum(res.attention.overflow)
         att = res.square_attention()                                        # [L, H, n, n]
         assert att.any(), "no attention was captured"
         assert att.max() <= ATTENTION_SCALE
@@ -175,7 +178,8 @@ def test_batched_results_equal_unbatched(request, model_fixture):
         alone = capture(lm, lm.model, [seq], SETTINGS.continuation)[0]
         got = batch[b]
         assert got.ids == alone.ids
-        diff = np.abs(got.attention.astype(int) - alone.attention.astype(int))  # packed, same n
+        diff = np.abs(got.attention.values().astype(int)                        # same n
+                      - alone.attention.values().astype(int))
         # A float difference in the last bit may move a value across a rounding boundary.
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, f"prompt {b}: {int((diff > 0).sum())}"
         np.testing.assert_array_equal(got.top_ids, alone.top_ids)
@@ -440,8 +444,11 @@ def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
             lm.facts["layers"], lm.facts["query_heads"], len(all_ids))
         bin_path = attention_path(path)
         assert att["file"] == bin_path.name == f"{pid}.attention.bin"
+        # Three weights a byte, and a byte more for each of 5/128 or over.
+        weights = att["heads"] * tril_size(len(all_ids))
         assert att["bytes"] == bin_path.stat().st_size == \
-            att["layers"] * att["heads"] * tril_size(len(all_ids))
+            att["layers"] * -(-weights // 3) + sum(att["overflow_bytes"])
+        assert all(0 <= n <= weights for n in att["overflow_bytes"])
 
 
 def test_read_artifact_rejects_damaged_files(computed, tmp_path):
@@ -739,7 +746,7 @@ def test_layers_on_different_devices_give_the_same_results(request, model_fixtur
                         lambda *a, **k: dataclasses.replace(real(*a, **k), stacked=None))
     apart = capture(lm, lm.model, seqs, 3)
     for x, y in zip(together, apart):
-        np.testing.assert_array_equal(x.attention, y.attention)
+        np.testing.assert_array_equal(x.attention.data, y.attention.data)
         np.testing.assert_allclose(x.metrics, y.metrics, atol=1e-6, equal_nan=True)
         if x.groups is not None:
             np.testing.assert_allclose(x.groups, y.groups, atol=1e-6, equal_nan=True)

@@ -187,25 +187,40 @@ def artifact_path(demo_build) -> Path:
 
 
 def decode_as_documented(artifact: dict, blob: bytes) -> np.ndarray:
-    """The document's words, in code: uint8 [L, H, T(T+1)/2]; query q, key k (k <= q) of a head
-    at offset k·T − k(k−1)/2 + (q − k); weight = v / 128; zeros above the diagonal."""
+    """The document's words, in code, one value at a time: V values a layer as base-6 digits,
+    three to a byte (36·d0 + 6·d1 + d2), every layer's digits then every layer's overflow bytes
+    (`overflow_bytes`), a digit 5 taking its layer's next one (+ 5); query q, key k (k <= q) of a
+    head at value k·T − k(k−1)/2 + (q − k); weight = v / 128; zeros above the diagonal."""
     att = artifact["attention"]
     L, H, T = att["layers"], att["heads"], att["length"]
     per_head = T * (T + 1) // 2
-    assert len(blob) == L * H * per_head == att["bytes"]
+    V = H * per_head
+    n = -(-V // 3)
+    assert len(blob) == att["bytes"] == L * n + sum(att["overflow_bytes"])
+    assert len(att["overflow_bytes"]) == L
     out = np.zeros((L, H, T, T))
+    start = L * n
     for layer in range(L):
+        over = iter(blob[start:start + att["overflow_bytes"][layer]])
+        start += att["overflow_bytes"][layer]
+        values = []
+        for i in range(V):
+            code = blob[layer * n + i // 3]
+            assert code < 216
+            d = (code // 36, code // 6 % 6, code % 6)[i % 3]
+            values.append(d + next(over) if d == 5 else d)
+        assert next(over, None) is None, "overflow bytes left over"
         for head in range(H):
-            base = (layer * H + head) * per_head
+            base = head * per_head
             for q in range(T):
                 for k in range(q + 1):
-                    out[layer, head, q, k] = blob[base + k * T - k * (k - 1) // 2 + (q - k)] / 128
+                    out[layer, head, q, k] = values[base + k * T - k * (k - 1) // 2 + (q - k)] / 128
     return out
 
 
 def test_attention_decodes_as_the_document_says(artifact_path):
     raw = json.loads(artifact_path.read_text("utf-8"))
-    assert raw["attention"]["encoding"] == "uint8-tril-by-key" and raw["attention"]["scale"] == 128
+    assert raw["attention"]["encoding"] == "base6-tril-by-key" and raw["attention"]["scale"] == 128
     blob = (artifact_path.parent / raw["attention"]["file"]).read_bytes()
     assert hashlib.sha256(blob).hexdigest() == raw["attention"]["sha256"]
     documented = decode_as_documented(raw, blob)

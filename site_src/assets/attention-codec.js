@@ -3,10 +3,12 @@
  * tests/test_layout.py checks that both give the same weights on a real artifact.
  *
  * A per-layer data file (generator/layout.py attention_layer) holds one layer of one model on one
- * prompt: {layer, heads, length: T, encoding: "uint8-tril-by-key", scale, data}, data = base64 of
- * uint8 [heads, T(T+1)/2]: per head the causal lower triangle key by key (key k holds queries
- * k..T-1), so query q, key k (k <= q) is at k*T - k(k-1)/2 + (q - k); weight = value / scale
- * (site_src/artifact-format.md). */
+ * prompt: {layer, heads, length: T, encoding: "base6-tril-by-key", scale, data}, data = base64 of
+ * the layer's stored bytes: its V = heads * T(T+1)/2 values as base-6 digits three to a byte
+ * (36 d0 + 6 d1 + d2), a digit 5 meaning 5 + the next of the overflow bytes that follow the
+ * ceil(V/3) bytes of digits. Per head the causal lower
+ * triangle key by key (key k holds queries k..T-1), so query q, key k (k <= q) is value
+ * k*T - k(k-1)/2 + (q - k) of the head; weight = value / scale (site_src/artifact-format.md). */
 (function (global) {
   "use strict";
 
@@ -17,18 +19,36 @@
     return out;
   }
 
+  // A layer's stored bytes -> its `count` values (schema.decode_values in Python).
+  function unpack(bytes, count, layerNo) {
+    const n = Math.ceil(count / 3), values = new Uint8Array(count);
+    let over = n;
+    for (let i = 0, b = 0; b < n; b++) {
+      const code = bytes[b];
+      if (code >= 216) {
+        throw new Error("attention layer " + layerNo + ": byte " + b + " is no triple of digits");
+      }
+      const digits = [(code / 36) | 0, ((code / 6) | 0) % 6, code % 6];
+      for (let j = 0; j < 3 && i < count; j++, i++) {
+        values[i] = digits[j] === 5 ? 5 + bytes[over++] : digits[j];
+      }
+    }
+    if (over !== bytes.length) {
+      throw new Error("attention layer " + layerNo + ": " + bytes.length + " bytes, expected "
+                      + over + " for " + count + " values");
+    }
+    return values;
+  }
+
   // One layer file -> weight(head, q, k), the stored weight of query q on key k (k <= q).
   function decodeLayer(layer) {
-    if (layer.encoding !== "uint8-tril-by-key") {
-      throw new Error("attention encoding " + layer.encoding + " is not uint8-tril-by-key");
+    if (layer.encoding !== "base6-tril-by-key") {
+      throw new Error("attention encoding " + layer.encoding + " is not base6-tril-by-key");
     }
-    const t = layer.length, tri = (t * (t + 1)) / 2, bytes = bytesOf(layer.data);
-    if (bytes.length !== layer.heads * tri) {
-      throw new Error("attention layer " + layer.layer + ": " + bytes.length + " bytes, expected "
-                      + layer.heads * tri);
-    }
+    const t = layer.length, tri = (t * (t + 1)) / 2;
+    const values = unpack(bytesOf(layer.data), layer.heads * tri, layer.layer);
     return function weight(head, q, k) {
-      return bytes[head * tri + k * t - (k * (k - 1)) / 2 + (q - k)] / layer.scale;
+      return values[head * tri + k * t - (k * (k - 1)) / 2 + (q - k)] / layer.scale;
     };
   }
 
