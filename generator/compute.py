@@ -31,8 +31,8 @@ from .metrics import HEAD_METRICS, kv_groups
 from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
 from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
-                     LayerGroups, PromptInfo, Provenance, TopK, current_attention,
-                     validate_artifact, write_artifact_json, write_attention_file)
+                     LayerGroups, Lens, PromptInfo, Provenance, TopK, current_attention,
+                     validate_artifact, write_artifact_json, write_binary_file)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_tokens, describe_ids, vocab_entries
 
@@ -117,18 +117,24 @@ def library_versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def lens_of(seq: SequenceOutput, settings: Settings) -> Lens:
+    """The stored logit lens of one sequence."""
+    return Lens.from_arrays(seq.lens_ids, seq.lens_logprobs, seq.next_logprob, seq.next_rank,
+                            settings.lens_top_k)
+
+
 def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings,
-                   tokens: list[dict], seq: SequenceOutput,
-                   attention_sha256: str | None = None) -> Artifact:
+                   tokens: list[dict], seq: SequenceOutput, lens: Lens | None = None,
+                   file_sha256: str | None = None) -> Artifact:
     """The artifact of one prompt, in memory, built through the schema's typed constructor from
-    the arrays `extract.run_batch` brought to the host (no per-value work here);
-    `attention_sha256`: the hash of the attention bytes, if already computed."""
+    the arrays `extract.run_batch` brought to the host (no per-value work here). `lens`
+    (`lens_of(seq, settings)`) and `file_sha256` (of the binary file): if already made."""
     ref = lm.ref
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
     referenced = _referenced(seq.top_ids, seq.lens_ids)
     stored = seq.attention
     attention = Attention.from_encoded(stored.data, stored.overflow, stored.heads, stored.length,
-                                       prompt.id, attention_sha256)
+                                       prompt.id, file_sha256)
     return Artifact(
         key=key,
         provenance=Provenance(
@@ -141,8 +147,7 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
         tokens=tokens,
         predictions=TopK.from_arrays(seq.top_ids, seq.top_logprobs, seq.next_logprob[-1],
                                      seq.next_rank[-1], settings.top_k),
-        lens=TopK.layers_from_arrays(seq.lens_ids, seq.lens_logprobs, seq.next_logprob,
-                                     seq.next_rank, settings.lens_top_k),
+        lens=lens if lens is not None else lens_of(seq, settings),
         attention=attention,
         vocab=vocab_entries(lm.tokenizer, referenced),
         generation=Generation(n_prompt, attention.length - n_prompt),
@@ -286,17 +291,22 @@ def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Sett
     """The writer's job for one batch: every prompt's artifact built, checked and written; the
     time it takes goes to `report.host_seconds`. Returns how many were written.
 
-    One I/O thread hashes and writes the attention files, in order (both release the GIL), while
-    this thread builds, checks and writes the JSONs: each JSON waits only for its own attention
-    file, which is on disk before the JSON that records it."""
+    One I/O thread hashes and writes the binary files (attention and lens), in order (both
+    release the GIL), while this thread builds, checks and writes the JSONs: each JSON waits only
+    for its own binary file, which is on disk before the JSON that records it."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-io") as io:
-        written = [None if isinstance(result, BaseException) else
-                   io.submit(write_attention_file, artifact_path(out_dir, lm.ref.slug, prompt),
-                             result.attention.data)
-                   for prompt, result in results]
-        failures = [_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, digest)
-                    for (prompt, result), digest in zip(results, written)]
+        jobs = []
+        for prompt, result in results:
+            if isinstance(result, BaseException):
+                jobs.append((None, None))
+                continue
+            lens = lens_of(result, settings)
+            jobs.append((lens, io.submit(write_binary_file,
+                                         artifact_path(out_dir, lm.ref.slug, prompt),
+                                         result.attention.data, lens.data)))
+        failures = [_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, *job)
+                    for (prompt, result), job in zip(results, jobs)]
     report.failures.extend(f for f in failures if f is not None)  # in the batch's order
     done = failures.count(None)
     report.computed += done
@@ -339,10 +349,10 @@ def _tokenize(lm: LoadedModel, todo: list[tuple[Prompt, str]], settings: Setting
 
 def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseException,
            key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path,
-           attention_written: Future | None) -> str | None:
-    """Build, check and write one prompt's artifact, its attention file being written by
-    `attention_written` (which returns its hash): None if written, else the failure's line for
-    the report (one failed prompt must not lose the others)."""
+           lens: Lens | None, binary_written: Future | None) -> str | None:
+    """Build, check and write one prompt's artifact, its binary file (attention and `lens`) being
+    written by `binary_written` (which returns its hash): None if written, else the failure's
+    line for the report (one failed prompt must not lose the others)."""
     ref = lm.ref
     try:
         if isinstance(result, BaseException):
@@ -350,8 +360,8 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
         key, tokens = key_tokens
         extra = result.ids[len(tokens):]
         tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
-        artifact = build_artifact(lm, prompt, key, settings, tokens, result,
-                                  attention_written.result()).to_dict()
+        artifact = build_artifact(lm, prompt, key, settings, tokens, result, lens,
+                                  binary_written.result()).to_dict()
         validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
         write_artifact_json(artifact_path(out_dir, ref.slug, prompt), artifact)
         return None

@@ -13,9 +13,11 @@ integer q in 0..128 meaning q/128: rounding to the nearest 1/128 keeps every sto
 values are written three to a byte, as the digits of a base-6 number (5 and above as 5, the rest,
 q - 5, in an overflow byte): most weights are small (over 80 % below 5/128 in a 72-token Qwen2.5
 prompt), so the file takes about half of one byte per weight, and compresses 7 to 9 % better under
-gzip (which sees triples). The JSON records the file's name, size, SHA-256 and each layer's count
-of overflow bytes; readers check the file, so an artifact never pairs with another build's
-attention.
+gzip (which sees triples). The logit lens follows in the same file (`Lens`: int32 ids, float16
+log-probabilities), not in the JSON, where its numbers were half the text and most of the time
+spent writing it. The JSON records the file's name, size, SHA-256, each layer's count of overflow
+bytes and where the lens starts; readers check the file, so an artifact never pairs with another
+build's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from .store import artifact_json, atomic_write_bytes, sha256_bytes
 # 4: direct logit attribution (`attribution`, metrics.direct_logit). A new version, not an edit of
 # 3: the version is part of every content key, so schema-3 artifacts (no attribution) are
 # recomputed rather than taken as current.
-# 5: attention as base-6 digits with overflow bytes (`base6-tril-by-key`, `overflow_bytes`).
+# 5: attention as base-6 digits with overflow bytes (`base6-tril-by-key`, `overflow_bytes`); the
+# logit lens in the same binary file, after the attention (`lens`: LENS_ENCODING).
 SCHEMA_VERSION = 5
 ATTENTION_ENCODING = "base6-tril-by-key"
 DIGIT_BASE = 6            # three values a byte: 6**3 = 216 codes
@@ -42,6 +45,7 @@ DIGIT_ESCAPE = 5          # a digit of 5 means 5 + the layer's next overflow byt
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
 ATTENTION_SUFFIX = ".attention.bin"
+LENS_ENCODING = "int32-ids-float16-logprobs"
 DLA_TOP_K = 16        # attribution components stored per position and target; the rest are summed
 DLA_TARGETS = ("top1", "next")
 
@@ -122,7 +126,18 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
             },
         },
         "predictions": _top_k_block,
-        "lens": {"type": "array", "items": _top_k_block},
+        "lens": {
+            "type": "object",
+            "required": ["encoding", "k", "layers", "length", "offset", "bytes"],
+            "properties": {
+                "encoding": {"const": LENS_ENCODING},
+                "k": {"type": "integer", "minimum": 1},
+                "layers": {"type": "integer", "minimum": 1},
+                "length": {"type": "integer", "minimum": 1},
+                "offset": {"type": "integer", "minimum": 1},
+                "bytes": {"type": "integer", "minimum": 1},
+            },
+        },
         "attention": {
             "type": "object",
             "required": ["encoding", "scale", "layers", "heads", "length", "file", "bytes",
@@ -234,6 +249,63 @@ class TopK:
                 "next_logprob": self.next_logprob, "next_rank": self.next_rank}
 
 
+def lens_bytes(layers: int, length: int, k: int) -> int:
+    """Size of the lens section: ids int32 and log-probabilities float16 [L, T, k], the next
+    token's log-probability float16 and rank int32 [L, T]."""
+    return layers * length * (6 * k + 6)
+
+
+@dataclass(frozen=True)
+class Lens:
+    """The logit lens of every layer, stored after the attention in the binary file beside the
+    JSON (`LENS_ENCODING`): `read_artifact` turns it back into one `TopK` dict per layer."""
+    k: int
+    layers: int
+    length: int
+    data: bytes = field(repr=False)
+
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
+                    next_rank: np.ndarray, k: int) -> "Lens":
+        """ids, logprobs: [L, T, >=k]; next_logprob: [L, T] (NaN: no next token); next_rank:
+        [L, T] (0: no next token). Little-endian, one bulk conversion per array."""
+        L, T = next_rank.shape
+        data = b"".join([np.ascontiguousarray(ids[:, :, :k], dtype="<i4").tobytes(),
+                         np.ascontiguousarray(logprobs[:, :, :k], dtype="<f2").tobytes(),
+                         np.ascontiguousarray(next_logprob, dtype="<f2").tobytes(),
+                         np.ascontiguousarray(next_rank, dtype="<i4").tobytes()])
+        return cls(k, L, T, data)
+
+    def to_dict(self, offset: int) -> dict[str, Any]:
+        return {"encoding": LENS_ENCODING, "k": self.k, "layers": self.layers,
+                "length": self.length, "offset": offset, "bytes": len(self.data)}
+
+
+def decode_lens(lens: dict[str, Any], blob: bytes | memoryview) -> list[dict[str, Any]]:
+    """The lens section of an artifact's binary file -> one dict per layer, as `TopK.to_dict`
+    writes them: ids [T][k], probs [T][k] (6 decimals), next_logprob [T] (4 decimals) and
+    next_rank [T], None where no token came next."""
+    L, T, k = lens["layers"], lens["length"], lens["k"]
+    raw = memoryview(blob)[lens["offset"]:lens["offset"] + lens["bytes"]]
+    if raw.nbytes != lens_bytes(L, T, k):
+        raise ArtifactError(f"the lens section holds {raw.nbytes} bytes, expected "
+                            f"{lens_bytes(L, T, k)} for {L} layers x {T} tokens x k={k}")
+    n = L * T * k
+    ids = np.frombuffer(raw, "<i4", n, 0).reshape(L, T, k)
+    logprobs = np.frombuffer(raw, "<f2", n, 4 * n).reshape(L, T, k)
+    next_lp = np.frombuffer(raw, "<f2", L * T, 6 * n)
+    rank = np.frombuffer(raw, "<i4", L * T, 6 * n + 2 * L * T).reshape(L, T)
+    blocks = TopK.layers_from_arrays(ids, logprobs, next_lp.reshape(L, T), rank, k)
+    out = []
+    for b in blocks:
+        d = b.to_dict()
+        d["ids"], d["probs"] = d["ids"].tolist(), d["probs"].tolist()
+        nlp = d["next_logprob"]
+        d["next_logprob"] = [None if v != v else v for v in nlp.tolist()]
+        out.append(d)
+    return out
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where the numbers come from; documented in `site_src/artifact-format.md`."""
@@ -283,13 +355,13 @@ class Attention:
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
     data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
     overflow: list[int] = field(default_factory=list)
-    sha256: str | None = None           # of `data`, when the caller hashed it already
+    sha256: str | None = None           # of the file (`data`, then the lens), if hashed already
 
     @classmethod
     def from_encoded(cls, data: np.ndarray, overflow: list[int], heads: int, length: int,
                      prompt_id: str, sha256: str | None = None) -> "Attention":
         """data: uint8, the stored bytes as `extract.pack_attention` encodes them on the device;
-        sha256: their hash, if known (`write_attention_file` returns it)."""
+        sha256: the file's hash, if known (`write_binary_file` returns it)."""
         data = memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
         expected = len(overflow) * digit_bytes(heads * tril_size(length)) + sum(overflow)
         if data.nbytes != expected:
@@ -305,13 +377,14 @@ class Attention:
         data, overflow = encode_attention(q[:, :, queries, keys])
         return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data, overflow)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *after: bytes) -> dict[str, Any]:
+        """The JSON fields; `data`: the attention bytes. The file holds them and then `after`
+        (the lens): `bytes` and `sha256` are the whole file's."""
+        size = memoryview(self.data).nbytes + sum(len(part) for part in after)
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
-                "bytes": self.data.nbytes if isinstance(self.data, memoryview) else len(self.data),
-                "sha256": self.sha256 or sha256_bytes(self.data),
-                "overflow_bytes": list(self.overflow),
-                "data": self.data}
+                "bytes": size, "sha256": self.sha256 or sha256_bytes(self.data, *after),
+                "overflow_bytes": list(self.overflow), "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -397,14 +470,15 @@ class Attribution:
 @dataclass(frozen=True)
 class Artifact:
     """One (model, prompt) artifact in memory. `to_dict()` is the JSON object of ARTIFACT_SCHEMA,
-    with the attention bytes in `["attention"]["data"]` (`write_artifact` puts them beside it)."""
+    with the attention bytes in `["attention"]["data"]` and the lens's in `["lens"]["data"]`
+    (`write_artifact` puts them beside it, in one file)."""
     key: str
     provenance: Provenance
     model: dict[str, Any]               # models.architecture_facts
     prompt: PromptInfo
     tokens: list[dict[str, Any]]        # tokens.describe_tokens / describe_ids records
     predictions: TopK                   # the output layer, top_k
-    lens: list[TopK]                    # one per layer, lens_top_k
+    lens: Lens                          # every layer, lens_top_k
     attention: Attention
     vocab: dict[str, dict[str, Any]]    # tokens.vocab_entries of every id in predictions and lens
     generation: Generation
@@ -422,8 +496,9 @@ class Artifact:
             "prompt": self.prompt.to_dict(),
             "tokens": self.tokens,
             "predictions": self.predictions.to_dict(),
-            "lens": [b.to_dict() for b in self.lens],
-            "attention": self.attention.to_dict(),
+            "lens": {**self.lens.to_dict(offset=memoryview(self.attention.data).nbytes),
+                     "data": self.lens.data},
+            "attention": self.attention.to_dict(self.lens.data),
             "vocab": self.vocab,
             "generation": self.generation.to_dict(),
             "metrics": {name: np.round(np.asarray(v, dtype=np.float64), 4)   # NaN: null
@@ -466,16 +541,21 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
     if len(over) != att["layers"] or any(not 0 <= n <= values for n in over):
         raise ValueError(f"attention.overflow_bytes must hold one count per layer "
                          f"({att['layers']}), each at most heads x T(T+1)/2 = {values}")
-    if att["bytes"] != att["layers"] * digit_bytes(values) + sum(over):
-        raise ValueError(f"attention.bytes is {att['bytes']}, expected layers x ceil(heads x "
-                         f"T(T+1)/2 / 3) + the overflow bytes = "
-                         f"{att['layers'] * digit_bytes(values) + sum(over)}")
-    if len(a["lens"]) != att["layers"]:
-        raise ValueError("lens needs one entry per layer")
+    lens = a["lens"]
+    section = att["layers"] * digit_bytes(values) + sum(over)
+    if lens["offset"] != section:
+        raise ValueError(f"lens.offset is {lens['offset']}, but the attention takes layers x "
+                         f"ceil(heads x T(T+1)/2 / 3) + the overflow bytes = {section}")
+    if (lens["layers"], lens["length"]) != (att["layers"], t) \
+            or lens["bytes"] != lens_bytes(att["layers"], t, lens["k"]):
+        raise ValueError(f"lens must cover {att['layers']} layers x {t} tokens in "
+                         f"{lens_bytes(att['layers'], t, lens['k'])} bytes")
+    if att["bytes"] != section + lens["bytes"]:
+        raise ValueError(f"attention.bytes is {att['bytes']}, expected the attention and the "
+                         f"lens: {section + lens['bytes']}")
     if att["layers"] != a["model"]["layers"] or att["heads"] != a["model"]["query_heads"]:
         raise ValueError("attention layers/heads disagree with the model's architecture")
-    for name, block in [("predictions", a["predictions"])] + [
-            (f"lens[{i}]", b) for i, b in enumerate(a["lens"])]:
+    for name, block in [("predictions", a["predictions"])]:
         for field in ("ids", "probs", "next_logprob", "next_rank"):
             if len(block[field]) != t:
                 raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
@@ -568,12 +648,15 @@ def read_artifact(path: Path | str, full: bool = True) -> dict[str, Any]:
                             f"the file is truncated or was edited. Delete it and run "
                             f"`model-atlas compute` to recompute it.") from None
     a = validate_artifact(data, str(path), full=full)
-    a["attention"]["data"] = read_attention(path, a)
+    blob = memoryview(read_attention(path, a))
+    a["attention"]["data"] = blob[:a["lens"]["offset"]]
+    a["lens"] = decode_lens(a["lens"], blob)
     return a
 
 
 def read_attention(path: Path, a: dict[str, Any]) -> bytes:
-    """The attention bytes of the artifact at `path`, checked against its size and SHA-256."""
+    """The binary file of the artifact at `path` (the attention, then the lens), checked against
+    its size and SHA-256."""
     att = a["attention"]
     bin_path = path.with_name(att["file"])
     fix = "Delete the artifact and run `model-atlas compute` to recompute it."
@@ -597,35 +680,37 @@ def current_attention(path: Path, a: dict[str, Any]) -> bool:
         return False
 
 
-def write_attention_file(path: Path, data: bytes | memoryview) -> str:
-    """Write the attention bytes beside the artifact at `path` (atomically) and return their
-    SHA-256, which the JSON records. Both release the GIL, so the compute stage runs this on an
-    I/O thread while it builds the JSON. Not fsynced (see `store.atomic_write_bytes`): every
-    reader checks the pair, and a pair that a power loss tore is recomputed."""
-    digest = sha256_bytes(data)
-    atomic_write_bytes(attention_path(path), data, durable=False)
+def write_binary_file(path: Path, attention: bytes | memoryview, lens: bytes) -> str:
+    """Write the binary file beside the artifact at `path` (atomically): the attention bytes, then
+    the lens's; return its SHA-256, which the JSON records. Both release the GIL, so the compute
+    stage runs this on an I/O thread while it builds the JSON. Not fsynced (see
+    `store.atomic_write_bytes`): every reader checks the pair, and a pair that a power loss tore
+    is recomputed."""
+    digest = sha256_bytes(attention, lens)
+    atomic_write_bytes(attention_path(path), (attention, lens), durable=False)
     return digest
 
 
 def write_artifact_json(path: Path, a: dict[str, Any]) -> None:
-    """Write an artifact's JSON (`a["attention"]["data"]`, if there, is left out), after its
-    attention file: a build killed in between leaves a JSON that does not match the new attention
-    file, and it is recomputed."""
+    """Write an artifact's JSON (the bytes in `["attention"]["data"]` and `["lens"]["data"]`, if
+    there, left out), after its binary file: a build killed in between leaves a JSON that does
+    not match the new binary file, and it is recomputed."""
     att = {k: v for k, v in a["attention"].items() if k != "data"}
+    lens = {k: v for k, v in a["lens"].items() if k != "data"}
     if att["file"] != attention_path(path).name:
         raise ValueError(f"attention.file {att['file']!r} does not sit beside {path.name}")
-    atomic_write_bytes(path, artifact_json({**a, "attention": att}), durable=False)
+    atomic_write_bytes(path, artifact_json({**a, "attention": att, "lens": lens}), durable=False)
 
 
 def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
-    """Write an artifact built in memory (attention bytes in `["attention"]["data"]`): first the
-    attention file, then the JSON that records its size and hash, each atomically."""
+    """Write an artifact built in memory (`Artifact.to_dict`): first the binary file, then the
+    JSON that records its size and hash, each atomically."""
     if isinstance(a, Artifact):
         a = a.to_dict()
     if a["attention"]["file"] != attention_path(path).name:
         raise ValueError(f"attention.file {a['attention']['file']!r} does not sit beside "
                          f"{path.name}")
-    write_attention_file(path, a["attention"]["data"])
+    write_binary_file(path, a["attention"]["data"], a["lens"]["data"])
     write_artifact_json(path, a)
 
 

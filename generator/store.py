@@ -78,8 +78,12 @@ def render_slug(model: str, artifacts_dir: Path) -> str:
     return as_dir if Path(model).is_dir() else as_hub
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def sha256_bytes(*parts: bytes | memoryview) -> str:
+    """SHA-256 (hex) of the concatenation of `parts`."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -93,9 +97,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 _TEMPORARIES = itertools.count()  # names of temporary files, unique within the process
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` (any bytes-like object) to `path` atomically: a temporary file in the same
-    directory (`.<name>.<pid>.<n>.tmp`, created exclusively), renamed over the target.
+def atomic_write_bytes(path: Path | str, data: Any, *, durable: bool = True) -> None:
+    """Write `data` (a bytes-like object, or a tuple of them written one after the other) to
+    `path` atomically: a temporary file in the same directory (`.<name>.<pid>.<n>.tmp`, created
+    exclusively), renamed over the target.
 
     `durable=False` skips the fsync before the rename. A killed process still leaves the old file
     or the new one (the rename is atomic either way); only a power loss can leave a renamed file
@@ -116,9 +121,10 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -
     try:
         try:
             os.fchmod(fd, 0o644)                 # whatever the umask: the site is published
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view):]
+            for part in data if isinstance(data, tuple) else (data,):
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(fd, view):]
             if durable:
                 os.fsync(fd)
         finally:

@@ -25,7 +25,8 @@ from generator.extract import quantize_attention, run_batch
 from generator.models import architecture_facts, final_norm
 from generator.prompts import Prompt, PromptSet
 from generator.schema import (ATTENTION_MAX_ABS_ERROR, ATTENTION_SCALE, attention_path,
-                              decode_attention, read_artifact, tril_size, validate_artifact)
+                              decode_attention, decode_lens, read_artifact, tril_size,
+                              validate_artifact)
 from generator.tokens import describe_tokens
 
 SETTINGS = Settings(top_k=10, lens_top_k=5)
@@ -91,8 +92,13 @@ def artifact(computed, model_fixture: str, pid: str) -> dict:
 # --- helpers comparing stored top-k blocks with the model's full distribution -------------------
 
 
-def check_block(block: dict, logits: torch.Tensor, ids: list[int], k: int) -> None:
-    """A stored top-k block (predictions or one lens layer) against full logits [T, V]."""
+FLOAT16 = 2.0 ** -11  # relative rounding error of float16: the lens's log-probabilities
+
+
+def check_block(block: dict, logits: torch.Tensor, ids: list[int], k: int,
+                rtol: float = 0.0) -> None:
+    """A stored top-k block (predictions or one lens layer) against full logits [T, V];
+    log-probabilities within `rtol` (the lens stores them as float16: 2**-11)."""
     logprobs = torch.log_softmax(logits.double(), dim=-1)
     T = len(ids)
     assert block["k"] == k
@@ -104,7 +110,9 @@ def check_block(block: dict, logits: torch.Tensor, ids: list[int], k: int) -> No
     at_ids = logprobs.gather(-1, got_ids).numpy()
     # Probabilities sorted descending, and equal to softmax(logits) at those ids.
     assert np.all(np.diff(got_probs, axis=-1) <= 0), "probabilities not sorted descending"
-    np.testing.assert_allclose(got_probs, np.exp(at_ids), atol=1e-4)
+    # float16 log-probabilities: exp(lp (1 + e)) = p exp(lp e), |e| <= rtol, then 6 decimals.
+    tolerance = 1e-4 + np.exp(at_ids) * np.expm1(np.abs(at_ids) * rtol) + 5e-7
+    assert np.all(np.abs(got_probs - np.exp(at_ids)) <= tolerance)
     # The same values as torch.topk, and the same ids wherever there is no near-tie.
     np.testing.assert_allclose(at_ids, values[:, :k], atol=1e-4)
     clear = np.abs(np.diff(values, axis=-1)).min(-1) > 1e-4               # [T]
@@ -116,7 +124,7 @@ def check_block(block: dict, logits: torch.Tensor, ids: list[int], k: int) -> No
     targets = torch.tensor(ids[1:])
     expected_lp = logprobs[:-1].gather(-1, targets[:, None])[:, 0].numpy()
     np.testing.assert_allclose(np.array(block["next_logprob"][:-1], dtype=float), expected_lp,
-                               atol=1.5e-4)
+                               atol=1.5e-4, rtol=rtol)
     row = logits[:-1].double()
     tv = row.gather(-1, targets[:, None])
     lo = 1 + (row > tv + 1e-4).sum(-1)
@@ -300,12 +308,12 @@ def test_logit_lens_matches_the_model(request, computed, model_fixture, pid):
     ref = reference(lm.model, ids)
     L = lm.facts["layers"]
     assert len(a["lens"]) == L and len(ref.hidden_states) == L + 1
-    check_block(a["lens"][-1], ref.logits[0], ids, SETTINGS.lens_top_k)
+    check_block(a["lens"][-1], ref.logits[0], ids, SETTINGS.lens_top_k, FLOAT16)
     head, norm = lm.model.get_output_embeddings(), final_norm(lm.model)
     with torch.no_grad():
         for layer in range(L - 1):
             logits = head(norm(ref.hidden_states[layer + 1]))[0]
-            check_block(a["lens"][layer], logits, ids, SETTINGS.lens_top_k)
+            check_block(a["lens"][layer], logits, ids, SETTINGS.lens_top_k, FLOAT16)
     # The last layer's top-k is the prefix of the stored predictions.
     assert a["lens"][-1]["ids"] == [row[:SETTINGS.lens_top_k] for row in a["predictions"]["ids"]]
 
@@ -414,8 +422,13 @@ def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
         raw = json.loads(path.read_text("utf-8"))
         assert validate_artifact(raw) == raw
         read = read_artifact(path)
-        assert read["attention"].pop("data") == attention_path(path).read_bytes()
-        assert read == raw
+        blob = attention_path(path).read_bytes()
+        lens = raw["lens"]
+        assert lens["offset"] + lens["bytes"] == len(blob) == raw["attention"]["bytes"]
+        assert read["attention"].pop("data") == blob[:lens["offset"]]
+        assert read.pop("lens") == decode_lens(lens, blob)
+        assert len(decode_lens(lens, blob)) == raw["attention"]["layers"]
+        assert read == {k: v for k, v in raw.items() if k != "lens"}
         ids, tokens = describe_tokens(lm.tokenizer, text)
         n = len(ids)
         # The prompt's tokens, then the model's own greedy continuation (analysed like the prompt).
@@ -446,8 +459,13 @@ def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
         assert att["file"] == bin_path.name == f"{pid}.attention.bin"
         # Three weights a byte, and a byte more for each of 5/128 or over.
         weights = att["heads"] * tril_size(len(all_ids))
-        assert att["bytes"] == bin_path.stat().st_size == \
+        assert raw["lens"]["offset"] == \
             att["layers"] * -(-weights // 3) + sum(att["overflow_bytes"])
+        # Then the lens: ids int32 and log-probabilities float16 [L, T, k], the next token's
+        # log-probability float16 and rank int32 [L, T].
+        k = SETTINGS.lens_top_k
+        assert att["bytes"] == bin_path.stat().st_size == \
+            raw["lens"]["offset"] + att["layers"] * len(all_ids) * (4 * k + 2 * k + 2 + 4)
         assert all(0 <= n <= weights for n in att["overflow_bytes"])
 
 

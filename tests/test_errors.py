@@ -15,11 +15,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from generator.cli import main
-from generator.schema import read_artifact
+from generator.schema import decode_attention, read_artifact
 
 from conftest import write_prompt_sets
 
@@ -322,8 +323,18 @@ def test_damaged_attention_file(computed, tmp_path, demo_dirs, damage, fragments
                     "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "compute: 1 computed, 3 reused, 0 failed" in result.output
-    assert path.read_bytes() == (computed[0] / "artifacts" / SLUGS[0] / "errs" /
-                                 "cat.attention.bin").read_bytes()
+    # The same numbers as the first computation, in a batch of its own: float noise may move a
+    # stored value by one step (1/128, or a float16 log-probability by one unit in the last place).
+    new = read_artifact(path.with_name("cat.json"))
+    old = read_artifact(computed[0] / "artifacts" / SLUGS[0] / "errs" / "cat.json")
+    assert new["key"] == old["key"]
+    for layer in range(old["attention"]["layers"]):
+        diff = decode_attention(new, layer) - decode_attention(old, layer)
+        assert np.abs(diff).max() <= 1 / 128
+    for a, b in zip(new["lens"], old["lens"]):
+        assert a["ids"] == b["ids"] and a["next_rank"] == b["next_rank"]
+        np.testing.assert_allclose(np.array(a["probs"]), np.array(b["probs"]), rtol=5e-2,
+                                   atol=1e-6)
 
 
 def test_other_schema_version_render_says_how_to_recompute(computed, tmp_path, demo_dirs):

@@ -196,7 +196,8 @@ def decode_as_documented(artifact: dict, blob: bytes) -> np.ndarray:
     per_head = T * (T + 1) // 2
     V = H * per_head
     n = -(-V // 3)
-    assert len(blob) == att["bytes"] == L * n + sum(att["overflow_bytes"])
+    assert len(blob) == att["bytes"] == artifact["lens"]["offset"] + artifact["lens"]["bytes"]
+    assert artifact["lens"]["offset"] == L * n + sum(att["overflow_bytes"])
     assert len(att["overflow_bytes"]) == L
     out = np.zeros((L, H, T, T))
     start = L * n
@@ -232,8 +233,12 @@ def test_attention_decodes_as_the_document_says(artifact_path):
     assert np.all(np.abs(sums - 1) <= documented.shape[-1] / 256)
 
 
-def test_the_documents_python_snippet_decodes_the_artifact(artifact_path, tmp_path):
-    snippet = re.search(r"```python\n(.*?)```", FORMAT_DOC.read_text("utf-8"), re.S).group(1)
+def test_the_documents_python_snippets_decode_the_artifact(artifact_path, tmp_path):
+    """The attention snippet (which reads the JSON) and then the lens snippet, run as written,
+    give what `read_artifact` gives."""
+    snippets = re.findall(r"```python\n(.*?)```", FORMAT_DOC.read_text("utf-8"), re.S)
+    attention, = (s for s in snippets if "full = np.zeros" in s)
+    lens, = (s for s in snippets if "next_rank = " in s)
     raw = json.loads(artifact_path.read_text("utf-8"))
     shutil.copy(artifact_path, tmp_path / "prompt.json")
     name = raw["attention"]["file"]
@@ -242,12 +247,21 @@ def test_the_documents_python_snippet_decodes_the_artifact(artifact_path, tmp_pa
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        exec(compile(snippet, str(FORMAT_DOC), "exec"), scope)  # noqa: S102 - our own document
+        for snippet in (attention, lens):
+            exec(compile(snippet, str(FORMAT_DOC), "exec"), scope)  # noqa: S102 - our own document
     finally:
         os.chdir(cwd)
     a = read_artifact(artifact_path)
     expected = np.stack([decode_attention(a, layer) for layer in range(a["attention"]["layers"])])
     np.testing.assert_array_equal(scope["full"], expected)
+    assert scope["ids"].tolist() == [layer["ids"] for layer in a["lens"]]
+    assert scope["next_rank"].tolist() == [[r or 0 for r in layer["next_rank"]]
+                                           for layer in a["lens"]]
+    np.testing.assert_allclose(scope["probs"], [layer["probs"] for layer in a["lens"]],
+                               atol=5e-7)
+    stored = np.array([[np.nan if v is None else v for v in layer["next_logprob"]]
+                       for layer in a["lens"]])
+    np.testing.assert_allclose(scope["next_logprob"], stored, atol=5e-5, equal_nan=True)
 
 
 NODE = shutil.which("node")
