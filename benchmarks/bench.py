@@ -549,7 +549,7 @@ def time_passes(b: Bench, args: argparse.Namespace, device: str,
         continuation_floor_pass(model, b.gen_batches[:1], b.n_new)
     sync(device)
     t: dict[str, list[float]] = {"forward": [], "floor": [], "continuation_floor": [],
-                                 "compute": [], "host": []}
+                                 "compute": [], "host": [], "host_cpu": []}
     for rep in range(args.reps):
         set_attention(model, "sdpa")
         t["forward"].append(timed(lambda: forward_pass(model, b.dev_batches), device))
@@ -563,6 +563,7 @@ def time_passes(b: Bench, args: argparse.Namespace, device: str,
         t["compute"].append(timed(lambda: reports.append(compute_pass(
             b.lm, b.prompts, out_dir, b.settings, b.dtype, args.batch)), device))
         t["host"].append(reports[0].host_seconds / max(reports[0].host_prompts, 1) * n)
+        t["host_cpu"].append(reports[0].host_cpu_seconds / max(reports[0].host_prompts, 1) * n)
         gen = t["continuation_floor"]
         log(f"{b.name}: rep {rep + 1}/{args.reps}: forward {t['forward'][-1]:.2f}s, floor "
             f"{t['floor'][-1]:.2f}s, " + (f"continuation floor {gen[-1]:.2f}s, " if gen else "")
@@ -595,6 +596,9 @@ def timing_results(b: Bench, t: dict[str, list[float]]) -> dict[str, Any]:
         # From a batch's results on the host to its artifacts on disk (the compute stage's writer
         # thread, overlapping the next batch's device work), per prompt.
         "host_ms_per_prompt": per_prompt_ms(t["host"]),
+        # The CPU time of the writer's two threads in that time (on a CPU the next batch's
+        # forward shares the cores meanwhile: wall time above, work here).
+        "host_cpu_ms_per_prompt": per_prompt_ms(t["host_cpu"]),
     }
     res["compute_over_floor"] = round(res["compute_ms_per_prompt"] / res["floor_ms_per_prompt"], 2)
     res["floor_over_forward"] = round(res["floor_ms_per_prompt"] / res["forward_ms_per_prompt"], 2)
@@ -667,6 +671,8 @@ def sizes(b: Bench, args: argparse.Namespace, tmp: Path, paths: list[Path]) -> d
         # The writer's time in this pass (its batches overlap the next batch's device work).
         out[str(T)]["host_ms_per_prompt"] = round(
             report.host_seconds / max(report.host_prompts, 1) * 1000, 3)
+        out[str(T)]["host_cpu_ms_per_prompt"] = round(
+            report.host_cpu_seconds / max(report.host_prompts, 1) * 1000, 3)
         shutil.rmtree(d, ignore_errors=True)
     out["gzip_level"] = GZIP_LEVEL
     if b.n_new:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,8 +85,11 @@ class ComputeReport:
     seconds: float = 0.0
     artifacts: list[Path] = field(default_factory=list)
     # Host work after the device: from a batch's results on the host to its artifacts on disk
-    # (build, check, serialise, write), summed over batches, and the prompts it covered.
+    # (build, check, serialise, write), summed over batches, and the prompts it covered; and the
+    # CPU time the writer's two threads spent on it (on a CPU "device" the next batch's forward
+    # runs on the same cores meanwhile, and the wall time includes waiting for them).
     host_seconds: float = 0.0
+    host_cpu_seconds: float = 0.0
     host_prompts: int = 0
 
 
@@ -294,7 +297,7 @@ def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Sett
     One I/O thread hashes and writes the binary files (attention and lens), in order (both
     release the GIL), while this thread builds, checks and writes the JSONs: each JSON waits only
     for its own binary file, which is on disk before the JSON that records it."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-io") as io:
         jobs = []
         for prompt, result in results:
@@ -302,7 +305,7 @@ def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Sett
                 jobs.append((None, None))
                 continue
             lens = lens_of(result, settings)
-            jobs.append((lens, io.submit(write_binary_file,
+            jobs.append((lens, io.submit(_write_binary_timed,
                                          artifact_path(out_dir, lm.ref.slug, prompt),
                                          result.attention.data, lens.data)))
         failures = [_store(lm, prompt, result, tokens_of[prompt.key], settings, out_dir, *job)
@@ -311,8 +314,17 @@ def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Sett
     done = failures.count(None)
     report.computed += done
     report.host_seconds += time.perf_counter() - t0
+    report.host_cpu_seconds += time.thread_time() - cpu0 + sum(
+        job.result()[1] for _, job in jobs if job is not None and job.exception() is None)
     report.host_prompts += len(results)
     return done
+
+
+def _write_binary_timed(path: Path, attention: Any, lens: bytes) -> tuple[str, float]:
+    """`write_binary_file` on the I/O thread: (the file's SHA-256, the CPU time it took)."""
+    t0 = time.thread_time()
+    digest = write_binary_file(path, attention, lens)
+    return digest, time.thread_time() - t0
 
 
 def _stale(ref: ModelRef, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
@@ -351,8 +363,8 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
            key_tokens: tuple[str, list[dict]], settings: Settings, out_dir: Path,
            lens: Lens | None, binary_written: Future | None) -> str | None:
     """Build, check and write one prompt's artifact, its binary file (attention and `lens`) being
-    written by `binary_written` (which returns its hash): None if written, else the failure's
-    line for the report (one failed prompt must not lose the others)."""
+    written by `binary_written` (`_write_binary_timed`): None if written, else the failure's line
+    for the report (one failed prompt must not lose the others)."""
     ref = lm.ref
     try:
         if isinstance(result, BaseException):
@@ -361,7 +373,7 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
         extra = result.ids[len(tokens):]
         tokens = tokens + describe_ids(lm.tokenizer, extra, len(prompt.text))
         artifact = build_artifact(lm, prompt, key, settings, tokens, result, lens,
-                                  binary_written.result()).to_dict()
+                                  binary_written.result()[0]).to_dict()
         validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
         write_artifact_json(artifact_path(out_dir, ref.slug, prompt), artifact)
         return None

@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 import torch
 
+from generator.attribution import rank_components
 from generator.compute import Settings, artifact_path, run_compute
 from generator.errors import ArtifactError, OptionError
-from generator.extract import quantize_attention, run_batch
+from generator.extract import encode_on_device, quantize_attention, run_batch
 from generator.models import architecture_facts, final_norm
 from generator.prompts import Prompt, PromptSet
-from generator.schema import (ATTENTION_MAX_ABS_ERROR, ATTENTION_SCALE, attention_path,
-                              decode_attention, decode_lens, read_artifact, tril_size,
-                              validate_artifact)
+from generator.schema import (ATTENTION_MAX_ABS_ERROR, ATTENTION_SCALE, Attribution, Lens,
+                              attention_path, decode_attention, decode_lens, decode_values,
+                              encode_attention, read_artifact, tril_size, validate_artifact)
 from generator.tokens import describe_tokens
 
 SETTINGS = Settings(top_k=10, lens_top_k=5)
@@ -706,6 +707,8 @@ def test_dtype_auto_is_float32_unless_the_weights_do_not_fit():
 def test_compute_reports_its_host_time(computed):
     _, report, _ = computed
     assert report.host_prompts == report.computed and report.host_seconds > 0
+    # Both writer threads' CPU time: within the wall time of two threads.
+    assert 0 < report.host_cpu_seconds <= 2 * report.host_seconds + 0.01
 
 
 BLOCKED = ("jsonschema", "altair", "mkdocs", "material", "vl_convert", "jinja2")
@@ -768,3 +771,69 @@ def test_layers_on_different_devices_give_the_same_results(request, model_fixtur
         np.testing.assert_allclose(x.metrics, y.metrics, atol=1e-6, equal_nan=True)
         if x.groups is not None:
             np.testing.assert_allclose(x.groups, y.groups, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 8), (4, 1001)])
+def test_the_device_encoder_writes_the_formats_bytes(shape):
+    """extract.encode_on_device (run on the CPU here, the same torch code as on a GPU) gives the
+    bytes of the reference schema.encode_attention, and decode_values reads every layer back:
+    values at and around the digit escape (5), the largest (128), odd value counts."""
+    rng = np.random.default_rng(sum(shape))
+    values = rng.integers(0, ATTENTION_SCALE + 1, size=shape).astype(np.uint8)
+    values[:, ::3] = rng.integers(0, 7, size=values[:, ::3].shape)      # small, like attention
+    values[0, 0] = ATTENTION_SCALE
+    data, overflow = encode_on_device(torch.from_numpy(values))
+    assert (data.tobytes(), overflow) == encode_attention(values)
+    assert overflow == [int((row >= 5).sum()) for row in values]
+    L, V = shape
+    n = -(-V // 3)                                     # bytes of a layer's digits
+    for layer in range(L):
+        start = L * n + sum(overflow[:layer])
+        block = np.concatenate([data[layer * n:(layer + 1) * n],
+                                data[start:start + overflow[layer]]])
+        np.testing.assert_array_equal(decode_values(block, V), values[layer])
+    with pytest.raises(ArtifactError, match="overflow bytes"):
+        decode_values(data[:n].tobytes() + data[L * n:].tobytes() + b"\0", V)
+
+
+def test_the_lens_section_round_trips():
+    """Lens.from_arrays -> decode_lens: ids and ranks exact, None where no token came next,
+    log-probabilities within float16's rounding (probabilities to 6 decimals)."""
+    rng = np.random.default_rng(0)
+    L, T, k = 3, 5, 2
+    ids = rng.integers(0, 150_000, size=(L, T, 4))
+    logprobs = -np.sort(rng.exponential(5, size=(L, T, 4)), axis=-1).astype(np.float32)
+    next_lp = -rng.exponential(5, size=(L, T)).astype(np.float32)
+    next_lp[:, -1] = np.nan
+    rank = rng.integers(1, 150_000, size=(L, T))
+    rank[:, -1] = 0
+    lens = Lens.from_arrays(ids, logprobs, next_lp, rank, k)
+    assert len(lens.data) == L * T * (6 * k + 6)
+    blob = b"prefix" + lens.data
+    back = decode_lens(lens.to_dict(offset=6), blob)
+    assert len(back) == L
+    for layer, block in enumerate(back):
+        assert block["k"] == k and block["ids"] == ids[layer, :, :k].tolist()
+        assert block["next_rank"] == rank[layer, :-1].tolist() + [None]
+        assert block["next_logprob"][-1] is None
+        np.testing.assert_allclose(block["next_logprob"][:-1], next_lp[layer, :-1], rtol=2 ** -11,
+                                   atol=5e-5)
+        np.testing.assert_allclose(np.log(block["probs"]), logprobs[layer, :, :k], rtol=2 ** -10,
+                                   atol=1e-5 / np.exp(logprobs[layer, :, :k]).min())
+    with pytest.raises(ArtifactError, match="lens section"):
+        decode_lens(lens.to_dict(offset=7), blob)
+
+
+def test_attribution_is_ranked_like_the_stored_values():
+    """attribution.rank_components (on the device) keeps the k largest |values| at 3 decimals,
+    ties by component index, and their rest; a row with no target is left out (None)."""
+    dla = np.array([[[0.5, -2.0, 2.0004, 0.0001, 1.0],              # 2.000 ties -2.000: index 1
+                     [np.nan] * 5]], dtype=np.float32)             # no next token
+    index, value, rest = rank_components(torch.from_numpy(dla), 3)
+    assert index[0, 0].tolist() == [1, 2, 4]
+    np.testing.assert_allclose(value[0, 0], [-2.0, 2.0004, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(rest[0, 0], 0.5001, rtol=1e-5)
+    assert np.isnan(value[0, 1]).all() and np.isnan(rest[0, 1])
+    stored = Attribution.from_ranked(5, index, value, rest, np.zeros((1, 2)))
+    assert stored.index == [[[1, 2, 4], None]] and stored.value == [[[-2.0, 2.0, 1.0], None]]
+    assert stored.rest == [[0.5, None]]
