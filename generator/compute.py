@@ -272,7 +272,10 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     batches = plan_batches(items, facts["layers"], facts["query_heads"], budget_bytes,
                            settings.continuation, batch_size)
     # One writer thread: while it serialises and writes batch k, this thread runs batch k + 1 on
-    # the device. At most one batch waits for it, which bounds the host memory held.
+    # the device. At most one batch waits for it, which bounds the host memory held. When the
+    # device is the CPU, the two would share its cores (the writer's wall time then mostly
+    # waits for the forward pass), so each batch is written before the next one starts.
+    overlap = not lm.device.startswith("cpu")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-writer") as writer:
         pending: Future | None = None
         for batch in batches:
@@ -283,6 +286,11 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                     f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
             pending = writer.submit(_store_batch, lm, results, tokens_of, settings, out_dir,
                                     report)
+            if not overlap:
+                done += pending.result()
+                pending = None
+                log(f"{ref.slug}: {done}/{len(items)} prompts computed "
+                    f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
         if pending is not None:
             done += pending.result()
             log(f"{ref.slug}: {done}/{len(items)} prompts computed "
