@@ -34,7 +34,7 @@ from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generatio
                      LayerGroups, Lens, PromptInfo, Provenance, TopK, current_attention,
                      validate_artifact, write_artifact_json, write_binary_file)
 from .store import content_key, remove_stale_temporaries, sha256_bytes
-from .tokens import describe_tokens, describe_ids, vocab_entries
+from .tokens import describe_ids, describe_tokens, preload_vocab, vocab_entries
 
 Log = Callable[[str], None]
 
@@ -264,6 +264,10 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
         log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
         return
     lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
+    t_vocab = time.perf_counter()
+    if made := preload_vocab(lm.tokenizer):  # the writer then only looks records up
+        log(f"{ref.slug}: display records of {made} vocabulary tokens made in "
+            f"{time.perf_counter() - t_vocab:.1f}s")
     items, tokens_of = _tokenize(lm, todo, settings, report)
     if budget_bytes is None:
         budget_bytes = default_budget(lm.device)

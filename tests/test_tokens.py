@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from generator.demo import load_real_tokenizer
-from generator.tokens import describe_tokens, display, entry_bytes, token_bytes, vocab_entries
+from generator.tokens import (_byte_decoder, describe_tokens, display, entry_bytes, preload_vocab,
+                              token_bytes, vocab_entries)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,20 @@ def test_vocab_entries_keyed_by_id(tokenizers, name):
         assert entry_bytes(entry) == r["bytes"]
     if name == "qwen2.5":
         assert any(e["text"] is None for e in entries.values()), "no partial-character token"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2.5"])
+def test_preloaded_vocabulary_records_are_the_per_id_ones(tokenizers, name):
+    """preload_vocab makes every id's record at once (the compute stage does it when it loads a
+    model); a record is the same as one made for that id alone, through the byte table one
+    character at a time, and a second preload makes nothing."""
+    tok = tokenizers[name]
+    assert 0 <= preload_vocab(tok) <= len(tok)
+    assert preload_vocab(tok) == 0
+    table, special = _byte_decoder(), set(tok.all_special_ids)
+    ids = list(range(0, len(tok), 97)) + sorted(special)
+    records = vocab_entries(tok, ids)
+    for tid, piece in zip(ids, tok.convert_ids_to_tokens(ids)):
+        raw = (piece.encode("utf-8") if tid in special or any(ch not in table for ch in piece)
+               else bytes(table[ch] for ch in piece))
+        assert entry_bytes(records[str(tid)]) == raw.hex()
