@@ -54,6 +54,11 @@ class ModelSummary:
     provenance: dict[str, Any]
     prompts: list[str] = field(default_factory=list)
 
+    @property
+    def planted(self) -> bool:
+        """Constructed demo weights with planted heads (random weights have none)."""
+        return bool(self.facts.get("planted_heads"))
+
 
 @dataclass
 class Catalog:

@@ -227,3 +227,22 @@ def test_agreement_table_isolates_tokens_and_fixes_decimals(demo_build):
         for cell in cells[1:3]:
             assert re.fullmatch(r'<bdi class="atlas-text">[^<]*</bdi> \(\d\.\d{3}\)', cell), cell
         assert re.fullmatch(r"(\d+\.\d{2}|–) / (\d+\.\d{2}|–)", cells[4]), cells[4]
+
+
+def test_random_and_constructed_weights_get_their_own_banner():
+    """A random-weight checkpoint (benchmarks/reference_checkpoints.py) is not the demo: its
+    banner must not claim planted heads; the demo's names them."""
+    from generator.render import ModelSummary
+    from generator.templating import environment
+    banner = environment().get_template("_macros.j2").module.random_banner
+    demo = ModelSummary("tiny", "tiny-random-gpt2", "r", True, {"planted_heads": [{"layer": 0}]},
+                        {})
+    noise = ModelSummary("big", "gpt2-random", "r", True, {}, {})
+    learned = ModelSummary("real", "gpt2", "r", False, {}, {})
+    text = str(banner([demo, noise, learned]))
+    first, second = text.split("gpt2-random")[0], text.split("gpt2-random")[1]
+    assert "tiny-random-gpt2" in first and "planted heads implement" in first
+    assert "random, not learned" in text and "no head trained or planted" in second
+    assert "planted heads implement" not in second
+    assert "<strong>gpt2</strong>" not in text
+    assert str(banner([learned])).strip() == ""
