@@ -280,25 +280,26 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     # device is the CPU, the two would share its cores (the writer's wall time then mostly
     # waits for the forward pass), so each batch is written before the next one starts.
     overlap = not lm.device.startswith("cpu")
+
+    def written(job: Future) -> None:
+        nonlocal done
+        done += job.result()
+        log(f"{ref.slug}: {done}/{len(items)} prompts computed "
+            f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-writer") as writer:
         pending: Future | None = None
         for batch in batches:
             results = list(_run(lm, batch, settings, log))          # on the host now
             if pending is not None:
-                done += pending.result()
-                log(f"{ref.slug}: {done}/{len(items)} prompts computed "
-                    f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
+                written(pending)
             pending = writer.submit(_store_batch, lm, results, tokens_of, settings, out_dir,
                                     report)
             if not overlap:
-                done += pending.result()
+                written(pending)
                 pending = None
-                log(f"{ref.slug}: {done}/{len(items)} prompts computed "
-                    f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
         if pending is not None:
-            done += pending.result()
-            log(f"{ref.slug}: {done}/{len(items)} prompts computed "
-                f"({done / max(time.perf_counter() - t0, 1e-9):.1f} prompts/s)")
+            written(pending)
 
 
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,

@@ -40,7 +40,7 @@ from . import device_metrics
 from .attribution import DlaRecorder, direct_logit_attribution, rank_components
 from .models import final_norm
 from .schema import (ATTENTION_SCALE, DIGIT_ESCAPE, DLA_TOP_K, decode_values, digit_bytes,
-                     tril_by_key, tril_size)
+                     layer_block, tril_by_key, tril_size)
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
 # float32 (16 MiB) stays in the last-level cache while every reduction reads it; on a GPU one
@@ -64,14 +64,9 @@ class StoredAttention:
     def values(self) -> np.ndarray:
         """The stored values decoded: uint8 [L, H, T(T+1)/2], each head's triangle key by key."""
         count = self.heads * tril_size(self.length)
-        n, layers = digit_bytes(count), len(self.overflow)
-        out, start = [], layers * n
-        for layer, extra in enumerate(self.overflow):
-            block = np.concatenate([self.data[layer * n:(layer + 1) * n],
-                                    self.data[start:start + extra]])
-            out.append(decode_values(block, count))
-            start += extra
-        return np.stack(out).reshape(layers, self.heads, -1)
+        return np.stack([decode_values(layer_block(self.data, self.overflow, count, layer), count)
+                         for layer in range(len(self.overflow))]).reshape(len(self.overflow),
+                                                                          self.heads, -1)
 
 
 @dataclass

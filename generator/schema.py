@@ -311,13 +311,11 @@ def decode_lens(lens: dict[str, Any], blob: bytes | memoryview) -> list[dict[str
     logprobs = from_byte_planes(raw, "<f2", n, 4 * n).reshape(L, T, k)
     next_lp = from_byte_planes(raw, "<f2", L * T, 6 * n)
     rank = from_byte_planes(raw, "<i4", L * T, 6 * n + 2 * L * T).reshape(L, T)
-    blocks = TopK.layers_from_arrays(ids, logprobs, next_lp.reshape(L, T), rank, k)
     out = []
-    for b in blocks:
+    for b in TopK.layers_from_arrays(ids, logprobs, next_lp.reshape(L, T), rank, k):
         d = b.to_dict()
         d["ids"], d["probs"] = d["ids"].tolist(), d["probs"].tolist()
-        nlp = d["next_logprob"]
-        d["next_logprob"] = [None if v != v else v for v in nlp.tolist()]
+        d["next_logprob"] = _rounded_array(d["next_logprob"], 4)      # NaN: None
         out.append(d)
     return out
 
@@ -571,15 +569,13 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
                          f"lens: {section + lens['bytes']}")
     if att["layers"] != a["model"]["layers"] or att["heads"] != a["model"]["query_heads"]:
         raise ValueError("attention layers/heads disagree with the model's architecture")
-    for name, block in [("predictions", a["predictions"])]:
-        for field in ("ids", "probs", "next_logprob", "next_rank"):
-            if len(block[field]) != t:
-                raise ValueError(f"{name}.{field} has {len(block[field])} entries for {t} tokens")
-        for field in ("ids", "probs"):
-            rows = block[field]
-            widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else set(map(len, rows))
-            if widths - {block["k"]}:
-                raise ValueError(f"{name}.{field} rows must have k={block['k']} entries")
+    pred = a["predictions"]
+    for field in ("ids", "probs", "next_logprob", "next_rank"):
+        if len(pred[field]) != t:
+            raise ValueError(f"predictions.{field} has {len(pred[field])} entries for {t} tokens")
+    for field in ("ids", "probs"):
+        if not _is_matrix(pred[field], t, pred["k"]):
+            raise ValueError(f"predictions.{field} rows must have k={pred['k']} entries")
     for name, values in a["metrics"].items():
         if not _is_matrix(values, att["layers"], att["heads"]):
             raise ValueError(f"metrics.{name} must be [layers][heads]")
@@ -789,12 +785,19 @@ def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
     return out
 
 
+def layer_block(data: bytes | memoryview | np.ndarray, overflow: list[int], count: int,
+                layer: int) -> bytes:
+    """The bytes of one layer of `count` values out of a file's attention (`encode_attention`):
+    its base-6 digits, then its overflow bytes, as `decode_values` and the per-layer page files
+    take them."""
+    n = digit_bytes(count)
+    start = len(overflow) * n + sum(overflow[:layer])
+    data = memoryview(data).cast("B")
+    return bytes(data[layer * n:(layer + 1) * n]) + bytes(data[start:start + overflow[layer]])
+
+
 def attention_layer(artifact: dict[str, Any], layer: int) -> bytes:
-    """The bytes of one layer, as `decode_values` and the per-layer page files take them: its
-    base-6 part, then its overflow bytes."""
+    """The bytes of one layer of an artifact (`layer_block`)."""
     att = artifact["attention"]
-    n = digit_bytes(att["heads"] * tril_size(att["length"]))
-    over = att["overflow_bytes"]
-    start = att["layers"] * n + sum(over[:layer])
-    data = att["data"]
-    return bytes(data[layer * n:(layer + 1) * n]) + bytes(data[start:start + over[layer]])
+    return layer_block(att["data"], att["overflow_bytes"],
+                       att["heads"] * tril_size(att["length"]), layer)

@@ -105,12 +105,8 @@ def vocab_entries(tokenizer: Any, ids: Sequence[int]) -> dict[str, dict[str, Any
 
     Records are made once per tokenizer and id (`_vocab_cache`): the compute stage makes all of
     them when it loads a model (`preload_vocab`), so the writer only looks them up."""
-    cache = _vocab_cache.setdefault(id(tokenizer), (tokenizer, {}))[1]
     unique = sorted(set(map(int, ids)))
-    missing = list(itertools.filterfalse(cache.__contains__, unique))
-    for tid, raw in zip(missing, token_bytes(tokenizer, missing) if missing else ()):
-        shown, hexed = display(raw)
-        cache[tid] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
+    cache = _cached_records(tokenizer, unique)
     # Shared records: callers must not edit them.
     return dict(zip(map(str, unique), map(cache.__getitem__, unique)))
 
@@ -119,12 +115,20 @@ def preload_vocab(tokenizer: Any) -> int:
     """Make the display record of every id of the tokenizer's vocabulary at once (about 0.2 s for
     Qwen2.5's 151,665), so that no artifact's vocab waits for the tokenizer. Returns how many were
     made (0: all were there)."""
-    cache = _vocab_cache.get(id(tokenizer), (None, {}))[1]
-    if len(cache) >= len(tokenizer):
+    before = len(_vocab_cache.get(id(tokenizer), (None, {}))[1])
+    if before >= len(tokenizer):
         return 0
-    before = len(cache)
-    vocab_entries(tokenizer, range(len(tokenizer)))
-    return len(_vocab_cache[id(tokenizer)][1]) - before
+    return len(_cached_records(tokenizer, range(len(tokenizer)))) - before
+
+
+def _cached_records(tokenizer: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The tokenizer's record cache, with a record for each of `ids` (made where missing)."""
+    cache = _vocab_cache.setdefault(id(tokenizer), (tokenizer, {}))[1]
+    missing = list(itertools.filterfalse(cache.__contains__, ids))
+    for tid, raw in zip(missing, token_bytes(tokenizer, missing) if missing else ()):
+        shown, hexed = display(raw)
+        cache[tid] = {"text": shown} if shown is not None else {"text": None, "bytes": hexed}
+    return cache
 
 
 # id(tokenizer) -> (tokenizer, {token id: record}); the tokenizer is kept so that its id is not
