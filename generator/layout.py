@@ -50,6 +50,7 @@ EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
 # --- data files that pages fetch -----------------------------------------------------------------
 
 LAYER = "{layer}"  # placeholder in `attention_layers`: the page scripts put a layer number there
+HEAD = "{head}"    # placeholder in `attention_heads`: the page scripts put a head number there
 
 
 def prompt_data(slug: str, key: str) -> str:
@@ -78,6 +79,16 @@ def attention_layers(slug: str, key: str) -> str:
 
 def attention_layer(slug: str, key: str, layer: int) -> str:
     return attention_layers(slug, key).replace(LAYER, str(layer))
+
+
+def attention_heads(slug: str, key: str) -> str:
+    """The per-head attention files of one model on one prompt, `LAYER` and `HEAD` standing for
+    the layer and the query head: switching heads fetches only that head's file."""
+    return f"data/{slug}/{key}/L{LAYER}.H{HEAD}.json"
+
+
+def attention_head(slug: str, key: str, layer: int, head: int) -> str:
+    return attention_heads(slug, key).replace(LAYER, str(layer)).replace(HEAD, str(head))
 
 
 def compare_data(key: str) -> str:
@@ -171,6 +182,11 @@ def set_page(set_id: str) -> str:
     return f"sets/{set_id}.md"
 
 
+def head_page(slug: str, layer: int, head: int) -> str:
+    """The page of one query head of one model (`L2.H1`, as the site names heads)."""
+    return f"heads/{slug}/L{layer}.H{head}.md"
+
+
 # --- from a docs path to a URL -------------------------------------------------------------------
 
 
@@ -190,10 +206,12 @@ def is_docs_path(path: str) -> bool:
     return bool(path) and not p.is_absolute() and ".." not in p.parts and "\\" not in path
 
 
-def head_query(slug: str, layer: int, head: int) -> str:
+def head_query(slug: str, layer: int, head: int, pos: int | None = None) -> str:
     """The query that opens one model's layer and head on a prompt page (atlas.js reads it, and
-    writes it back as the reader changes the selectors)."""
-    return f"?model={slug}&layer={layer}&head={head}"
+    writes it back as the reader changes the selectors); `pos`, the selected token position
+    (0-based), centres every position-indexed view on it."""
+    query = f"?model={slug}&layer={layer}&head={head}"
+    return query if pos is None else f"{query}&pos={pos}"
 
 
 class Urls:
@@ -235,9 +253,16 @@ class Urls:
     def prompt_page(self, key: str) -> str:
         return self.to(prompt_page(key))
 
-    def prompt_head(self, key: str, slug: str, layer: int, head: int) -> str:
-        """A prompt page opened at one model's layer and head."""
-        return self.to(prompt_page(key)) + head_query(slug, layer, head)
+    def prompt_head(self, key: str, slug: str, layer: int, head: int,
+                    pos: int | None = None) -> str:
+        """A prompt page opened at one model's layer and head (and position)."""
+        return self.to(prompt_page(key)) + head_query(slug, layer, head, pos)
+
+    def attention_heads(self, slug: str, key: str) -> str:
+        return self.to(attention_heads(slug, key))
+
+    def head_page(self, slug: str, layer: int, head: int) -> str:
+        return self.to(head_page(slug, layer, head))
 
     def model_page(self, slug: str) -> str:
         return self.to(model_page(slug))
