@@ -411,3 +411,29 @@ def test_attribution_data_matches_the_artifact(demo_build):
                 logit = float(re.search(r": (-?\d+\.\d{3})\. Who wrote it",
                                         shown["caption"]).group(1))
                 assert total == pytest.approx(logit, abs=0.002 * len(values))
+
+
+def test_attention_is_served_one_file_per_head(demo_build):
+    """Each model's attention on a prompt is one file per layer and head (layout.attention_head),
+    each holding that head's stored block alone, and no per-layer file is left: a page switching
+    heads fetches only the head it shows."""
+    import base64
+    from generator.layout import attention_head
+    from generator.schema import attention_head as stored_block
+    from generator.schema import read_artifact
+    for slug in DEMO_SLUGS:
+        a = read_artifact(demo_build.site / "artifacts" / slug / "basics" / "repeat.json")
+        att = a["attention"]
+        expected = {attention_head(slug, "basics/repeat", layer, head)
+                    for layer in range(att["layers"]) for head in range(att["heads"])}
+        folder = demo_build.site / "data" / slug / "basics" / "repeat"
+        found = {f"data/{slug}/basics/repeat/{p.name}" for p in folder.iterdir()
+                 if re.fullmatch(r"L\d+(\.H\d+)?\.json", p.name)}
+        assert found == expected
+        for layer, head in ((0, 0), (att["layers"] - 1, att["heads"] - 1)):
+            f = json.loads((demo_build.site / attention_head(slug, "basics/repeat", layer, head))
+                           .read_text("utf-8"))
+            assert {k: v for k, v in f.items() if k != "data"} == {
+                "layer": layer, "head": head, "length": att["length"],
+                "encoding": att["encoding"], "scale": att["scale"]}
+            assert base64.b64decode(f["data"]) == stored_block(a, layer, head)
