@@ -27,7 +27,6 @@ other layer's entry, never twice.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -498,13 +497,6 @@ def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: in
     return metrics, (torch.cat(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
 
 
-@functools.lru_cache(maxsize=64)
-def _tril_index(n: int, device: str) -> torch.Tensor:
-    """Flat indices into an [n, n] block of its lower triangle in stored order (row by row)."""
-    rows, keys = np.tril_indices(n)
-    return torch.from_numpy(rows * n + keys).to(device)
-
-
 def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     """`codec.encode_heads` on the tensor's device: uint8 [..., n, n] (q / 128, one layer's heads
     or more; only the lower triangle is read) -> (every head's block, in order; each block's
@@ -512,7 +504,8 @@ def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     each head's four parts (count, digits, overflow bytes, runs) side by side."""
     n = q.shape[-1]
     dev = q.device
-    flat = q.reshape(-1, n * n).index_select(1, _tril_index(n, str(dev)))   # [M, N] row by row
+    lower = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
+    flat = q.reshape(-1, n, n)[:, lower]                             # [M, N]: row by row
     M, N = flat.shape
     nonzero = flat > 0
     counts = nonzero.sum(1)                                          # [M] non-zero values a head
@@ -549,10 +542,11 @@ def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     follows[:, :-1] = used[:, 1:]
     run_bytes = (groups | follows.long() << 7).to(torch.uint8)[used]
     n_runs = torch.zeros(M, dtype=torch.long, device=dev).index_add_(0, run_head, used.sum(1))
-    sizes = torch.stack([-(-counts // 3), n_over, n_runs]).cpu().numpy()    # [3, M] bytes
+    counts, n_over, n_runs = torch.stack([counts, n_over, n_runs]).cpu().numpy()
     stream = torch.cat([codes, over, run_bytes]).cpu().numpy()      # all digits, overflow, runs
+    sizes = np.stack([-(-counts // 3), n_over, n_runs])             # [3, M]: bytes of each part
     ends = np.cumsum(sizes.reshape(-1)).reshape(3, M)               # each part's end in stream
-    headers = [varint_bytes([c]) for c in counts.cpu().tolist()]
+    headers = [varint_bytes([c]) for c in counts]
     parts = [[headers[h]] + [stream[ends[i, h] - sizes[i, h]:ends[i, h]] for i in range(3)]
              for h in range(M)]
     out_sizes = [sum(p.size for p in head) for head in parts]
