@@ -1,4 +1,4 @@
-"""The artifact's binary encodings: the sparse attention of one head, and byte planes.
+"""The artifact's binary encodings: the sparse attention of each head, and byte planes.
 
 The contract (which fields, which version) is `schema.py`'s; this module only turns arrays into
 bytes and back, in numpy. `extract.encode_on_device` writes the same attention bytes with torch
@@ -6,23 +6,25 @@ on the device; this module's `encode_heads` is its reference (a test compares th
 `decode_head` is the one Python decoder (`site_src/assets/attention-codec.js` the browser's).
 
 **Attention, `nonzero-runs-base6`.** A weight p is stored as q = round(128 p), 0..128, so
-q / 128 is within 1/256 of p; a weight under 1/256 rounds to 0. The lower triangle of one head
-(T query rows, row r holding keys 0..r: N = T(T+1)/2 positions, row by row) is stored as its
-non-zero values and where they are, in one self-contained block:
+q / 128 is within 1/256 of p; a weight under 1/256 rounds to 0 and is not stored. The N = T(T+1)/2
+positions of one head's lower triangle are taken **key by key** (key k holds queries k..T-1: the
+weights on one key from successive queries are alike, which gzip finds), and the head is stored
+in three parts:
 
-1. a varint: n, the count of non-zero values;
-2. the values, as base-6 digits three to a byte: digit min(q, 6) - 1 (0..5), byte
-   36 d0 + 6 d1 + d2 (<= 215; the last byte padded with 0 digits): ceil(n / 3) bytes;
-3. one overflow byte, q - 6, for each digit 5, in order;
-4. the runs: varints of the lengths of alternating runs of zero and non-zero positions over the
-   N positions row by row, starting with a zero run (0 if position 0 is non-zero); every later
-   length is at least 1 and the lengths sum to N.
+- its digits: the n non-zero values as base-6 digits three to a byte, digit min(q, 6) - 1
+  (0..5), byte 36 d0 + 6 d1 + d2 (<= 215; the last byte padded with 0 digits): ceil(n / 3) bytes;
+- its overflow bytes: q - 6 for each digit 5, in order;
+- its runs: varints (unsigned LEB128: 7 bits a byte, low bits first, the high bit set on all but
+  the last byte) of the lengths of alternating runs of zero and non-zero positions, starting with
+  a zero run (0 if position 0 is non-zero); every later length is at least 1, all sum to N.
 
-Varints are unsigned LEB128 (7 bits a byte, low bits first, the high bit set on all but the last
-byte). A weight that rounds to 0 costs nothing but the run it lies in, so a head's block grows
-with its non-zero weights: a row holds at most 256 of them (each at least 1/256, summing to 1),
-so a head takes at most about 256 T values. A dense head costs what the base-6 digits cost and a
-few bytes of runs (one run can span many rows).
+An artifact's file holds every head's digits, then every head's overflow bytes, then every head's
+runs (`encode_heads`: gzip compresses like with like); the JSON records each head's n, overflow
+count and runs size, so one head's parts can be found alone. A head on its own (the site's
+per-head files, `head_block`) is one **block**: the varint n, its digits, its overflow bytes, its
+runs. A weight that rounds to 0 costs nothing but the run it lies in, so a head grows with its
+non-zero weights: a row holds at most 256 of them (each at least 1/256, summing to 1), a head at
+most about 256 T.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ def tril_size(n: int) -> int:
     return n * (n + 1) // 2
 
 
-def row_starts(t: int) -> np.ndarray:
-    """int64 [T + 1]: where each row of the lower triangle starts among its N positions (row r
-    at r(r+1)/2), and N last."""
-    r = np.arange(t + 1, dtype=np.int64)
-    return r * (r + 1) // 2
+def column_starts(t: int) -> np.ndarray:
+    """int64 [T + 1]: where each key's positions start in stored order (key k holds T - k
+    positions), and N last."""
+    k = np.arange(t + 1, dtype=np.int64)
+    return k * t - k * (k - 1) // 2
 
 
 # --- varints ---------------------------------------------------------------------------------
@@ -93,14 +95,19 @@ def read_varints(raw: np.ndarray) -> np.ndarray:
     return np.add.reduceat(parts, starts)
 
 
-# --- attention: one head's block ---------------------------------------------------------------
+# --- attention -------------------------------------------------------------------------------
 
-def encode_head(q: np.ndarray) -> bytes:
-    """uint8 [T, T] (q / 128; only the lower triangle is read) -> the head's block. The
-    reference of `extract.encode_on_device`."""
-    t = q.shape[-1]
-    rows, keys = np.tril_indices(t)                                  # row by row, keys ascending
-    flat = np.asarray(q, dtype=np.uint8)[rows, keys]                 # [N]
+def key_order(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query, key) of a head's N positions in stored order: key by key, queries ascending."""
+    keys, queries = np.triu_indices(t)
+    return queries, keys
+
+
+def encode_head(q: np.ndarray) -> tuple[int, bytes, bytes, bytes]:
+    """uint8 [T, T] (q / 128; only the lower triangle is read) -> (n, digits, overflow bytes,
+    runs): the head's parts."""
+    queries, keys = key_order(q.shape[-1])
+    flat = np.asarray(q, dtype=np.uint8)[queries, keys]              # [N], key by key
     nonzero = flat > 0
     values = flat[nonzero]
     n = values.size
@@ -111,16 +118,40 @@ def encode_head(q: np.ndarray) -> bytes:
     over = values[values > DIGIT_ESCAPE] - (DIGIT_ESCAPE + 1)
     changes = np.flatnonzero(nonzero[1:] != nonzero[:-1]) + 1         # where a new run starts
     points = np.concatenate([[0, 0] if nonzero[0] else [0], changes, [flat.size]])
-    runs = np.diff(points)
-    return b"".join([varint_bytes([n]).tobytes(), codes.astype(np.uint8).tobytes(),
-                     over.astype(np.uint8).tobytes(), varint_bytes(runs).tobytes()])
+    return (n, codes.astype(np.uint8).tobytes(), over.astype(np.uint8).tobytes(),
+            varint_bytes(np.diff(points)).tobytes())
 
 
-def encode_heads(q: np.ndarray) -> tuple[bytes, list[int]]:
-    """uint8 [..., T, T] -> every head's block, in order, and each block's size (flat)."""
+def encode_heads(q: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """uint8 [..., T, T] -> (every head's digits, then every head's overflow bytes, then every
+    head's runs; the index: int64 [heads, 3], each head's n, overflow count and runs size). The
+    reference of `extract.encode_on_device`."""
     q = np.asarray(q, dtype=np.uint8)
-    blocks = [encode_head(h) for h in q.reshape(-1, *q.shape[-2:])]
-    return b"".join(blocks), [len(b) for b in blocks]
+    parts = [encode_head(h) for h in q.reshape(-1, *q.shape[-2:])]
+    data = b"".join(b"".join(p[i] for p in parts) for i in (1, 2, 3))
+    index = np.array([[p[0], len(p[2]), len(p[3])] for p in parts], dtype=np.int64).reshape(-1, 3)
+    return data, index
+
+
+def section_bytes(index: np.ndarray) -> int:
+    """Bytes of the attention of heads with this index ([heads, 3]: n, overflow, runs)."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1, 3)
+    return int((-(-index[:, 0] // 3)).sum() + index[:, 1].sum() + index[:, 2].sum())
+
+
+def head_block(data: bytes | memoryview, index: np.ndarray, i: int) -> bytes:
+    """Head i's block (the varint n, its digits, overflow bytes and runs) out of the attention
+    of heads with this index ([heads, 3]: n, overflow, runs): each part starts after the same
+    part of every head before it."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1, 3)
+    sizes = np.stack([-(-index[:, 0] // 3), index[:, 1], index[:, 2]])   # [3, heads]
+    ends = np.cumsum(sizes.reshape(-1)).reshape(3, -1)
+    view = memoryview(data).cast("B")
+    if ends[-1, -1] > view.nbytes:
+        raise ArtifactError(f"the attention needs {int(ends[-1, -1])} bytes, the data holds "
+                            f"{view.nbytes}")
+    return b"".join([varint_bytes([index[i, 0]]).tobytes()] + [
+        bytes(view[ends[p, i] - sizes[p, i]:ends[p, i]]) for p in range(3)])
 
 
 def decode_head(block: bytes | memoryview | np.ndarray,
@@ -156,9 +187,12 @@ def decode_head(block: bytes | memoryview | np.ndarray,
     lengths = runs[1::2]                                             # the non-zero runs
     first = ends[1::2] - lengths                                     # where each starts
     positions = np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(n)
-    starts = row_starts(length)
-    rows = np.searchsorted(starts, positions, side="right") - 1
-    return np.searchsorted(positions, starts), positions - starts[rows], values
+    starts = column_starts(length)                                   # key k's first position
+    keys = np.searchsorted(starts, positions, side="right") - 1
+    queries = keys + positions - starts[keys]
+    order = np.argsort(queries, kind="stable")                       # row by row, keys ascending
+    rows = queries[order]
+    return np.searchsorted(rows, np.arange(length + 1)), keys[order], values[order]
 
 
 def dense_head(block: bytes | memoryview | np.ndarray, length: int) -> np.ndarray:
@@ -169,16 +203,6 @@ def dense_head(block: bytes | memoryview | np.ndarray, length: int) -> np.ndarra
     rows = np.repeat(np.arange(length), np.diff(row_start))
     out[rows, keys] = values
     return out
-
-
-def split_blocks(data: bytes | memoryview, sizes: list[int]) -> list[memoryview]:
-    """Split concatenated blocks by their sizes."""
-    view = memoryview(data).cast("B")
-    ends = np.cumsum([0] + list(sizes)).tolist()
-    if ends[-1] > view.nbytes:
-        raise ArtifactError(f"the attention blocks need {ends[-1]} bytes, the data holds "
-                            f"{view.nbytes}")
-    return [view[a:b] for a, b in zip(ends[:-1], ends[1:])]
 
 
 # --- byte planes (the lens) -------------------------------------------------------------------

@@ -27,6 +27,7 @@ other layer's entry, never twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 from . import device_metrics
 from .attribution import DlaRecorder, direct_logit_attribution, rank_components
 from .models import final_norm
-from .codec import DIGIT_ESCAPE, dense_head, split_blocks, varint_bytes
+from .codec import DIGIT_ESCAPE, dense_head, head_block, key_order
 from .schema import ATTENTION_SCALE, DLA_TOP_K
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
@@ -51,20 +52,23 @@ MAX_CHUNK_ELEMENTS = 1 << 26
 MAX_CANDIDATES = 512      # top-k candidate columns kept per row before they are merged down to k
 LOG2E = 1.4426950408889634
 EXP2_FLOOR = -120.0       # 2^-120 is nothing next to the row maximum's 1; keeps exp2 off subnormals
+# Values `encode_on_device` takes at once: its temporaries are a few bytes a value (64 M: a few
+# hundred MB), so a long prompt's layers are encoded a few at a time.
+ENCODE_CHUNK = 1 << 26
 
 @dataclass
 class StoredAttention:
     """One sequence's attention as stored (`codec.encode_heads`, encoded on the device)."""
-    data: np.ndarray            # uint8: every head's block, layer by layer, head by head
-    head_bytes: list[list[int]]  # [L][H]: each block's size
+    data: np.ndarray            # uint8: every head's digits, then overflow bytes, then runs
+    index: np.ndarray           # int64 [L, H, 3]: each head's n, overflow count, runs size
     heads: int
     length: int                 # T
 
     def values(self) -> np.ndarray:
         """The stored values decoded: uint8 [L, H, T, T], zero above the diagonal."""
-        sizes = [n for layer in self.head_bytes for n in layer]
-        return np.stack([dense_head(b, self.length) for b in split_blocks(self.data, sizes)]).reshape(
-            len(self.head_bytes), self.heads, self.length, self.length)
+        L, H, _ = self.index.shape
+        return np.stack([dense_head(head_block(self.data, self.index, i), self.length)
+                         for i in range(L * H)]).reshape(L, H, self.length, self.length)
 
 
 @dataclass
@@ -497,32 +501,35 @@ def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: in
     return metrics, (torch.cat(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
 
 
-def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
-    """`codec.encode_heads` on the tensor's device: uint8 [..., n, n] (q / 128, one layer's heads
-    or more; only the lower triangle is read) -> (every head's block, in order; each block's
-    size). The counts come to the host first, then the bytes in one copy; the host only puts
-    each head's four parts (count, digits, overflow bytes, runs) side by side."""
+@functools.lru_cache(maxsize=8)
+def _key_order(n: int, device: str) -> torch.Tensor:
+    """Flat indices into an [n, n] block of its lower triangle in stored order (key by key)."""
+    queries, keys = key_order(n)
+    return torch.from_numpy(queries * n + keys).to(device)
+
+
+def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`codec.encode_heads` on the tensor's device: uint8 [..., n, n] (q / 128, some layers'
+    heads; only the lower triangle is read) -> (every head's digits, every head's overflow
+    bytes, every head's runs: uint8; the index: int64 [heads, 3], each head's n, overflow count
+    and runs size). A few passes over the values, no per-value index arrays; the counts come to
+    the host first, then the bytes in one copy."""
     n = q.shape[-1]
     dev = q.device
-    lower = torch.ones(n, n, dtype=torch.bool, device=dev).tril_()
-    flat = q.reshape(-1, n, n)[:, lower]                             # [M, N]: row by row
+    flat = q.reshape(-1, n * n).index_select(1, _key_order(n, str(dev)))   # [M, N]: key by key
     M, N = flat.shape
     nonzero = flat > 0
     counts = nonzero.sum(1)                                          # [M] non-zero values a head
-    values = flat[nonzero]                                           # head by head, in order
-    head_of = torch.repeat_interleave(torch.arange(M, device=dev), counts,
-                                      output_size=values.numel())
-    # Digits min(q, 6) - 1, three to a byte, each head's padded to a multiple of three.
+    escaped = flat > DIGIT_ESCAPE
+    n_over = escaped.sum(1)
+    over = flat[escaped] - (DIGIT_ESCAPE + 1)                        # head by head, in order
+    # Digits min(q, 6) - 1, three to a byte: each head's non-zero values and 0 to 2 values of 1
+    # (digit 0) that pad it to a multiple of three, taken in one pass.
     padding = (3 - counts % 3) % 3
-    shift = torch.cumsum(padding, 0) - padding                      # padding before each head
-    digits = torch.zeros(values.numel() + int(padding.sum()), dtype=torch.uint8, device=dev)
-    digits[torch.arange(values.numel(), device=dev) + shift[head_of]] = (
-        values.clamp(max=DIGIT_ESCAPE + 1) - 1)
-    d = digits.view(-1, 3)
+    take = torch.cat([nonzero, torch.arange(2, device=dev) < padding[:, None]], 1)  # [M, N+2]
+    d = (torch.cat([flat, flat.new_ones(M, 2)], 1)[take].clamp_(max=DIGIT_ESCAPE + 1) - 1)
+    d = d.view(-1, 3)
     codes = d[:, 0] * 36 + d[:, 1] * 6 + d[:, 2]                    # uint8, <= 215
-    escaped = values > DIGIT_ESCAPE
-    over = values[escaped] - (DIGIT_ESCAPE + 1)                      # head by head, in order
-    n_over = torch.bincount(head_of[escaped], minlength=M)
     # Runs: a point where each run starts (a zero run first, so position 0 twice when it is
     # non-zero), and N; lengths between points of the same head.
     starts = torch.zeros(M, N + 2, dtype=torch.bool, device=dev)   # column c: point max(c-1, 0)
@@ -530,35 +537,40 @@ def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
     starts[:, 1] = nonzero[:, 0]
     starts[:, 2:N + 1] = nonzero[:, 1:] != nonzero[:, :-1]
     head, col = starts.nonzero(as_tuple=True)                        # head by head, in order
-    point = (col - 1).clamp(min=0)
+    point = (col - 1).clamp_(min=0).int()                           # N < 2**31
     same = head[1:] == head[:-1]
     runs, run_head = (point[1:] - point[:-1])[same], head[1:][same]
     width = max(1, -(-N.bit_length() // 7))                         # varint bytes of N
-    shifts = torch.arange(width, device=dev) * 7
+    shifts = torch.arange(width, device=dev, dtype=torch.int32) * 7
     groups = (runs[:, None] >> shifts) & 0x7F                        # [R, width]
     used = torch.ones_like(groups, dtype=torch.bool)
     used[:, 1:] = (runs[:, None] >> shifts[1:]) > 0
     follows = torch.zeros_like(used)
     follows[:, :-1] = used[:, 1:]
-    run_bytes = (groups | follows.long() << 7).to(torch.uint8)[used]
+    run_bytes = (groups | follows.int() << 7).to(torch.uint8)[used]
     n_runs = torch.zeros(M, dtype=torch.long, device=dev).index_add_(0, run_head, used.sum(1))
-    counts, n_over, n_runs = torch.stack([counts, n_over, n_runs]).cpu().numpy()
-    stream = torch.cat([codes, over, run_bytes]).cpu().numpy()      # all digits, overflow, runs
-    sizes = np.stack([-(-counts // 3), n_over, n_runs])             # [3, M]: bytes of each part
-    ends = np.cumsum(sizes.reshape(-1)).reshape(3, M)               # each part's end in stream
-    headers = [varint_bytes([c]) for c in counts]
-    parts = [[headers[h]] + [stream[ends[i, h] - sizes[i, h]:ends[i, h]] for i in range(3)]
-             for h in range(M)]
-    out_sizes = [sum(p.size for p in head) for head in parts]
-    parts = [p for head in parts for p in head]
-    return np.concatenate(parts).astype(np.uint8), out_sizes
+    index = torch.stack([counts, n_over, n_runs], 1).cpu().numpy()   # [M, 3]
+    stream = torch.cat([codes, over, run_bytes]).cpu().numpy()
+    cut = np.cumsum([codes.numel(), over.numel()])
+    return (*np.split(stream, cut), index)
+
+
+def encode_chunks(block: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence's quantized attention, uint8 [L, H, n, n] -> (the stored bytes, the index
+    int64 [L, H, 3]): `encode_on_device` over as many layers at a time as ENCODE_CHUNK values
+    hold (all of them at short lengths, one at a time at long ones), its parts joined."""
+    L, H, n = block.shape[:3]
+    step = max(1, ENCODE_CHUNK // max(H * n * n, 1))
+    parts = [encode_on_device(block[l:l + step]) for l in range(0, L, step)]
+    data = np.concatenate([p[i] for i in range(3) for p in parts])
+    return data, np.concatenate([p[3] for p in parts]).reshape(L, H, 3)
 
 
 @torch.no_grad()
 def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
                    out_dev: Any) -> list[StoredAttention]:
-    """Each sequence's stored attention, quantized and encoded on the device layer by layer
-    (`encode_on_device`), its bytes copied to the host (n = its analysed tokens)."""
+    """Each sequence's stored attention, quantized and encoded on the device (`encode_chunks`),
+    its bytes copied to the host (n = its analysed tokens)."""
     if passes.stacked is not None:
         # Layer by layer into one uint8 tensor: quantize's float temporary stays one layer big.
         quantized = torch.empty(passes.stacked.shape, dtype=torch.uint8,
@@ -573,10 +585,8 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
                   for b, (st, n) in enumerate(zip(starts, lengths))]
     out = []
     for block, n in zip(blocks, lengths):
-        L, H = block.shape[:2]
-        encoded = [encode_on_device(layer) for layer in block]       # layer [H, n, n]
-        out.append(StoredAttention(np.concatenate([data for data, _ in encoded]),
-                                   [sizes for _, sizes in encoded], H, n))
+        data, index = encode_chunks(block)
+        out.append(StoredAttention(data, index, block.shape[1], n))
     return out
 
 

@@ -9,15 +9,15 @@ Attention (`nonzero-runs-base6`, `codec.py`) is stored beside the JSON, in
 `<prompt>.attention.bin`, as raw bytes: JSON would carry them as base64, a third larger and a fifth
 worse under gzip. Each weight is rounded to the nearest 1/128 (an integer q in 0..128 meaning
 q/128), which keeps every weight, stored or rounded to 0, within 1/256 of the model's own
-(`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255). Every head of every layer is one
-self-contained block holding only its non-zero values (base-6 digits three to a byte, with
-overflow bytes) and the runs of zero and non-zero positions between them, so the file grows with
-what is non-zero, not with the square of the prompt's length: a row holds at most 256 non-zero
-weights. The JSON records each block's size (`head_bytes`), so one head can be read, or served,
-alone. The logit lens follows in the same file (`Lens`: int32 ids, float16 log-probabilities),
-not in the JSON, where its numbers were half the text and most of the time spent writing it. The
-JSON records the file's name, size and SHA-256 and where the lens starts; readers check the file,
-so an artifact never pairs with another build's.
+(`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255). Only the non-zero values are
+stored (base-6 digits three to a byte, with overflow bytes), with the runs of zero and non-zero
+positions between them, so the file grows with what is non-zero, not with the square of the
+prompt's length: a row holds at most 256 non-zero weights. The JSON records each head's counts
+(`nonzero`, `overflow_bytes`, `run_bytes`), so one head can be read, or served, alone. The logit
+lens follows in the same file (`Lens`: int32 ids, float16 log-probabilities), not in the JSON,
+where its numbers were half the text and most of the time spent writing it. The JSON records the
+file's name, size and SHA-256 and where the lens starts; readers check the file, so an artifact
+never pairs with another build's.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from .store import artifact_json, atomic_write_bytes, sha256_bytes
 # recomputed rather than taken as current.
 # 5: attention as base-6 digits with overflow bytes (`base6-tril-by-key`, `overflow_bytes`); the
 # logit lens in the same binary file, after the attention (`lens`: LENS_ENCODING).
-# 6: sparse attention (`nonzero-runs-base6`): each head a block of its non-zero values and the runs
-# between them (`head_bytes`), row by row; the site serves one file per head.
+# 6: sparse attention (`nonzero-runs-base6`): each head's non-zero values and the runs between
+# them (`nonzero`, `overflow_bytes`, `run_bytes` per head); the site serves one file per head.
 SCHEMA_VERSION = 6
 ATTENTION_ENCODING = "nonzero-runs-base6"
 ATTENTION_SCALE = codec.SCALE
@@ -59,6 +59,9 @@ def dla_component_names(layers: int, heads: int) -> list[str]:
             + [f"L{l}.MLP" for l in range(layers)] + ["bias"])
 
 _int_list = {"type": "array", "items": {"type": "integer"}}
+_per_head = {"type": "array", "items": {"type": "array", "items": {"type": "integer",
+                                                                  "minimum": 0}}}  # [L][H]
+INDEX_FIELDS = ("nonzero", "overflow_bytes", "run_bytes")   # codec's index columns, in order
 _num_or_null = {"type": ["number", "null"]}
 _top_k_block = {
     "type": "object",
@@ -143,7 +146,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "attention": {
             "type": "object",
             "required": ["encoding", "scale", "layers", "heads", "length", "file", "bytes",
-                         "sha256", "head_bytes"],
+                         "sha256", "nonzero", "overflow_bytes", "run_bytes"],
             "properties": {
                 "encoding": {"const": ATTENTION_ENCODING},
                 "scale": {"const": ATTENTION_SCALE},
@@ -153,8 +156,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "pattern": "^[^/\\\\]+\\.attention\\.bin$"},
                 "bytes": {"type": "integer", "minimum": 1},
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "head_bytes": {"type": "array", "items": {
-                    "type": "array", "items": {"type": "integer", "minimum": 2}}},
+                "nonzero": _per_head, "overflow_bytes": _per_head, "run_bytes": _per_head,
             },
         },
         "generation": {
@@ -349,36 +351,36 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Attention:
-    """The stored attention: `data` is the `nonzero-runs-base6` bytes written beside the JSON,
-    every head's block (`codec.encode_head`) layer by layer, `head_bytes` [L][H] their sizes."""
+    """The stored attention: `data` is the `nonzero-runs-base6` bytes written beside the JSON
+    (every head's digits, then overflow bytes, then runs: `codec.encode_heads`), `index` int64
+    [L, H, 3] each head's count of non-zero values, of overflow bytes, and its runs' size."""
     layers: int
     heads: int
     length: int
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
     data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
-    head_bytes: list[list[int]] = field(default_factory=list)
+    index: np.ndarray = field(repr=False, default=None)
     sha256: str | None = None           # of the file (`data`, then the lens), if hashed already
 
     @classmethod
-    def from_encoded(cls, data: np.ndarray, head_bytes: list[list[int]], heads: int, length: int,
+    def from_encoded(cls, data: np.ndarray, index: np.ndarray, heads: int, length: int,
                      prompt_id: str, sha256: str | None = None) -> "Attention":
-        """data: uint8, the blocks as `extract.encode_on_device` encodes them on the device;
-        sha256: the file's hash, if known (`write_binary_file` returns it)."""
+        """data: uint8, the bytes as `extract.encode_on_device` encodes them on the device;
+        index: [L, H, 3]; sha256: the file's hash, if known (`write_binary_file` returns it)."""
         data = memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
-        expected = sum(map(sum, head_bytes))
-        if data.nbytes != expected or any(len(layer) != heads for layer in head_bytes):
-            raise ValueError(f"{data.nbytes} attention bytes, expected {expected} in {heads} "
-                             f"blocks a layer")
-        return cls(len(head_bytes), heads, length, prompt_id + ATTENTION_SUFFIX, data,
-                   [list(layer) for layer in head_bytes], sha256)
+        index = np.asarray(index, dtype=np.int64)
+        expected = codec.section_bytes(index)
+        if data.nbytes != expected or index.shape[1:] != (heads, 3):
+            raise ValueError(f"{data.nbytes} attention bytes, expected {expected} for an index "
+                             f"of {heads} heads a layer")
+        return cls(len(index), heads, length, prompt_id + ATTENTION_SUFFIX, data, index, sha256)
 
     @classmethod
     def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
         """q: uint8 [L, H, T, T], q / ATTENTION_SCALE, zero above the diagonal."""
         L, H, T, _ = q.shape
-        data, sizes = codec.encode_heads(q)
-        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data,
-                   [sizes[l * H:(l + 1) * H] for l in range(L)])
+        data, index = codec.encode_heads(q)
+        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data, index.reshape(L, H, 3))
 
     def to_dict(self, *after: bytes) -> dict[str, Any]:
         """The JSON fields; `data`: the attention bytes. The file holds them and then `after`
@@ -387,7 +389,8 @@ class Attention:
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
                 "bytes": size, "sha256": self.sha256 or sha256_bytes(self.data, *after),
-                "head_bytes": [list(layer) for layer in self.head_bytes], "data": self.data}
+                **{name: self.index[..., i].tolist() for i, name in enumerate(INDEX_FIELDS)},
+                "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -536,15 +539,18 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
     att = a["attention"]
     if att["length"] != t:
         raise ValueError(f"attention.length is {att['length']} but there are {t} tokens")
-    sizes = att["head_bytes"]
-    if len(sizes) != att["layers"] or any(len(layer) != att["heads"] for layer in sizes):
-        raise ValueError(f"attention.head_bytes must hold one size per head ({att['heads']}) "
-                         f"for every layer ({att['layers']})")
+    for name in INDEX_FIELDS:
+        if len(att[name]) != att["layers"] or any(len(x) != att["heads"] for x in att[name]):
+            raise ValueError(f"attention.{name} must hold one count per head ({att['heads']}) "
+                             f"for every layer ({att['layers']})")
+    index = attention_index(att)
+    if (index[..., 0] > tril_size(t)).any():
+        raise ValueError(f"attention.nonzero must be at most T(T+1)/2 = {tril_size(t)}")
     lens = a["lens"]
-    section = sum(map(sum, sizes))
+    section = codec.section_bytes(index)
     if lens["offset"] != section:
         raise ValueError(f"lens.offset is {lens['offset']}, but the attention takes the sum of "
-                         f"attention.head_bytes = {section}")
+                         f"ceil(nonzero / 3) + overflow_bytes + run_bytes = {section}")
     if (lens["layers"], lens["length"]) != (att["layers"], t) \
             or lens["bytes"] != lens_bytes(att["layers"], t, lens["k"]):
         raise ValueError(f"lens must cover {att['layers']} layers x {t} tokens in "
@@ -711,24 +717,20 @@ def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
     write_artifact_json(path, a)
 
 
-def head_block(data: bytes | memoryview | np.ndarray, head_bytes: list[list[int]], layer: int,
-               head: int) -> memoryview:
-    """The block of one head out of a file's attention: it starts after every block before it
-    (layer by layer, head by head) and takes `head_bytes[layer][head]` bytes."""
-    heads = len(head_bytes[0])
-    flat = [n for sizes in head_bytes for n in sizes]
-    start = sum(flat[:layer * heads + head])
-    view = memoryview(data).cast("B")
-    return view[start:start + head_bytes[layer][head]]
+def attention_index(att: dict[str, Any]) -> np.ndarray:
+    """int64 [L, H, 3]: each head's `nonzero`, `overflow_bytes`, `run_bytes`."""
+    return np.stack([np.asarray(att[name], dtype=np.int64).reshape(att["layers"], att["heads"])
+                     for name in INDEX_FIELDS], axis=-1)
 
 
 def attention_head(artifact: dict[str, Any], layer: int, head: int) -> bytes:
-    """The stored block of one head of an artifact, as the site's per-head files carry it."""
+    """The stored block of one head of an artifact (`codec.head_block`), as the site's per-head
+    files carry it."""
     att = artifact["attention"]
     if not (0 <= layer < att["layers"] and 0 <= head < att["heads"]):
         raise ArtifactError(f"attention layer {layer}, head {head}: valid layers are 0 to "
                             f"{att['layers'] - 1}, heads 0 to {att['heads'] - 1}")
-    return bytes(head_block(att["data"], att["head_bytes"], layer, head))
+    return codec.head_block(att["data"], attention_index(att), layer * att["heads"] + head)
 
 
 def decode_head(artifact: dict[str, Any], layer: int,

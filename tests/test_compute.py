@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from generator import codec
+from generator import codec, extract
 from generator.attribution import rank_components
 from generator.codec import tril_size
 from generator.compute import Settings, artifact_path, run_compute
@@ -157,8 +157,9 @@ def test_batched_capture_is_causal_complete_and_matches_the_model(request, model
         assert res.ids[:len(seq)] == seq and len(seq) < n <= len(seq) + n_new or n == len(seq)
         values = res.attention.values()
         assert values.dtype == np.uint8 and values.shape == (L, H, n, n)
-        assert res.attention.data.size == sum(map(sum, res.attention.head_bytes))
-        assert [len(sizes) for sizes in res.attention.head_bytes] == [H] * L
+        assert res.attention.index.shape == (L, H, 3)
+        assert res.attention.data.size == codec.section_bytes(res.attention.index)
+        np.testing.assert_array_equal(res.attention.index[..., 0], (values > 0).sum((2, 3)))
         att = res.square_attention()                                        # [L, H, n, n]
         assert att.any(), "no attention was captured"
         assert att.max() <= ATTENTION_SCALE
@@ -460,9 +461,11 @@ def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
             lm.facts["layers"], lm.facts["query_heads"], len(all_ids))
         bin_path = attention_path(path)
         assert att["file"] == bin_path.name == f"{pid}.attention.bin"
-        # One block per head, layer by layer.
-        assert [len(sizes) for sizes in att["head_bytes"]] == [att["heads"]] * att["layers"]
-        assert raw["lens"]["offset"] == sum(map(sum, att["head_bytes"]))
+        # Every head's digits (three values a byte), then overflow bytes, then runs.
+        for name in ("nonzero", "overflow_bytes", "run_bytes"):
+            assert [len(x) for x in att[name]] == [att["heads"]] * att["layers"]
+        counts = np.array([att["nonzero"], att["overflow_bytes"], att["run_bytes"]])  # [3, L, H]
+        assert raw["lens"]["offset"] == (-(-counts[0] // 3) + counts[1] + counts[2]).sum()
         # Then the lens: ids int32 and log-probabilities float16 [L, T, k], the next token's
         # log-probability float16 and rank int32 [L, T].
         k = SETTINGS.lens_top_k
@@ -774,12 +777,12 @@ def test_layers_on_different_devices_give_the_same_results(request, model_fixtur
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 7), (4, 40), (2, 300)])
-def test_the_device_encoder_writes_the_formats_bytes(shape):
+def test_the_device_encoder_writes_the_formats_bytes(monkeypatch, shape):
     """extract.encode_on_device (run on the CPU here, the same torch code as on a GPU) gives the
-    bytes of the reference codec.encode_heads, and codec.decode_head reads every head back: values
-    at and around the digit escape (5 + 1), the largest (128), all-zero and all-non-zero heads,
-    rows that start or end with zeros, runs longer than a varint byte (128+), and whatever lies
-    above the diagonal ignored."""
+    bytes of the reference codec.encode_heads, in one call or a layer at a time
+    (`encode_chunks`), and codec.decode_head reads every head back: values at and around the
+    digit escape (5 + 1), the largest (128), all-zero and all-non-zero heads, runs longer than
+    a varint byte (128+), and whatever lies above the diagonal ignored."""
     heads, t = shape
     rng = np.random.default_rng(sum(shape))
     q = rng.integers(1, ATTENTION_SCALE + 1, size=(heads, t, t)).astype(np.uint8)
@@ -790,35 +793,43 @@ def test_the_device_encoder_writes_the_formats_bytes(shape):
     if heads > 2:
         q[1] = 0                                                         # nothing stored
         q[2] = np.maximum(q[2], 1)                                       # every weight stored
-    data, sizes = encode_on_device(torch.from_numpy(q))
-    assert (data.tobytes(), sizes) == codec.encode_heads(q)
+    data, index = codec.encode_heads(q)
+    *parts, device_index = encode_on_device(torch.from_numpy(q))
+    assert b"".join(p.tobytes() for p in parts) == data
+    np.testing.assert_array_equal(device_index, index)
+    assert len(data) == codec.section_bytes(index)
     lower = np.tril(q)
-    for head, block in enumerate(codec.split_blocks(data.tobytes(), sizes)):
+    for head in range(heads):
+        block = codec.head_block(data, index, head)
         np.testing.assert_array_equal(codec.dense_head(block, t), lower[head])
         row_start, keys, values = codec.decode_head(block, t)
-        assert row_start[-1] == values.size == np.count_nonzero(lower[head])
+        assert row_start[-1] == values.size == np.count_nonzero(lower[head]) == index[head, 0]
         assert all(np.all(np.diff(keys[a:b]) > 0) for a, b in zip(row_start[:-1], row_start[1:]))
-    # Per layer, as compute calls it, the same bytes.
-    assert encode_on_device(torch.from_numpy(q[None]))[0].tobytes() == data.tobytes()
+    # As the compute stage calls it: [L, H, n, n], a layer at a time, the same bytes.
+    monkeypatch.setattr(extract, "ENCODE_CHUNK", 1)
+    layers = torch.from_numpy(np.stack([q, q[::-1]]))
+    chunked, chunked_index = extract.encode_chunks(layers)
+    assert (chunked.tobytes(), chunked_index.reshape(-1, 3).tolist()) == \
+        (codec.encode_heads(layers.numpy())[0], codec.encode_heads(layers.numpy())[1].tolist())
     with pytest.raises(ArtifactError, match="runs"):
-        codec.decode_head(bytes(codec.split_blocks(data.tobytes(), sizes)[0]) + b"\1", t)
+        codec.decode_head(codec.head_block(data, index, 0) + b"\1", t)
 
 
 def test_a_heads_storage_grows_with_its_non_zero_weights():
     """A weight that rounds to 0 costs next to nothing: a long head with a few non-zero weights a
-    row takes a few bytes a row, a quarter of the dense triangle's cost at 64 tokens; a dense one
-    costs what the base-6 digits cost (a third of a byte a weight) and a few bytes of runs."""
+    row takes a few bytes a row, not the dense triangle's third of a byte a weight; a dense one
+    costs what the base-6 digits cost and a few bytes of runs."""
     t = 1024
     sparse = np.zeros((t, t), dtype=np.uint8)
     sparse[:, 0] = 100                                                  # a sink
     rows = np.arange(t)
     sparse[rows, rows] = 28                                             # the token itself
     sparse[rows[5:], rows[5:] - 5] = 3                                  # a previous token
-    block = codec.encode_head(sparse)
-    assert len(block) <= 8 * t, len(block)                             # not T(T+1)/2 / 3 = 175 K
-    np.testing.assert_array_equal(codec.dense_head(block, t), sparse)
+    data, index = codec.encode_heads(sparse[None])
+    assert len(data) <= 8 * t, len(data)                               # not T(T+1)/2 / 3 = 175 K
+    np.testing.assert_array_equal(codec.dense_head(codec.head_block(data, index, 0), t), sparse)
     dense = np.tril(np.full((64, 64), 2, dtype=np.uint8))
-    assert len(codec.encode_head(dense)) <= tril_size(64) // 3 + 8
+    assert len(codec.encode_heads(dense[None])[0]) <= tril_size(64) // 3 + 8
 
 
 def test_the_lens_section_round_trips():

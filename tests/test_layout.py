@@ -188,58 +188,49 @@ def artifact_path(demo_build) -> Path:
 
 
 def decode_as_documented(artifact: dict, blob: bytes) -> np.ndarray:
-    """The document's words, in code, one byte at a time: every head's block, layer by layer and
-    head by head, of the sizes in `head_bytes`; a block is a varint n (unsigned LEB128), ceil(n/3)
-    bytes of base-6 digits (36·d0 + 6·d1 + d2, value = digit + 1, a digit 5 taking the next
-    overflow byte + 6), the overflow bytes, then varints: alternating zero and non-zero runs
-    over the lower triangle row by row, a zero run first, summing to T(T+1)/2; weight = v / 128."""
+    """The document's words, in code, one byte at a time: every head's digits (⌈n/3⌉ bytes each,
+    n from `nonzero`), then every head's overflow bytes (`overflow_bytes`), then every head's runs
+    (`run_bytes`), head after head, layer by layer; digits three to a byte (36·d0 + 6·d1 + d2),
+    value = digit + 1, a digit 5 taking the head's next overflow byte + 6; runs as varints
+    (unsigned LEB128), alternating zero and non-zero, a zero run first, over the positions key
+    by key (key k: queries k..T-1); weight = v / 128."""
     att = artifact["attention"]
     L, H, T = att["layers"], att["heads"], att["length"]
     assert len(blob) == att["bytes"] == artifact["lens"]["offset"] + artifact["lens"]["bytes"]
-    assert artifact["lens"]["offset"] == sum(sum(sizes) for sizes in att["head_bytes"])
-    positions = [(q, k) for q in range(T) for k in range(q + 1)]      # row by row
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    n = [att["nonzero"][l][h] for l, h in heads]
+    over = [att["overflow_bytes"][l][h] for l, h in heads]
+    runs_size = [att["run_bytes"][l][h] for l, h in heads]
+    digit_bytes = [-(-x // 3) for x in n]
+    assert artifact["lens"]["offset"] == sum(digit_bytes) + sum(over) + sum(runs_size)
+    positions = [(q, k) for k in range(T) for q in range(k, T)]      # key by key
     out = np.zeros((L, H, T, T))
-    start = 0
-    for layer in range(L):
-        for head in range(H):
-            block = blob[start:start + att["head_bytes"][layer][head]]
-            start += att["head_bytes"][layer][head]
-            at = 0
-
-            def varint() -> int:
-                nonlocal at
+    for i, (layer, head) in enumerate(heads):
+        codes = blob[sum(digit_bytes[:i]):sum(digit_bytes[:i + 1])]
+        extra = iter(blob[sum(digit_bytes) + sum(over[:i]):sum(digit_bytes) + sum(over[:i + 1])])
+        values = []
+        for j in range(n[i]):
+            assert codes[j // 3] < 216
+            d = (codes[j // 3] // 36, codes[j // 3] // 6 % 6, codes[j // 3] % 6)[j % 3]
+            values.append(6 + next(extra) if d == 5 else d + 1)
+        assert next(extra, None) is None, "overflow bytes left over"
+        start = sum(digit_bytes) + sum(over) + sum(runs_size[:i])
+        raw = blob[start:start + runs_size[i]]
+        runs, value, shift = [], 0, 0
+        for byte in raw:
+            value |= (byte & 127) << shift
+            shift += 7
+            if byte < 128:
+                runs.append(value)
                 value, shift = 0, 0
-                while True:
-                    byte = block[at]
-                    at += 1
-                    value |= (byte & 127) << shift
-                    shift += 7
-                    if byte < 128:
-                        return value
-
-            n = varint()
-            codes, at = block[at:at + -(-n // 3)], at + -(-n // 3)
-            values = []
-            for i in range(n):
-                assert codes[i // 3] < 216
-                d = (codes[i // 3] // 36, codes[i // 3] // 6 % 6, codes[i // 3] % 6)[i % 3]
-                if d == 5:
-                    values.append(6 + block[at])
-                    at += 1
-                else:
-                    values.append(d + 1)
-            runs = []
-            while at < len(block):
-                runs.append(varint())
-            assert sum(runs) == len(positions) and all(r >= 1 for r in runs[1:])
-            pos, stored = 0, iter(values)
-            for i, run in enumerate(runs):
-                if i % 2:                                            # a non-zero run
-                    for q, k in positions[pos:pos + run]:
-                        out[layer, head, q, k] = next(stored) / 128
-                pos += run
-            assert next(stored, None) is None, "values left over"
-    assert start == artifact["lens"]["offset"]
+        assert shift == 0 and sum(runs) == len(positions) and all(x >= 1 for x in runs[1:])
+        pos, stored = 0, iter(values)
+        for j, run in enumerate(runs):
+            if j % 2:                                                # a non-zero run
+                for q, k in positions[pos:pos + run]:
+                    out[layer, head, q, k] = next(stored) / 128
+            pos += run
+        assert next(stored, None) is None, "values left over"
     return out
 
 

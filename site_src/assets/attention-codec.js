@@ -11,7 +11,8 @@
  *      6 + the next overflow byte;
  *   3. the overflow bytes;
  *   4. varints: lengths of alternating runs of zero and non-zero positions over the lower
- *      triangle row by row (row q holds keys 0..q), a zero run first, summing to T(T+1)/2.
+ *      triangle key by key (key k holds queries k..T-1), a zero run first, summing to
+ *      T(T+1)/2.
  * Varints are unsigned LEB128. weight = value / scale; a position not listed is 0. */
 (function (global) {
   "use strict";
@@ -57,29 +58,40 @@
     }
     if (over > bytes.length) throw new Error(where + "the overflow bytes are cut short");
     at = over;
-    const keys = t <= 65536 ? new Uint16Array(n) : new Uint32Array(n);
+    // The runs give each value's position key by key; count the values of each row, then place
+    // them row by row (keys ascending within a row, since keys come in order).
+    const queryOf = new Uint32Array(n), keyOf = new Uint32Array(n);
     const rowStart = new Uint32Array(t + 1);
-    let pos = 0, row = 0, rowEnd = 1, filled = 0, zeros = true;
+    let pos = 0, key = 0, keyStart = 0, filled = 0, zeros = true;
     while (pos < size) {
       const len = varint();
       if (len < 1 && pos > 0) throw new Error(where + "a run of length 0 after the first");
       if (!zeros) {
         if (filled + len > n) throw new Error(where + "the runs list more than " + n + " values");
         for (let p = pos; p < pos + len; p++) {
-          while (p >= rowEnd) { row++; rowStart[row] = filled; rowEnd += row + 1; }
-          keys[filled++] = p - (rowEnd - row - 1);
+          while (p >= keyStart + t - key) { keyStart += t - key; key++; }
+          queryOf[filled] = key + (p - keyStart);
+          keyOf[filled++] = key;
+          rowStart[key + (p - keyStart) + 1]++;
         }
       }
       pos += len;
       zeros = !zeros;
     }
-    while (row < t) rowStart[++row] = filled;
     if (pos !== size || filled !== n || at !== bytes.length) {
       throw new Error(where + "the runs cover " + pos + " of " + size + " positions and " + filled
                       + " of " + n + " values, " + (bytes.length - at) + " bytes left over");
     }
+    for (let q = 0; q < t; q++) rowStart[q + 1] += rowStart[q];
+    const keys = t <= 65536 ? new Uint16Array(n) : new Uint32Array(n);
+    const rowValues = new Uint8Array(n), next = rowStart.slice(0, t);
+    for (let i = 0; i < n; i++) {
+      const j = next[queryOf[i]]++;
+      keys[j] = keyOf[i];
+      rowValues[j] = values[i];
+    }
     return { layer: file.layer, head: file.head, length: t, scale: file.scale,
-             rowStart: rowStart, keys: keys, values: values };
+             rowStart: rowStart, keys: keys, values: rowValues };
   }
 
   // A decoded head as a dense [T, T] row-major Float32Array (query q, key k at q * T + k; zero
