@@ -105,6 +105,9 @@ class Space:
     def __init__(self, build_dir: Path, out: Path | None = None, demo: bool = False):
         self.build_dir, self.out, self.demo = build_dir, out, demo
 
+    def in_use(self) -> int:
+        return tree_bytes(self.build_dir) + tree_bytes(self.out)
+
     def build_needs(self) -> int:
         """About how many bytes a build here takes, in all, at its peak: what is there now, plus
         the new docs tree and site that a render writes beside the old ones before the swap (as
@@ -112,7 +115,7 @@ class Space:
         the demo's measured size)."""
         docs = tree_bytes(self.build_dir / "docs")
         site = tree_bytes(self.out)
-        used = tree_bytes(self.build_dir) + site
+        used = self.in_use()
         if docs or site:
             return used + docs + site
         if self.demo:
@@ -120,16 +123,18 @@ class Space:
         return used + RENDER_PER_ARTIFACT_BYTE * tree_bytes(self.build_dir / "artifacts")
 
     def message(self, what: str, where: Path, failed: str | None) -> str:
+        need = self.build_needs()
         file = f" in {where}"
         if failed:
             file = f" ({failed})"
             if not _within(Path(failed), where):  # another directory (a download cache)
                 what, where = "a file", Path(failed).parent
+        more = max(0, need - self.in_use())
         return (f"No space left on device while writing {what}{file}: "
                 f"{human(free_bytes(where))} free there, and a build here needs about "
-                f"{human(self.build_needs())} in all; free some space or give --build-dir and "
-                f"--out on a disk with room, and run the command again (the artifacts and the "
-                f"site on disk are whole and unchanged by the failed write; the next build "
+                f"{human(more)} free ({human(need)} in all); free some space or give --build-dir "
+                f"and --out on a disk with room, and run the command again (the artifacts and "
+                f"the site on disk are whole and unchanged by the failed write; the next build "
                 f"resumes from them).")
 
     @contextmanager

@@ -243,7 +243,7 @@ def test_the_message_says_what_where_free_and_needed(tmp_path):
     assert message.startswith("No space left on device while writing the generated pages")
     assert str(build / "docs") in message and " free there" in message
     # 2.5 MB there now, plus a new docs tree beside the old one: 4.5 MB
-    assert "needs about 4.5 MB in all" in message
+    assert "needs about 2.0 MB free (4.5 MB in all)" in message
     assert "--build-dir and --out on a disk with room" in message
     assert message.count(". ") == 0, "one sentence"
     with pytest.raises(ValueError):  # anything else passes through
