@@ -87,10 +87,13 @@ def build_dir_lock(build_dir: Path, command: str, *, wait: bool = True,
                    log: Log = print) -> Iterator[None]:
     """Hold `build_dir`'s lock for the body (creating the directory). Waits for a holder, saying
     who it is every `REPEAT_S` seconds; with `wait=False` raises `BuildDirBusy` instead."""
-    build_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(build_dir / LOCK_FILE)
     try:
+        build_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
+    except PermissionError as e:
+        raise AtlasError(f"--build-dir {build_dir}: cannot write there ({e.strerror}); give a "
+                         f"directory you can write to.") from None
     except Timeout:
         message = describe(build_dir, holder(build_dir))
         if not wait:
@@ -99,9 +102,12 @@ def build_dir_lock(build_dir: Path, command: str, *, wait: bool = True,
                 from None
         _wait(lock, build_dir, message, log)
     try:
-        atomic_write_text(build_dir / HOLDER_FILE, json.dumps({
-            "pid": os.getpid(), "command": command, "started": time.time(),
-            "host": socket.gethostname()}) + "\n", durable=False)
+        try:
+            atomic_write_text(build_dir / HOLDER_FILE, json.dumps({
+                "pid": os.getpid(), "command": command, "started": time.time(),
+                "host": socket.gethostname()}) + "\n", durable=False)
+        except OSError:  # a full disk: waiters then say they wait for a command without a name
+            pass
         yield
     finally:
         # The name goes first: a waiter that gets the lock must not find this process's name.

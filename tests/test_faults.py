@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -191,10 +192,29 @@ def start_build(root: Path, prompts: Path, *extra: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_two_builds_at_once_run_one_after_the_other(reference, prompts, demo_dirs, tmp_path):
     """Two builds of one build directory and --out, started together: the second waits, saying
-    for whom; both succeed, and the site is one build's, byte for byte."""
+    for whom; both succeed, and the site is one build's, byte for byte. A reader of the site
+    (`serve --no-build`) finds it at every moment once the first build made it, across the
+    second build's swap."""
     root = new_root(tmp_path / "build", demo_dirs)
     procs = [start_build(root, prompts) for _ in range(2)]
-    logs = [p.communicate(timeout=900)[0] for p in procs]
+    seen, missing, done = [], [], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            if (root / "site" / "index.html").is_file():
+                seen.append(1)
+            elif seen:
+                missing.append(time.monotonic())
+            time.sleep(0.001)  # the swap itself has no gap: tests/test_lock.py reads through it
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        done.set()
+        t.join()
+    assert seen and not missing, f"the site was missing {len(missing)} times"
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log
     waited = [i for i, log in enumerate(logs) if "waiting for it to finish" in log]

@@ -1,7 +1,7 @@
-"""Two commands on one build directory, the site swapped in one step, and a full disk (generator/lock.py,
-generator/space.py, store.replace_dir): fast tests, with a holder in a subprocess and ENOSPC patched
-into a write. The whole-build tests (two builds at once, a killed holder, a failed render, a real
-small file system) are in tests/test_faults.py.
+"""Two commands on one build directory, the site swapped in one step, and a full disk
+(generator/lock.py, generator/space.py, store.replace_dir): fast tests, with a holder in a
+subprocess and ENOSPC patched into a write. The whole-build tests (two builds at once, a killed
+holder, a failed render, a real small file system) are in tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_the_lock_is_released_when_a_command_fails(tiny_prompts, tmp_path):
     assert not (build_dir / lock.HOLDER_FILE).exists()
 
 
-# --- the site replaced in one step ----------------------------------------------------------------
+# --- the site replaced in one step ---------------------------------------------------------------
 
 
 def _tree(root: Path, version: str, files: int = 50) -> Path:
@@ -189,7 +189,7 @@ def test_replace_dir_into_nothing(tmp_path):
     assert (tmp_path / "site" / "page0.html").read_text() == "a" * 100 and not new.exists()
 
 
-# --- a full disk, patched ---------------------------------------------------------------------------
+# --- a full disk, patched ------------------------------------------------------------------------
 
 
 def test_an_atomic_write_that_fails_names_its_file(monkeypatch, tmp_path):
