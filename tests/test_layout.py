@@ -38,7 +38,7 @@ SITE_STRINGS = [re.escape(s) for s in (
     "data/", "embed/", "downloads/", "charts/", "artifacts/", ".vl.json", ".lens.json",
     ".heads.json", ".dla.json", "atlas.json", "tokenizers.json", "manifest.json", "index.md", "assets/vendor",
     "index.html", "vega-bundle.js", "attention-codec.js", "assets/atlas", "atlas.js", "atlas.css",
-    "embed.js")]
+    "embed.js", "tokenize.js", "tokenize-worker.js", "tokenize.css", "tokenize.html")]
 # The per-layer attention files: "/L" followed by a layer number, a placeholder or the string's end.
 SITE_STRINGS.append(r"/L(?:\d|\{|$|[\"'`])")
 # Page directories: before a value spliced in ({, <, a quote, or the end of a string) or after
