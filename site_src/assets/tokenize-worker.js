@@ -5,7 +5,7 @@
  *                                                    and of the model's tokenizer.json (the page's
  *                                                    data attributes; generator/layout.py names them)
  *               {type: "encode", seq, text}
- * Messages out: {type: "ready", ms} | {type: "error", message}
+ * Messages out: {type: "ready", ms, fetched} | {type: "error", message}
  *               {type: "tokens", seq, ids: Int32Array, lens: Uint16Array, bytes: Uint8Array, ms}
  *               lens[i]: how many of `bytes` token i holds (its raw bytes, in order). */
 
@@ -61,13 +61,16 @@ async function load(msg) {
       return r.json();
     }),
   ]);
+  const t1 = performance.now();
   for (const t of json.added_tokens || []) special.set(t.id, t.content);
   const byteLevel = JSON.stringify(json.decoder || null).includes('"ByteLevel"');
   pieceBytes = byteLevel ? byteLevelBytes(byteDecoder()) : plainBytes;
   tokenizer = new lib.Tokenizer(json, {});
   // The first encode compiles the pre-tokenizer's patterns: do it now, not on the first keystroke.
   tokenizer.encode("a", { add_special_tokens: false });
-  self.postMessage({ type: "ready", ms: performance.now() - t0 });
+  // ms: from the load message to ready; fetched: how long the library and the file took to arrive
+  // (parsed); the rest is building the tokenizer (benchmarks/tokenize_bench.py reports both).
+  self.postMessage({ type: "ready", ms: performance.now() - t0, fetched: t1 - t0 });
 }
 
 function encode(msg) {

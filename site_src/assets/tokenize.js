@@ -256,6 +256,8 @@
   function onMessage(col, msg) {
     if (msg.type === "ready") {
       col.ready = true;
+      col.el.dataset.loadMs = msg.ms.toFixed(0);
+      col.el.dataset.fetchMs = msg.fetched.toFixed(0);
       if (columns.every((c) => c.ready || c.failed)) say(readyMessage(), text.length >= max);
       send(col, { seq, text });
     } else if (msg.type === "tokens") {
