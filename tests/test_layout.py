@@ -165,7 +165,8 @@ def test_documented_urls_are_the_layouts():
                 layout.download(layout.SITE_SCOPE, "tokenizers")]
     guide = (REPO / "site_src" / "embedding.md").read_text("utf-8")
     readme = (REPO / "README.md").read_text("utf-8")
-    for url in expected:
+    for url in expected + [layout.served(layout.TOKENIZE_PAGE), layout.TOKENIZE_EMBED,
+                           layout.tokenizer_file("<model>")]:
         assert f"`{url}`" in guide, url
     for url in expected[:3]:
         assert url in readme, url

@@ -215,7 +215,7 @@
     }
     bounds.replaceChildren(frag);
     let summary = compared.length < 2 ? "Fewer than two tokenizers keep the text as typed; nothing to compare."
-      : shared + " of the " + sorted.length + " places where a tokenizer cuts between characters are shared by all " + compared.length + " (" + (sorted.length ? Math.round(100 * shared / sorted.length) : 100) + "%).";
+      : shared + " of the " + sorted.length + " places where a tokenizer cuts between characters are shared by " + (compared.length === 2 ? "both" : "all " + compared.length) + " (" + (sorted.length ? Math.round(100 * shared / sorted.length) : 100) + "%).";
     if (skipped.length) summary += " Not compared: " + skipped.join(", ") + " (its normalizer changed the text).";
     boundsSummary.textContent = summary;
   }
