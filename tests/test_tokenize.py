@@ -258,8 +258,10 @@ def test_default_view_counts_boundaries_and_keyboard(opened, demo_dirs):
     first = page.locator(f"[data-tokens-of='{SLUGS[0]}'] .atlas-tok").first
     first.focus()
     page.keyboard.press("ArrowRight")
-    focused = page.evaluate("document.activeElement.dataset.i")
-    assert focused == "1"
+    focused = page.evaluate(
+        "() => Array.prototype.indexOf.call(document.activeElement.parentElement.closest("
+        "'.atlas-tokens').querySelectorAll('.atlas-tok'), document.activeElement)")
+    assert focused == 1
     detail = page.locator(f"[data-tokens-of='{SLUGS[0]}'] .atlas-tokenize-detail").inner_text()
     assert re.search(r"token #1 · id \d+ · bytes [0-9a-f ]+", detail), detail
     label = page.evaluate("document.activeElement.getAttribute('aria-label')")

@@ -10,7 +10,11 @@
  * id in data-id, in order; the view's aria-busy is "false" and data-shown equals data-seq once
  * every column shows the current text. performance marks "atlas-tokenize-first" (first tokens
  * shown) and "atlas-tokenize-all" (every tokenizer shown), and data-update-ms (input event to every
- * column redrawn, last keystroke) are for benchmarks/tokenize_bench.py. */
+ * column redrawn, layout included, last keystroke) are for benchmarks/tokenize_bench.py, with the
+ * parts of the last update: on the view data-input-ms (the input handler), data-boundaries-ms,
+ * data-layout-ms; on each column data-arrived-ms (input event to its tokens back from the worker),
+ * data-encode-ms (in the worker), data-draw-ms (its chips), data-load-ms and data-fetch-ms (its
+ * tokenizer loaded, of which fetched and parsed). */
 (function () {
   "use strict";
   const root = document.querySelector(".atlas-tokenize");
@@ -31,12 +35,13 @@
   let text = "";
   let inputAt = null;
   let firstShown = false;
+  const boundsDrawn = { keys: [], els: [] };
 
   const columns = Array.from(root.querySelectorAll("[data-tokens-of]")).map((el) => ({
     el, slug: el.dataset.tokensOf, name: el.querySelector(".atlas-model-name").textContent,
     chips: el.querySelector(".atlas-tokens"), counts: el.querySelector(".atlas-tokenize-counts"),
     detail: el.querySelector(".atlas-tokenize-detail"), worker: null, ready: false, busy: false,
-    next: null, shown: -1, result: null, failed: false,
+    next: null, shown: -1, result: null, failed: false, drawn: { keys: [], els: [] },
   }));
 
   function say(message, isError) {
@@ -111,44 +116,67 @@
 
   // --- drawing one column ------------------------------------------------------------------------
 
+  /* Replace only what changed: the elements of `keys` that differ from the last drawing's, between
+   * the common start and the common end (typing changes a few tokens, not the whole list).
+   * `state` = {keys, els}; make(k) builds the element of new item k. */
+  function patch(container, state, keys, make) {
+    const old = state.keys;
+    let head = 0;
+    while (head < old.length && head < keys.length && old[head] === keys[head]) head++;
+    let tail = 0;
+    while (tail < old.length - head && tail < keys.length - head
+           && old[old.length - 1 - tail] === keys[keys.length - 1 - tail]) tail++;
+    const before = state.els[old.length - tail] || null;   // the first kept element of the end
+    for (let k = head; k < old.length - tail; k++) state.els[k].remove();
+    const made = [];
+    const frag = document.createDocumentFragment();
+    for (let k = head; k < keys.length - tail; k++) { const el = make(k); made.push(el); frag.appendChild(el); }
+    container.insertBefore(frag, before);
+    state.els = state.els.slice(0, head).concat(made, state.els.slice(old.length - tail));
+    state.keys = keys;
+  }
+
   function chip(t, label) {
     const el = document.createElement("span");
     el.className = "atlas-tok";
     el.setAttribute("role", "listitem");
-    el.tabIndex = t.i === 0 ? 0 : -1;
+    el.tabIndex = -1;
     el.dataset.id = t.id;
-    el.dataset.i = t.i;
+    const info = "id " + t.id + " \u00b7 bytes " + (hex(t.bytes) || "none");
     el.textContent = show(t.text, t.bytes, t.id);
-    const info = "#" + t.i + " \u00b7 id " + t.id + " \u00b7 bytes " + (hex(t.bytes) || "none");
     el.title = info;
     el.setAttribute("aria-label", label + ", " + info);
     return el;
   }
 
+  function groupElement(g) {
+    if (g.char === null) {
+      const t = g.tokens[0];
+      return chip(t, t.text === null ? "byte piece" : show(t.text, t.bytes, t.id));
+    }
+    const wrap = document.createElement("span");
+    wrap.className = "atlas-char";
+    wrap.title = g.tokens.length + " byte pieces that together form " + g.char + " (" + g.codepoints + ")";
+    const ch = document.createElement("span");
+    ch.className = "atlas-char-text";
+    ch.setAttribute("aria-hidden", "true");
+    ch.textContent = g.char;
+    const pieces = document.createElement("span");
+    pieces.className = "atlas-char-pieces";
+    g.tokens.forEach((t, k) => pieces.appendChild(
+      chip(t, "byte piece " + (k + 1) + " of " + g.tokens.length + " of " + g.char)));
+    wrap.append(ch, pieces);
+    return wrap;
+  }
+
   function draw(col) {
     const res = col.result;
-    const frag = document.createDocumentFragment();
-    for (const g of chipGroups(res)) {
-      if (g.char === null) {
-        const t = g.tokens[0];
-        frag.appendChild(chip(t, t.text === null ? "byte piece" : show(t.text, t.bytes, t.id)));
-        continue;
-      }
-      const wrap = document.createElement("span");
-      wrap.className = "atlas-char";
-      wrap.title = g.tokens.length + " byte pieces that together form " + g.char + " (" + g.codepoints + ")";
-      const ch = document.createElement("span");
-      ch.className = "atlas-char-text";
-      ch.setAttribute("aria-hidden", "true");
-      ch.textContent = g.char;
-      const pieces = document.createElement("span");
-      pieces.className = "atlas-char-pieces";
-      g.tokens.forEach((t, k) => pieces.appendChild(
-        chip(t, "byte piece " + (k + 1) + " of " + g.tokens.length + " of " + g.char)));
-      wrap.append(ch, pieces);
-      frag.appendChild(wrap);
-    }
-    col.chips.replaceChildren(frag);
+    const groups = chipGroups(res);
+    const keys = groups.map((g) => g.tokens.map((t) => t.id).join(" "));
+    patch(col.chips, col.drawn, keys, (k) => groupElement(groups[k]));
+    // One tab stop per column (the arrow keys move along): the first chip, unless one was chosen.
+    const first = col.chips.querySelector(".atlas-tok");
+    if (first && !col.chips.querySelector(".atlas-tok[tabindex='0']")) first.tabIndex = 0;
     const n = res.ids.length;
     const chars = Array.from(text).length;
     const bytes = utf8.encode(text).length;
@@ -199,21 +227,22 @@
     }
     const sorted = Array.from(cuts.keys()).sort((x, y) => x - y);
     const shared = sorted.filter((k) => cuts.get(k).length === compared.length).length;
-    const frag = document.createDocumentFragment();
+    const segs = [];
     let from = 0;
     for (const k of sorted.concat([chars.length])) {
-      const seg = document.createElement("span");
-      seg.textContent = chars.slice(from, k).join("");
-      if (k < chars.length) {
-        const who = cuts.get(k);
-        const all = who.length === compared.length;
-        seg.className = all ? "atlas-cut-all" : "atlas-cut-some";
-        seg.title = all ? "every tokenizer cuts here" : "only " + who.join(", ") + " cuts here";
-      }
-      frag.appendChild(seg);
+      const who = k < chars.length ? cuts.get(k) : null;
+      const cls = who === null ? "" : (who.length === compared.length ? "atlas-cut-all" : "atlas-cut-some");
+      const seg = { text: chars.slice(from, k).join(""), cls,
+                    title: who === null ? "" : (cls === "atlas-cut-all" ? "every tokenizer cuts here" : "only " + who.join(", ") + " cuts here") };
+      segs.push(seg);
       from = k;
     }
-    bounds.replaceChildren(frag);
+    patch(bounds, boundsDrawn, segs.map((x) => x.cls + "\u0000" + x.title + "\u0000" + x.text), (k) => {
+      const el = document.createElement("span");
+      el.textContent = segs[k].text;
+      if (segs[k].cls) { el.className = segs[k].cls; el.title = segs[k].title; }
+      return el;
+    });
     let summary = compared.length < 2 ? "Fewer than two tokenizers keep the text as typed; nothing to compare."
       : shared + " of the " + sorted.length + " places where a tokenizer cuts between characters are shared by " + (compared.length === 2 ? "both" : "all " + compared.length) + " (" + (sorted.length ? Math.round(100 * shared / sorted.length) : 100) + "%).";
     if (skipped.length) summary += " Not compared: " + skipped.join(", ") + " (its normalizer changed the text).";
@@ -241,10 +270,15 @@
 
   function settled() {
     if (!columns.every((c) => c.failed || c.shown === seq)) return;
+    const t0 = performance.now();
     drawBoundaries();
+    root.dataset.boundariesMs = (performance.now() - t0).toFixed(1);
     root.dataset.shown = seq;
     root.setAttribute("aria-busy", "false");
     if (inputAt !== null) {
+      const t1 = performance.now();
+      void root.offsetHeight;   // style and layout of the new chips count in the figure
+      root.dataset.layoutMs = (performance.now() - t1).toFixed(1);
       root.dataset.updateMs = (performance.now() - inputAt).toFixed(1);
       inputAt = null;
     }
@@ -262,11 +296,15 @@
       send(col, { seq, text });
     } else if (msg.type === "tokens") {
       col.busy = false;
+      if (inputAt !== null) col.el.dataset.arrivedMs = (performance.now() - inputAt).toFixed(1);
       if (col.next) { const job = col.next; col.next = null; send(col, job); }
       if (msg.seq !== seq) return;   // a newer text is on its way
       col.result = msg;
       col.shown = msg.seq;
+      const t0 = performance.now();
       draw(col);
+      col.el.dataset.encodeMs = msg.ms.toFixed(1);             // in the worker
+      col.el.dataset.drawMs = (performance.now() - t0).toFixed(1);  // chips and counts
       settled();
     } else if (msg.type === "error") {
       fail(col, msg.message);
@@ -324,6 +362,7 @@
     say(over ? tooLong() : "", over);
     remember();
     request();
+    root.dataset.inputMs = (performance.now() - inputAt).toFixed(1);
   }
 
   function onKey(event) {
@@ -341,7 +380,9 @@
 
   function onPoint(col, event) {
     const chip = event.target.closest && event.target.closest(".atlas-tok");
-    if (chip) col.detail.textContent = chip.title.replace(/^#/, "token #");
+    if (!chip) return;
+    const i = Array.prototype.indexOf.call(col.chips.querySelectorAll(".atlas-tok"), chip);
+    col.detail.textContent = "token #" + i + " \u00b7 " + chip.title;
   }
 
   const fromUrl = new URLSearchParams(window.location.search).get("text");
