@@ -266,6 +266,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
         log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
         if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
             save_tokenizer(load_tokenizer(ref), out_dir, ref.slug)  # for the tokenize page
+            log(f"{ref.model_id}: tokenizer saved for the tokenize page")
         return
     lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
     save_tokenizer(lm.tokenizer, out_dir, ref.slug)  # the tokenize page's copy (tokenize_page.py)

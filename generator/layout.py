@@ -27,10 +27,10 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
 
 
 def tokenizer_artifact(root: Path, slug: str) -> Path:
-    """`<root>/<slug>/tokenizer.json`: the tokenizer the compute stage used for the model, saved
-    beside its artifacts so that render (and a render job that only downloads the artifacts) can
-    copy it into the site (`tokenizer_file`)."""
-    return root / slug / "tokenizer.json"
+    """`<root>/<slug>/tokenizer.json.gz`: the tokenizer the compute stage used for the model, saved
+    beside its artifacts (gzipped, and so not one of the `*.json` artifacts) so that render, and a
+    render job that only downloads the artifacts, can write it into the site (`tokenizer_file`)."""
+    return root / slug / "tokenizer.json.gz"
 
 
 # --- files every page needs ----------------------------------------------------------------------

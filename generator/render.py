@@ -298,7 +298,7 @@ class _Site:
     def tokenize_pages(self) -> None:
         """"Tokenize your own text", its embed page, and the tokenizers they load
         (generator/tokenize_page.py)."""
-        tokenize_page.copy_into_site(self.w.copy, self.catalog.artifacts_dir,
+        tokenize_page.copy_into_site(self.w.copy, self.w.text, self.catalog.artifacts_dir,
                                      [m.slug for m in self.catalog.models])
         for rel, template in ((layout.TOKENIZE_PAGE, "tokenize.md.j2"),
                               (layout.TOKENIZE_EMBED, "tokenize-embed.html.j2")):

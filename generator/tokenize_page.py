@@ -13,6 +13,7 @@ opens. tests/test_tokenize.py checks that the browser's ids equal transformers' 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,18 +86,22 @@ def tokenizer_json(tokenizer: Any) -> str:
 
 
 def save_tokenizer(tokenizer: Any, artifacts_dir: Path, slug: str) -> Path:
-    """Write the model's `tokenizer.json` beside its artifacts (unchanged bytes are not rewritten,
-    so a rebuild leaves the file as it was)."""
-    from .store import atomic_write_text
+    """Write the model's `tokenizer.json`, gzipped, beside its artifacts (unchanged content is
+    not rewritten, and the gzip stream carries no time stamp: the same tokenizer, the same bytes)."""
+    from .store import atomic_write_bytes
     path = layout.tokenizer_artifact(artifacts_dir, slug)
     text = tokenizer_json(tokenizer)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
+    if not path.is_file() or read_saved(path) != text:
+        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
     return path
 
 
-def copy_into_site(copy: Callable[[Path, str], None], artifacts_dir: Path,
-                   slugs: Sequence[str]) -> None:
+def read_saved(path: Path) -> str:
+    return gzip.decompress(path.read_bytes()).decode("utf-8")
+
+
+def copy_into_site(copy: Callable[[Path, str], None], write_text: Callable[[str, str], None],
+                   artifacts_dir: Path, slugs: Sequence[str]) -> None:
     """The vendored library, its licence and every model's tokenizer, into the docs tree."""
     copy(checked_library(), layout.TOKENIZERS_LIB)
     copy(LIBRARY.licence_path, layout.TOKENIZERS_LICENSE)
@@ -107,7 +112,7 @@ def copy_into_site(copy: Callable[[Path, str], None], artifacts_dir: Path,
                                 f"before the tokenize page existed). Run `model-atlas compute` "
                                 f"(or `build`) again: it saves the tokenizer without recomputing "
                                 f"current artifacts.")
-        copy(src, layout.tokenizer_file(slug))
+        write_text(layout.tokenizer_file(slug), read_saved(src))
 
 
 def page_context(models: Sequence[Any], urls: layout.Urls) -> dict[str, Any]:

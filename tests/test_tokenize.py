@@ -92,7 +92,8 @@ def test_axe_is_the_vendored_version():
 def test_missing_tokenizer_names_the_fix(tmp_path):
     copied = []
     with pytest.raises(ArtifactError, match=r"no tokenizer saved for model m1.*model-atlas compute"):
-        tokenize_page.copy_into_site(lambda src, rel: copied.append(rel), tmp_path, ["m1"])
+        tokenize_page.copy_into_site(lambda src, rel: copied.append(rel),
+                                     lambda rel, text: copied.append(rel), tmp_path, ["m1"])
 
 
 # --- the browser's ids equal transformers' -----------------------------------------------------
@@ -108,10 +109,13 @@ def test_corpus_covers_the_issue():
     assert any("\t" in t and "\r\n" in t for c, t in items if c == "code-whitespace")
 
 
-def test_tokenizer_json_is_deterministic(demo_dirs):
+def test_tokenizer_json_is_deterministic(demo_dirs, tmp_path):
     first = {k: tokenize_page.tokenizer_json(t) for k, t in _tokenizers(demo_dirs).items()}
     again = {k: tokenize_page.tokenizer_json(t) for k, t in _tokenizers(demo_dirs).items()}
     assert first == again
+    saved = [tokenize_page.save_tokenizer(t, tmp_path / d, "m").read_bytes()
+             for d in ("a", "b") for t in [_tokenizers(demo_dirs)["tiny-random-gpt2"]]]
+    assert saved[0] == saved[1], "the saved (gzipped) file differs between two saves"
     assert json.loads(first["tiny-random-gpt2"])["model"]["type"] == "BPE"
 
 
@@ -123,7 +127,9 @@ def test_browser_ids_equal_transformers(demo_dirs, tmp_path):
     toks = _tokenizers(demo_dirs)
     job = {"tokenizers": {}, "texts": texts}
     for slug, tok in toks.items():
-        path = tokenize_page.save_tokenizer(tok, tmp_path, slug)   # the file the site ships
+        saved = tokenize_page.save_tokenizer(tok, tmp_path, slug)   # what the site ships
+        path = tmp_path / f"{slug}.json"
+        path.write_text(tokenize_page.read_saved(saved), encoding="utf-8")
         job["tokenizers"][slug] = str(path)
     (tmp_path / "job.json").write_text(json.dumps(job), encoding="utf-8")
     proc = subprocess.run([NODE, str(REPO / "tests" / "js" / "tokenize_ids.mjs"),
@@ -155,7 +161,8 @@ def test_build_ships_the_tokenizers_to_the_page_alone(demo_build):
     for slug in SLUGS:
         saved = layout.tokenizer_artifact(root / "artifacts", slug)
         shipped = site / layout.tokenizer_file(slug)
-        assert shipped.read_bytes() == saved.read_bytes()
+        assert shipped.read_text(encoding="utf-8") == tokenize_page.read_saved(saved)
+        assert not saved.name.endswith(".json"), "the artifacts' *.json are artifacts alone"
     assert (site / layout.TOKENIZERS_LIB).read_bytes() == tokenize_page.LIBRARY.path.read_bytes()
     assert (site / layout.TOKENIZERS_LICENSE).is_file()
     pages = {layout.served(layout.TOKENIZE_PAGE), layout.TOKENIZE_EMBED}
