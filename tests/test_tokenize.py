@@ -47,6 +47,12 @@ def _tokenizers(demo_dirs):
             for d in demo_dirs}
 
 
+@pytest.fixture(scope="module")
+def toks(demo_dirs):
+    """slug -> the demo model's transformers tokenizer, loaded once for this file."""
+    return _tokenizers(demo_dirs)
+
+
 def python_ids(tok, texts):
     return tok(list(texts), add_special_tokens=False)["input_ids"]
 
@@ -109,22 +115,21 @@ def test_corpus_covers_the_issue():
     assert any("\t" in t and "\r\n" in t for c, t in items if c == "code-whitespace")
 
 
-def test_tokenizer_json_is_deterministic(demo_dirs, tmp_path):
-    first = {k: tokenize_page.tokenizer_json(t) for k, t in _tokenizers(demo_dirs).items()}
+def test_tokenizer_json_is_deterministic(demo_dirs, toks, tmp_path):
+    first = {k: tokenize_page.tokenizer_json(t) for k, t in toks.items()}
     again = {k: tokenize_page.tokenizer_json(t) for k, t in _tokenizers(demo_dirs).items()}
-    assert first == again
-    saved = [tokenize_page.save_tokenizer(t, tmp_path / d, "m").read_bytes()
-             for d in ("a", "b") for t in [_tokenizers(demo_dirs)["tiny-random-gpt2"]]]
+    assert first == again, "two loads of one tokenizer serialize differently"
+    saved = [tokenize_page.save_tokenizer(toks["tiny-random-gpt2"], tmp_path / d, "m").read_bytes()
+             for d in ("a", "b")]
     assert saved[0] == saved[1], "the saved (gzipped) file differs between two saves"
     assert json.loads(first["tiny-random-gpt2"])["model"]["type"] == "BPE"
 
 
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the browser's "
                                          "tokenizer outside a browser (Debian package 'nodejs').")
-def test_browser_ids_equal_transformers(demo_dirs, tmp_path):
+def test_browser_ids_equal_transformers(toks, tmp_path):
     items = corpus()
     texts = [t for _, t in items]
-    toks = _tokenizers(demo_dirs)
     job = {"tokenizers": {}, "texts": texts}
     for slug, tok in toks.items():
         saved = tokenize_page.save_tokenizer(tok, tmp_path, slug)   # what the site ships
@@ -147,8 +152,8 @@ def test_browser_ids_equal_transformers(demo_dirs, tmp_path):
             "\n".join(diffs[:20])
 
 
-def test_first_difference_names_the_text_and_token(demo_dirs):
-    tok = _tokenizers(demo_dirs)["tiny-random-gpt2"]
+def test_first_difference_names_the_text_and_token(toks):
+    tok = toks["tiny-random-gpt2"]
     message = first_difference("Hello world", "prompt", [15496, 995], [15496, 1002], tok)
     assert "'Hello world'" in message and "token 1" in message and "995" in message
 
@@ -229,8 +234,7 @@ def opened(browser, site_url):
 
 
 @pytest.mark.browser
-def test_page_tokenizes_a_sample_like_python(opened, demo_dirs):
-    toks = _tokenizers(demo_dirs)
+def test_page_tokenizes_a_sample_like_python(opened, toks):
     items = corpus()
     rng = random.Random(5)
     by_cat: dict[str, list[tuple[str, str]]] = {}
@@ -250,9 +254,8 @@ def test_page_tokenizes_a_sample_like_python(opened, demo_dirs):
 
 
 @pytest.mark.browser
-def test_default_view_counts_boundaries_and_keyboard(opened, demo_dirs):
+def test_default_view_counts_boundaries_and_keyboard(opened, toks):
     page = opened.page
-    toks = _tokenizers(demo_dirs)
     text = page.input_value(".atlas-tokenize-text")
     for slug in SLUGS:
         col = page.locator(f"[data-tokens-of='{slug}']")
