@@ -28,13 +28,15 @@ from . import __version__, layout
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
-from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
+from .models import (LoadedModel, ModelRef, load_model, load_tokenizer, pick_dtype, pick_device,
+                     resolve_model)
 from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
                      LayerGroups, Lens, PromptInfo, Provenance, TopK, current_attention,
                      validate_artifact, write_artifact_json, write_binary_file)
 from .space import is_disk_full
 from .store import content_key, remove_stale_temporaries, sha256_bytes
+from .tokenize_page import save_tokenizer
 from .tokens import describe_ids, describe_tokens, preload_vocab, vocab_entries
 
 Log = Callable[[str], None]
@@ -263,8 +265,12 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     todo = _stale(ref, prompts, out_dir, settings, report)
     if not todo:
         log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
+        if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
+            save_tokenizer(load_tokenizer(ref), out_dir, ref.slug)  # for the tokenize page
+            log(f"{ref.model_id}: tokenizer saved for the tokenize page")
         return
     lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
+    save_tokenizer(lm.tokenizer, out_dir, ref.slug)  # the tokenize page's copy (tokenize_page.py)
     t_vocab = time.perf_counter()
     if made := preload_vocab(lm.tokenizer):  # the writer then only looks records up
         log(f"{ref.slug}: display records of {made} vocabulary tokens made in "

@@ -26,6 +26,13 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
     return root / slug / set_id / f"{prompt_id}.json"
 
 
+def tokenizer_artifact(root: Path, slug: str) -> Path:
+    """`<root>/<slug>/tokenizer.json.gz`: the tokenizer the compute stage used for the model, saved
+    beside its artifacts (gzipped, and so not one of the `*.json` artifacts) so that render, and a
+    render job that only downloads the artifacts, can write it into the site (`tokenizer_file`)."""
+    return root / slug / "tokenizer.json.gz"
+
+
 # --- files every page needs ----------------------------------------------------------------------
 
 MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
@@ -46,6 +53,14 @@ PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
 STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
 # Scripts of an embed page after its chart element (the bundle loads in its head).
 EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
+# "Tokenize your own text" (generator/tokenize_page.py): only that page and its embed load these.
+# The page script starts one worker per tokenizer; each worker imports the vendored tokenizers.js
+# (@huggingface/tokenizers, generator/assets/vendor/) and fetches its model's `tokenizer_file`.
+TOKENIZE_SCRIPT = "assets/tokenize.js"             # hand-written: the page, its chips and counts
+TOKENIZE_WORKER = "assets/tokenize-worker.js"      # hand-written: one tokenizer, off the main thread
+TOKENIZE_STYLESHEET = "assets/tokenize.css"        # hand-written: the text box, columns, boundaries
+TOKENIZERS_LIB = "assets/vendor/tokenizers.js"     # @huggingface/tokenizers, an ES module
+TOKENIZERS_LICENSE = "assets/vendor/tokenizers-LICENSE.txt"
 
 # --- data files that pages fetch -----------------------------------------------------------------
 
@@ -89,6 +104,12 @@ def compare_data(key: str) -> str:
 
 def tokenizers_data() -> str:
     return "data/compare/tokenizers.json"
+
+
+def tokenizer_file(slug: str) -> str:
+    """One model's tokenizer as the browser loads it: the `tokenizer.json` of the backend that
+    made the artifacts' token ids (the compute stage saves it, `tokenizer_artifact`)."""
+    return f"data/{slug}/tokenizer.json"
 
 
 def atlas_data(slug: str) -> str:
@@ -154,6 +175,8 @@ def embed_page(scope: str, stem: str) -> str:
 HOME = "index.md"
 TOKENIZERS_PAGE = "compare/tokenizers.md"
 ARCHITECTURES_PAGE = "compare/architectures.md"
+TOKENIZE_PAGE = "tokenize.md"                  # "Tokenize your own text"
+TOKENIZE_EMBED = "embed/tokenize.html"         # the same view alone, for an <iframe>
 METRICS_PAGE = "metrics.md"
 # The hand-written pages of site_src/, as the navigation's "Reference" lists them.
 REFERENCE_PAGES = {"About Model Atlas": "about.md", "Head metrics": METRICS_PAGE,
@@ -263,3 +286,12 @@ class Urls:
 
     def tokenizers_page(self) -> str:
         return self.to(TOKENIZERS_PAGE)
+
+    def tokenize_page(self) -> str:
+        return self.to(TOKENIZE_PAGE)
+
+    def tokenize_embed(self) -> str:
+        return self.to(TOKENIZE_EMBED)
+
+    def tokenizer_file(self, slug: str) -> str:
+        return self.to(tokenizer_file(slug))

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, layout
+from . import embed, layout, tokenize_page
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -67,6 +67,7 @@ class Catalog:
     models: list[ModelSummary]
     artifacts: dict[tuple[str, str], dict[str, Any]]   # (model slug, prompt key) -> artifact
     paths: dict[tuple[str, str], Path]
+    artifacts_dir: Path = Path("build/artifacts")   # where the models' tokenizers lie too
 
     @property
     def any_random(self) -> bool:
@@ -108,7 +109,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
         if summary is not None:
             models.append(summary)
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
-    return Catalog(sets, models, artifacts, paths)
+    return Catalog(sets, models, artifacts, paths, artifacts_dir)
 
 
 class Writer:
@@ -302,6 +303,16 @@ class _Site:
                   differ=differ, tokenizers_chart=ref)
         self.page(layout.ARCHITECTURES_PAGE, "architectures.md.j2")
 
+    def tokenize_pages(self) -> None:
+        """"Tokenize your own text", its embed page, and the tokenizers they load
+        (generator/tokenize_page.py)."""
+        tokenize_page.copy_into_site(self.w.copy, self.w.text, self.catalog.artifacts_dir,
+                                     [m.slug for m in self.catalog.models])
+        for rel, template in ((layout.TOKENIZE_PAGE, "tokenize.md.j2"),
+                              (layout.TOKENIZE_EMBED, "tokenize-embed.html.j2")):
+            self.page(rel, template,
+                      **tokenize_page.page_context(self.catalog.models, layout.Urls(rel)))
+
     def manifest(self) -> None:
         self.w.json(layout.MANIFEST, manifest_data(list(self.models.values()), list(self.specs),
                                                    self.charts))
@@ -333,6 +344,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
     site.comparison_pages(site.prompt_pages())
+    site.tokenize_pages()
     site.manifest()
     w.commit()
     log(f"render: {w.count} files ({len(site.charts)} charts with embed pages and downloads) "
@@ -355,6 +367,7 @@ def navigation(catalog: Catalog) -> list[Any]:
     nav.append({"Models": [{html.escape(m.model_id, quote=False): layout.model_page(m.slug)}
                            for m in catalog.models]})
     nav.append({"Comparisons": [{"Tokenizers": layout.TOKENIZERS_PAGE},
+                                {"Tokenize your own text": layout.TOKENIZE_PAGE},
                                 {"Architectures": layout.ARCHITECTURES_PAGE}]})
     nav.append({"Reference": [{title: rel} for title, rel in layout.REFERENCE_PAGES.items()]})
     return nav
