@@ -26,6 +26,12 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
     return root / slug / set_id / f"{prompt_id}.json"
 
 
+def ov_path(root: Path, slug: str) -> Path:
+    """`<root>/<slug>/ov.json`: the OV circuits of every head of one model (generator/ov.py),
+    beside its prompt sets' directories."""
+    return root / slug / "ov.json"
+
+
 # --- files every page needs ----------------------------------------------------------------------
 
 MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
