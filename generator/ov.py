@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import layout
+from .heads import OV_FORMAT, read_ov  # the reader is torch-free: the render stage reads it too
 from .store import atomic_write_text, canonical_json, content_key
 
 OV_VERSION = 1
@@ -58,15 +59,6 @@ def sample_ids(vocab: int) -> list[int]:
     """The copying score's vocabulary rows: SAMPLE_ROWS distinct ids below `vocab`, seeded."""
     rng = np.random.default_rng(SAMPLE_SEED)
     return sorted(int(i) for i in rng.choice(vocab, size=min(SAMPLE_ROWS, vocab), replace=False))
-
-
-def read_ov(path: Path) -> dict[str, Any] | None:
-    """The OV artifact at `path`, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == "model-atlas-ov" else None
 
 
 def current(path: Path, model_id: str, revision: str, tokens: Iterable[int]) -> bool:
@@ -170,7 +162,7 @@ def copy_scores(data: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def ensure_ov(model: Any, model_id: str, revision: str, facts: dict[str, Any], path: Path,
-              prompt_tokens: Iterable[int], log: Log = print) -> int:
+              prompt_tokens: Iterable[int], log: Log = print, tokenizer: Any = None) -> int:
     """Bring the OV artifact at `path` up to date: rows for the sample and `prompt_tokens`, the
     rows it already holds kept as they are. Returns how many rows were computed (0: current)."""
     vocab = int(facts["vocab_size"])
@@ -186,11 +178,18 @@ def ensure_ov(model: Any, model_id: str, revision: str, facts: dict[str, Any], p
     t0 = time.perf_counter()
     new = ov_rows(model, todo)
     rows = {**rows, **{str(t): r for t, r in new.items()}}
-    data = {"format": "model-atlas-ov", "version": OV_VERSION, "key": key,
+    data = {"format": OV_FORMAT, "version": OV_VERSION, "key": key,
             "model_id": model_id, "revision": revision, "layers": facts["layers"],
             "heads": facts["query_heads"], "kv_heads": facts["kv_heads"], "top": TOP,
             "sample_seed": SAMPLE_SEED, "sample": sample, "rows": rows}
     data["copy"] = copy_scores(data)
+    if tokenizer is not None:   # display records of every id the rows name (tokens.vocab_entries)
+        from .tokens import vocab_entries
+        named = {int(t) for t in rows}
+        for r in rows.values():
+            for ids, _ in r["up"] + r["down"]:
+                named.update(ids)
+        data["vocab"] = vocab_entries(tokenizer, sorted(i for i in named if i < len(tokenizer)))
     atomic_write_text(path, canonical_json(data) + "\n")
     log(f"{model_id}: OV circuits of {len(todo)} source tokens x "
         f"{facts['layers'] * facts['query_heads']} heads in {time.perf_counter() - t0:.1f}s")
@@ -214,4 +213,4 @@ def artifact_tokens(paths: Iterable[Path], count: int = FREQUENT) -> list[int]:
 def ensure_for_model(lm: Any, out_dir: Path, prompt_tokens: Iterable[int], log: Log = print) -> int:
     """`ensure_ov` for a loaded model (`models.LoadedModel`), at its artifact directory."""
     return ensure_ov(lm.model, lm.ref.model_id, lm.ref.revision, lm.facts,
-                     layout.ov_path(out_dir, lm.ref.slug), prompt_tokens, log)
+                     layout.ov_path(out_dir, lm.ref.slug), prompt_tokens, log, lm.tokenizer)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, layout
+from . import embed, head_pages, layout
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -67,6 +67,7 @@ class Catalog:
     models: list[ModelSummary]
     artifacts: dict[tuple[str, str], dict[str, Any]]   # (model slug, prompt key) -> artifact
     paths: dict[tuple[str, str], Path]
+    artifacts_dir: Path | None = None                  # where the per-model artifacts lie (ov.json)
 
     @property
     def any_random(self) -> bool:
@@ -108,7 +109,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
         if summary is not None:
             models.append(summary)
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
-    return Catalog(sets, models, artifacts, paths)
+    return Catalog(sets, models, artifacts, paths, artifacts_dir)
 
 
 class Writer:
@@ -324,6 +325,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
+    head_pages.write_all(site)
     site.comparison_pages(site.prompt_pages())
     site.manifest()
     w.commit()

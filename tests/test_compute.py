@@ -826,14 +826,17 @@ def test_the_lens_section_round_trips():
 
 def test_attribution_is_ranked_like_the_stored_values():
     """attribution.rank_components (on the device) keeps the k largest |values| at 3 decimals,
-    ties by component index, and their rest; a row with no target is left out (None)."""
+    ties by component index, and a rest that makes the stored sum the total to 3 decimals (it
+    takes in the rounding of the listed values); a row with no target is left out (None)."""
     dla = np.array([[[0.5, -2.0, 2.0004, 0.0001, 1.0],              # 2.000 ties -2.000: index 1
                      [np.nan] * 5]], dtype=np.float32)             # no next token
     index, value, rest = rank_components(torch.from_numpy(dla), 3)
     assert index[0, 0].tolist() == [1, 2, 4]
     np.testing.assert_allclose(value[0, 0], [-2.0, 2.0004, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(rest[0, 0], 0.5001, rtol=1e-5)
+    np.testing.assert_allclose(rest[0, 0], 0.5005, rtol=1e-5)      # 0.5 + 0.0001 + 0.0004
     assert np.isnan(value[0, 1]).all() and np.isnan(rest[0, 1])
     stored = Attribution.from_ranked(5, index, value, rest, np.zeros((1, 2)))
     assert stored.index == [[[1, 2, 4], None]] and stored.value == [[[-2.0, 2.0, 1.0], None]]
-    assert stored.rest == [[0.5, None]]
+    total = float(dla[0, 0].astype(np.float64).sum())
+    assert abs(sum(stored.value[0][0]) + stored.rest[0][0] - total) <= 0.0005 + 1e-6
+    assert stored.rest[0][1] is None
