@@ -160,6 +160,7 @@ def model_heads(keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
     max_t = max(len(i) for i in ids)
     bin_of = _bin_of_distance(max(max_t, 1))
     groups = kv_groups(H, KV)
+    dla_found = _dla_positions(keys, artifacts, shown)
     heads: list[dict[str, Any]] = []
     for layer in range(L):
         dist = np.zeros((H, len(DISTANCE_BINS)))
@@ -193,15 +194,12 @@ def model_heads(keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
                 id_mass[h] += np.bincount(tidx[p], weights=col[h], minlength=len(all_ids))
             for n in HEAD_METRICS:
                 per = _per_position(n, att, ids[p])                           # [H, T]
-                for h in range(H):
-                    c = per[h]
-                    if np.all(np.isnan(c)):
-                        continue
-                    # Ties go to the latest position: the most context before it.
-                    rev = c[::-1]
-                    i = len(c) - 1 - int(np.nanargmin(rev) if n in LOWER_IS_STRONGER
-                                         else np.nanargmax(rev))
-                    best[n][h].append((float(c[i]), p, i))
+                lower = n in LOWER_IS_STRONGER
+                # Each head's best position; ties go to the latest (the most context before it).
+                rev = np.where(np.isnan(per), np.inf if lower else -np.inf, per)[:, ::-1]
+                at = T - 1 - (rev.argmin(axis=1) if lower else rev.argmax(axis=1))   # [H]
+                for h in np.nonzero(~np.isnan(per[np.arange(H), at]))[0]:
+                    best[n][h].append((float(per[h, at[h]]), p, int(at[h])))
             if KV < H:
                 c = cosine_matrix(att)
                 ok = ~np.isnan(c)
@@ -238,7 +236,7 @@ def model_heads(keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
                                keys_out, dict(zip(all_ids, id_mass[h])),
                                {n: best[n][h] for n in HEAD_METRICS},
                                groups[h // (H // KV)], cos_sum[h] / np.maximum(cos_n[h], 1),
-                               cos_n[h], ov))
+                               cos_n[h], ov, dla_found))
     _add_images(heads, artifacts)
     return heads
 
@@ -249,7 +247,8 @@ def _head(layer: int, h: int, L: int, H: int, KV: int, keys: Sequence[str],
           planted: dict[tuple[int, int], dict[str, Any]], dist: np.ndarray, first: float,
           keys_out: list[dict[str, Any]], id_mass: dict[int, float], best: dict[str, list[tuple[float, int, int]]],
           group: list[int], cos: np.ndarray, cos_n: np.ndarray,
-          ov: dict[str, Any] | None) -> dict[str, Any]:
+          ov: dict[str, Any] | None, dla_found: dict[int, list[dict[str, Any]]]
+          ) -> dict[str, Any]:
     name = f"L{layer}.H{h}"
     metrics = {}
     for n in ATLAS_METRICS:
@@ -283,7 +282,7 @@ def _head(layer: int, h: int, L: int, H: int, KV: int, keys: Sequence[str],
                      for k in range(len(DISTANCE_BINS))],
         "first_share": float(first),
         "keys": keys_out,
-        "dla": _dla_positions(layer, h, L, H, keys, artifacts, shown),
+        "dla": dla_found.get(1 + layer * H + h, []),
         "group": None if KV >= H else {
             "index": h // (H // KV),
             "members": [{"head": g, "name": f"L{layer}.H{g}",
@@ -293,26 +292,27 @@ def _head(layer: int, h: int, L: int, H: int, KV: int, keys: Sequence[str],
     }
 
 
-def _dla_positions(layer: int, h: int, L: int, H: int, keys: Sequence[str],
-                   artifacts: Sequence[dict[str, Any]], shown: list[list[str]]
-                   ) -> list[dict[str, Any]]:
-    """The positions where the head's stored contribution to the next token's logit is largest
-    in size (the artifact's `attribution`, target "next"; a position where it is not among the
-    stored components is not a candidate)."""
-    c = 1 + layer * H + h
-    found = []
+def _dla_positions(keys: Sequence[str], artifacts: Sequence[dict[str, Any]],
+                   shown: list[list[str]]) -> dict[int, list[dict[str, Any]]]:
+    """Per component, the positions where its stored contribution to the next token's logit is
+    largest in size (the artifact's `attribution`, target "next"; a position where it is not among
+    the stored components is not a candidate, nor one stored as 0.000), DLA_POSITIONS at most."""
+    found: dict[int, list[tuple[float, int, int, float]]] = defaultdict(list)
     for p, a in enumerate(artifacts):
         dla = a["attribution"]
         for i, (idx, val) in enumerate(zip(dla["index"], dla["value"])):
-            if idx[1] is None or c not in idx[1]:
+            if idx[1] is None:
                 continue
-            v = val[1][idx[1].index(c)]
-            if abs(v) >= 0.0005:        # "+0.000" says nothing (as the prompt page's list)
-                found.append((-abs(v), p, i, v))
-    found.sort()
-    return [{"key": keys[p], "pos": i, "value": v, "token": shown[p][i],
-             "next": shown[p][i + 1] if i + 1 < len(shown[p]) else None}
-            for _, p, i, v in found[:DLA_POSITIONS]]
+            for c, v in zip(idx[1], val[1]):
+                if abs(v) >= 0.0005:        # "+0.000" says nothing (as the prompt page's list)
+                    found[c].append((-abs(v), p, i, v))
+    out = {}
+    for c, rows in found.items():
+        rows.sort()
+        out[c] = [{"key": keys[p], "pos": i, "value": v, "token": shown[p][i],
+                   "next": shown[p][i + 1] if i + 1 < len(shown[p]) else None}
+                  for _, p, i, v in rows[:DLA_POSITIONS]]
+    return out
 
 
 def _vocab_label(ov: dict[str, Any], tid: int) -> str:

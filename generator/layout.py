@@ -27,9 +27,9 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
 
 
 def ov_path(root: Path, slug: str) -> Path:
-    """`<root>/<slug>/ov.json`: the OV circuits of every head of one model (generator/ov.py),
-    beside its prompt sets' directories."""
-    return root / slug / "ov.json"
+    """`<root>/../ov/<slug>.json` (root: `build/artifacts`): the OV circuits of every head of one
+    model (generator/ov.py), beside the artifacts directory, which holds prompt artifacts only."""
+    return root.parent / "ov" / f"{slug}.json"
 
 
 # --- files every page needs ----------------------------------------------------------------------

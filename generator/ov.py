@@ -18,8 +18,9 @@ rank of the source token itself among all outputs (1: the head raises the token 
 than any other: it copies). The source tokens are a fixed, seeded sample of SAMPLE_ROWS vocabulary
 rows (the copying score's rows, the same for every build of a model) and the FREQUENT most
 frequent tokens of the model's prompts (where heads put much of their attention: the first
-token, punctuation, common words). Every row costs a [head_dim, vocabulary] product per head, so
-the set is kept small.
+token, punctuation, common words). Every row costs a [hidden, vocabulary] product per head
+(4.6 x 10^10 multiply-adds per source token for Qwen2.5-0.5B's 336 heads), so the set is kept
+small.
 
 The artifact (`layout.ov_path`, documented in site_src/artifact-format.md) is keyed by the model's
 id and revision and these settings: a rebuild computes only the rows of source tokens it does not
@@ -41,11 +42,12 @@ from .heads import OV_FORMAT, read_ov  # the reader is torch-free: the render st
 from .store import atomic_write_text, canonical_json, content_key
 
 OV_VERSION = 1
-SAMPLE_ROWS = 48      # vocabulary rows drawn for the copying score
-FREQUENT = 16         # and the prompts' most frequent tokens (their most attended, often)
+SAMPLE_ROWS = 32      # vocabulary rows drawn for the copying score
+FREQUENT = 8          # and the prompts' most frequent tokens (their most attended, often)
 SAMPLE_SEED = 0
 TOP = 5               # output tokens kept raised and lowered per head and source token
-CHUNK = 64            # source rows per matmul: [CHUNK, V] float32 per head at a time
+CHUNK = 64            # source rows per input norm call
+ROWS_BYTES = 1 << 28  # the [heads x rows, vocabulary] float32 logits held at once, at most
 
 Log = Callable[[str], None]
 
@@ -123,28 +125,32 @@ def ov_rows(model: Any, token_ids: list[int], top: int = TOP) -> dict[int, dict[
         ln = _input_norm(layer)
         x = torch.cat([ln(E[ids[s:s + CHUNK]].to(dev)).float()            # [n, D]
                        for s in range(0, len(token_ids), CHUNK)])
-        for h in range(H):
-            g = h // (H // kv)
-            # W_O^h u^T once per head: [hd, V]; then each source row is an hd-vector times it
-            # (head_dim instead of hidden size multiplications per output token).
-            back = W_O[h] @ u.T
-            a = x @ w_v[g].to(dev) + b_v[g].to(dev)                   # [n, hd]
-            for start in range(0, len(token_ids), CHUNK):
-                chunk = ids[start:start + CHUNK]
-                logits = a[start:start + CHUNK] @ back                # [n, V]
-                up = torch.topk(logits, top, dim=-1)
-                down = torch.topk(-logits, top, dim=-1)
-                own = logits.gather(1, chunk[:, None])                # [n, 1]
-                # Pessimistic: every other output at least as high ranks before the source
-                # (a head that writes nothing the unembedding reads ties them all: rank V).
-                rank = (logits >= own).sum(-1)                        # [n]
-                for r, t in enumerate(chunk.tolist()):
+        n = len(token_ids)
+        # o_t of every head: [H, n, D] (a head's value vectors are those of its key/value head).
+        vals = torch.einsum("nd,gde->gne", x, w_v.to(dev)) + b_v.to(dev)[:, None, :]  # [kv, n, hd]
+        o = torch.einsum("hne,hed->hnd", vals.repeat_interleave(H // kv, dim=0), W_O)
+        # Through the unembedding a few heads at a time: [heads x n, V] float32, ROWS_BYTES at most.
+        step = max(1, ROWS_BYTES // (n * u.shape[0] * 4))
+        for h0 in range(0, H, step):
+            hs = range(h0, min(H, h0 + step))
+            logits = (o[h0:h0 + len(hs)].reshape(-1, o.shape[-1]) @ u.T)            # [h*n, V]
+            up = torch.topk(logits, top, dim=-1)
+            down = torch.topk(logits, top, dim=-1, largest=False)
+            src = ids.repeat(len(hs))                                               # [h*n]
+            own = logits.gather(1, src[:, None])
+            # Pessimistic: every other output at least as high ranks before the source (a head
+            # that writes nothing the unembedding reads ties them all: rank V).
+            rank = (logits >= own).sum(-1).view(len(hs), n).tolist()
+            up_i, up_v = (up.indices.view(len(hs), n, top).tolist(),
+                          up.values.view(len(hs), n, top).tolist())
+            dn_i, dn_v = (down.indices.view(len(hs), n, top).tolist(),
+                          down.values.view(len(hs), n, top).tolist())
+            for k in range(len(hs)):
+                for r, t in enumerate(token_ids):
                     row = out[t]
-                    row["up"].append([up.indices[r].tolist(),
-                                      [round(v, 3) for v in up.values[r].tolist()]])
-                    row["down"].append([down.indices[r].tolist(),
-                                        [round(-v, 3) for v in down.values[r].tolist()]])
-                    row["rank"].append(int(rank[r]))
+                    row["up"].append([up_i[k][r], [round(v, 3) for v in up_v[k][r]]])
+                    row["down"].append([dn_i[k][r], [round(v, 3) for v in dn_v[k][r]]])
+                    row["rank"].append(rank[k][r])
     return out
 
 

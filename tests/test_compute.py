@@ -492,6 +492,10 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     models = [str(d) for d in demo_dirs]
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert len(before) == 2 * 2 * len(TEXTS)  # JSON and attention file
+    ov_dir = tmp_path / "ov"                  # one OV artifact per model (generator/ov.py)
+    shutil.copytree(computed[0].parent / "ov", ov_dir)
+    ov_before = {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")}
+    assert len(ov_before) == 2
 
     lines: list[str] = []
     again = run_compute(models, [prompt_set()], out, SETTINGS, device="cpu", dtype="float32",
@@ -499,11 +503,22 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     assert (again.computed, again.reused, again.failures) == (0, 2 * len(TEXTS), [])
     assert sum("model not loaded" in line for line in lines) == 2, lines
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")} == ov_before
 
     changed = dict(TEXTS, two="Hello there, world")
+    lines = []
     third = run_compute(models, [prompt_set(changed)], out, SETTINGS, device="cpu",
-                        dtype="float32", log=quiet)
+                        dtype="float32", log=lines.append)
     assert (third.computed, third.reused, third.failures) == (2, 2 * (len(TEXTS) - 1), [])
+    # The OV circuits are not recomputed: every row is kept as it was, and only the rows of
+    # source tokens new among the prompts' most frequent ones are computed.
+    for path, old in ov_before.items():
+        new = json.loads(path.read_bytes())
+        assert all(new["rows"][t] == row for t, row in old["rows"].items())
+        added = len(new["rows"]) - len(old["rows"])
+        made = [line for line in lines if f"{old['model_id']}: OV circuits of" in line]
+        assert made == ([] if added == 0 else
+                        [line for line in made if f"OV circuits of {added} source" in line]), made
     for path, content in before.items():
         if path.name in ("two.json", "two.attention.bin"):
             assert path.read_bytes() != content

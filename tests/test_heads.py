@@ -29,7 +29,7 @@ HEAD_PAGE_LIMIT = 150_000     # bytes of a demo head page's HTML, all of it inli
 def _artifacts(build, slug):
     """(keys, artifacts) of one model of a build, in prompt-set order."""
     root = build.root / "artifacts" / slug
-    paths = sorted(p for p in root.rglob("*.json") if p.name != "ov.json")
+    paths = sorted(root.rglob("*.json"))
     keys = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
     return keys, [read_artifact(p) for p in paths]
 
@@ -164,6 +164,25 @@ def test_ov_artifact_is_reused_after_a_prompt_changes(gpt2_model, tmp_path):
     assert set(new["rows"]) == set(old["rows"]) | {"9246"}
     assert all(new["rows"][t] == r for t, r in old["rows"].items())
     assert not ov.current(path, lm.ref.model_id, "another-revision", [464])
+
+
+def test_ov_artifact_follows_its_documentation(demo_build):
+    """artifact-format.md, "The OV artifact": its key and its sample rows from the recipes there."""
+    from generator.store import content_key
+    for slug in DEMO_SLUGS:
+        data = heads.read_ov(layout.ov_path(demo_build.root / "artifacts", slug))
+        facts = _artifacts(demo_build, slug)[1][0]["model"]
+        n = min(facts["vocab_size"], facts["tokenizer_size"])
+        rng = np.random.default_rng(data["sample_seed"])
+        assert data["sample"] == sorted(int(i) for i in rng.choice(n, 32, replace=False))
+        assert data["key"] == content_key("ov", data["version"], data["model_id"],
+                                          data["revision"], 32, data["sample_seed"], data["top"])
+        k = facts["layers"] * facts["query_heads"]
+        for row in data["rows"].values():
+            assert len(row["up"]) == len(row["down"]) == len(row["rank"]) == k
+        ranks = [[data["rows"][str(t)]["rank"][h] for t in data["sample"]] for h in range(k)]
+        assert [c["top1"] for c in data["copy"]] == [
+            round(float(np.mean(np.array(r) == 1)), 4) for r in ranks]
 
 
 # --- the pages ------------------------------------------------------------------------------------

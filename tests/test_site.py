@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
-from generator.layout import LAYER
+from generator.layout import HEAD, LAYER
 
 DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
 CDN_HOSTS = ("cdn.jsdelivr", "unpkg", "googleapis", "gstatic")
@@ -120,7 +120,7 @@ def test_every_local_link_resolves(demo_site_full):
         for attr, value in LINK_RE.findall(page.read_text("utf-8")):
             value = html.unescape(value).split("#")[0].split("?")[0]
             # A per-layer URL template (generator/layout.py attention_layers): its layer 0 file.
-            value = value.replace(LAYER, "0")
+            value = value.replace(LAYER, "0").replace(HEAD, "0")   # and a per-head one's
             if not value or re.match(r"^[a-z]+:", value) or not value.endswith(LINKED_SUFFIXES):
                 continue
             target = (page.parent / unquote(value)).resolve()
@@ -149,7 +149,9 @@ def test_demo_model_pages_list_the_planted_heads(demo_site_full):
         page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
         assert "Planted heads" in page
         for p in planted_heads(slug):
-            assert f"<td>{p['name']}</td><td>{p['mechanism']}</td>" in page, p["name"]
+            head = f"../heads/{slug}/L{p['layer']}.H{p['head']}.html"   # its head page
+            assert (f"<td><a href=\"{head}\">{p['name']}</a></td><td>{p['mechanism']}</td>"
+                    in page), p["name"]
 
 
 @pytest.mark.slow
