@@ -113,8 +113,10 @@
         el("circle", { cx: sx(r[xm]), cy: sy(r[ym]), r: 10, fill: "none",
           stroke: "var(--md-accent-fg-color, #ff6e40)", "stroke-width": 2.5 }, link);
         const right = sx(r[xm]) > W / 2;   // the label on the side with room for it
+        // A halo in the page's colour keeps the label legible over other points.
         el("text", { x: sx(r[xm]) + (right ? -13 : 13), y: sy(r[ym]) - 8, fill: "currentColor",
-          "font-size": 11, "font-weight": "bold", "text-anchor": right ? "end" : "start" },
+          "font-size": 11, "font-weight": "bold", "text-anchor": right ? "end" : "start",
+          style: "paint-order: stroke; stroke: var(--md-default-bg-color); stroke-width: 3px" },
         link).textContent = r.name + " (planted)";
       }
     }
@@ -124,6 +126,7 @@
       colour(t, dark) + '"></span>';
     legend.innerHTML = "colour: " + swatch(0) + " " + fmt(c0) + " … " + swatch(1) + " " +
       fmt(c1) + " " + swatch(null) + " undefined";
+    legend.prepend(document.createTextNode(label("color") + ", "));
     plot.replaceChildren(svg, legend);
   }
 
