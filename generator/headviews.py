@@ -14,6 +14,7 @@ import struct
 import zlib
 from typing import Any, Sequence
 
+import markupsafe
 import numpy as np
 
 ACCENT = "var(--md-primary-fg-color, #3f51b5)"
@@ -28,7 +29,8 @@ def _fmt(x: float) -> str:
 
 
 def histogram_svg(edges: Sequence[float], head: Sequence[int], everyone: Sequence[int],
-                  mean: float | None, label: str, width: int = 320, height: int = 64) -> str:
+                  mean: float | None, label: str, width: int = 320, height: int = 64
+                  ) -> markupsafe.Markup:
     """Two histograms over the same bins: the head's value on each prompt (filled, accent) over
     the means of every head of the model (outline, text colour), and the head's mean (a line)."""
     n = len(head)
@@ -62,11 +64,12 @@ def histogram_svg(edges: Sequence[float], head: Sequence[int], everyone: Sequenc
     parts.append(f'<text x="{width - 1}" y="{height - 2}" font-size="10" text-anchor="end" '
                  f'fill="currentColor">{_fmt(hi)}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    # Markup: every text in it is escaped here (labels) or a number.
+    return markupsafe.Markup("".join(parts))
 
 
 def bars_svg(labels: Sequence[str], shares: Sequence[float], highlight: int | None,
-             label: str, width: int = 360, height: int = 120) -> str:
+             label: str, width: int = 360, height: int = 120) -> markupsafe.Markup:
     """Vertical bars of shares (0..1) with their labels under them; bar `highlight` in the accent
     colour, the others in the text colour."""
     n = len(labels)
@@ -88,7 +91,8 @@ def bars_svg(labels: Sequence[str], shares: Sequence[float], highlight: int | No
         parts.append(f'<text x="{x + bw / 2:.1f}" y="{height - 3}" font-size="9" '
                      f'text-anchor="middle" fill="currentColor">{html.escape(name)}</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    # Markup: every text in it is escaped here (labels) or a number.
+    return markupsafe.Markup("".join(parts))
 
 
 def _png(rgba: np.ndarray) -> bytes:
@@ -113,7 +117,7 @@ def pattern_png(cells: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(_png(rgba)).decode("ascii")
 
 
-def metric_histograms(metrics: dict[str, Any], bins: int = 16) -> dict[str, str]:
+def metric_histograms(metrics: dict[str, Any], bins: int = 16) -> dict[str, markupsafe.Markup]:
     """Per metric the histogram SVG of `heads.model_heads` values (one head's `metrics`)."""
     out = {}
     for name, m in metrics.items():
