@@ -245,7 +245,8 @@ def _head(layer: int, h: int, L: int, H: int, KV: int, keys: Sequence[str],
           artifacts: Sequence[dict[str, Any]], shown: list[list[str]],
           values: dict[str, np.ndarray], means: dict[str, np.ndarray],
           planted: dict[tuple[int, int], dict[str, Any]], dist: np.ndarray, first: float,
-          keys_out: list[dict[str, Any]], id_mass: dict[int, float], best: dict[str, list[tuple[float, int, int]]],
+          keys_out: list[dict[str, Any]], id_mass: dict[int, float],
+          best: dict[str, list[tuple[float, int, int]]],
           group: list[int], cos: np.ndarray, cos_n: np.ndarray,
           ov: dict[str, Any] | None, dla_found: dict[int, list[dict[str, Any]]]
           ) -> dict[str, Any]:
@@ -347,7 +348,8 @@ def _ov_of(layer: int, h: int, H: int, ov: dict[str, Any] | None,
 
 
 def _add_images(heads: list[dict[str, Any]], artifacts: Sequence[dict[str, Any]]) -> None:
-    """The small pattern image of every listed (prompt, position), one decode per (prompt, layer)."""
+    """The small pattern image of every listed (prompt, position): one decode per (prompt,
+    layer)."""
     need: dict[tuple[int, int], list[tuple[dict[str, Any], int]]] = defaultdict(list)
     for hd in heads:
         for entry in hd["itself"]:

@@ -156,7 +156,8 @@ def ov_rows(model: Any, token_ids: list[int], top: int = TOP) -> dict[int, dict[
 
 def copy_scores(data: dict[str, Any]) -> list[dict[str, float]]:
     """Per head (layer-major): over the artifact's sample rows, the fraction whose source token is
-    the head's most raised output (`top1`) and the median rank of the source token (`median_rank`)."""
+    the head's most raised output (`top1`) and the median rank of the source token
+    (`median_rank`)."""
     rows = [data["rows"][str(t)] for t in data["sample"]]
     count = len(data["rows"][str(data["sample"][0])]["rank"]) if rows else 0
     out = []

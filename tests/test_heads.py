@@ -1,5 +1,5 @@
-"""Head pages (issue 18): one page per query head, its aggregates across prompts (generator/heads.py),
-its OV circuit from the weights (generator/ov.py), the model page's scatter; and the documents
+"""Head pages (issue 18): one page per query head, its aggregates across prompts
+(generator/heads.py), its OV circuit from the weights (generator/ov.py), the model page's scatter; and the documents
 about the attribution and the stored attention, held to the artifacts.
 
 On the demo, whose planted heads are known: the previous-token head's distance histogram peaks at
@@ -64,7 +64,8 @@ def test_stored_attention_metrics_keep_the_documented_bounds(demo_build):
             att = np.stack([decode_attention(a, l) for l in range(a["attention"]["layers"])])
             ids = [t["id"] for t in a["tokens"]]
             got = layer_metrics(att, ids)
-            diff = {n: np.abs(got[n] - np.array(a["metrics"][n], dtype=float)) for n in HEAD_METRICS}
+            diff = {n: np.abs(got[n] - np.array(a["metrics"][n], dtype=float))
+                    for n in HEAD_METRICS}
             for n in ("prev_token", "first_token"):
                 assert np.nanmax(diff[n]) <= EPS + METRIC_ROUNDING, (slug, n)
             sizes = induction_targets(ids).sum(1)
