@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import __version__, layout
+from . import __version__, layout, ov
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
@@ -263,7 +263,9 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     """
     ref = model.ref if model is not None else resolve_model(model_id, revision)
     todo = _stale(ref, prompts, out_dir, settings, report)
-    if not todo:
+    paths = [artifact_path(out_dir, ref.slug, p) for p in prompts]
+    if not todo and ov.current(layout.ov_path(out_dir, ref.slug), ref.model_id, ref.revision,
+                               ov.artifact_tokens(paths)):
         log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
         if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
             save_tokenizer(load_tokenizer(ref), out_dir, ref.slug)  # for the tokenize page
@@ -307,6 +309,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                 pending = None
         if pending is not None:
             written(pending)
+    ov.ensure_for_model(lm, out_dir, ov.artifact_tokens(paths), log)  # after the prompts: their tokens
 
 
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,

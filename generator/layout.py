@@ -33,6 +33,12 @@ def tokenizer_artifact(root: Path, slug: str) -> Path:
     return root / slug / "tokenizer.json.gz"
 
 
+def ov_path(root: Path, slug: str) -> Path:
+    """`<root>/../ov/<slug>.json` (root: `build/artifacts`): the OV circuits of every head of one
+    model (generator/ov.py), beside the artifacts directory, which holds prompt artifacts only."""
+    return root.parent / "ov" / f"{slug}.json"
+
+
 # --- files every page needs ----------------------------------------------------------------------
 
 MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
@@ -42,6 +48,8 @@ ATTENTION_CODEC = "assets/attention-codec.js"  # hand-written: the browser's att
 HEATMAP_SCRIPT = "assets/heatmap.js"           # hand-written: a prompt page's attention heatmap
 THUMBS_SCRIPT = "assets/thumbs.js"             # hand-written: every head's pattern, small
 PAGE_SCRIPT = "assets/atlas.js"                # hand-written: draws the charts of a page
+HEADS_SCRIPT = "assets/heads.js"               # hand-written: the model page's scatter of heads
+HEADS_STYLESHEET = "assets/heads.css"          # hand-written: head pages and the scatter
 EMBED_SCRIPT = "assets/embed.js"               # hand-written: draws the chart of an embed page
 VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed (site.vendor_bundle)
 # Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the small codec,
@@ -49,8 +57,8 @@ VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed 
 # is not among them: a page without a chart (home, sets, reference pages) must not fetch it. The
 # page script loads it, on pages that hold a Vega chart, from the URL in the chart elements'
 # data-vega attribute (`Urls.vendor_bundle`), together with the first charts' data.
-PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
-STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
+PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT, HEADS_SCRIPT)
+STYLESHEETS = (STYLESHEET, CHART_STYLESHEET, HEADS_STYLESHEET)
 # Scripts of an embed page after its chart element (the bundle loads in its head).
 EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
 # "Tokenize your own text" (generator/tokenize_page.py): only that page and its embed load these.
@@ -196,9 +204,18 @@ def set_page(set_id: str) -> str:
     return f"sets/{set_id}.md"
 
 
+HEAD_PAGES_DIR = "heads/"   # every head page; not in the navigation (mkdocs.yml `not_in_nav`)
+
+
+def head_pages(slug: str) -> str:
+    """The pages of one model's query heads, `LAYER` and `HEAD` standing for the layer and the
+    head (the model page's scatter fills them in)."""
+    return f"{HEAD_PAGES_DIR}{slug}/L{LAYER}.H{HEAD}.md"
+
+
 def head_page(slug: str, layer: int, head: int) -> str:
     """The page of one query head of one model (`L2.H1`, as the site names heads)."""
-    return f"heads/{slug}/L{layer}.H{head}.md"
+    return head_pages(slug).replace(LAYER, str(layer)).replace(HEAD, str(head))
 
 
 # --- from a docs path to a URL -------------------------------------------------------------------
@@ -274,6 +291,12 @@ class Urls:
 
     def head_page(self, slug: str, layer: int, head: int) -> str:
         return self.to(head_page(slug, layer, head))
+
+    def head_pages(self, slug: str) -> str:
+        return self.to(head_pages(slug))
+
+    def atlas_data(self, slug: str) -> str:
+        return self.to(atlas_data(slug))
 
     def model_page(self, slug: str) -> str:
         return self.to(model_page(slug))

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, layout, tokenize_page
+from . import embed, head_pages, layout, tokenize_page
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -67,7 +67,7 @@ class Catalog:
     models: list[ModelSummary]
     artifacts: dict[tuple[str, str], dict[str, Any]]   # (model slug, prompt key) -> artifact
     paths: dict[tuple[str, str], Path]
-    artifacts_dir: Path = Path("build/artifacts")   # where the models' tokenizers lie too
+    artifacts_dir: Path = Path("build/artifacts")   # the models' tokenizers and OV files lie by it
 
     @property
     def any_random(self) -> bool:
@@ -343,6 +343,7 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
+    head_pages.write_all(site)
     site.comparison_pages(site.prompt_pages())
     site.tokenize_pages()
     site.manifest()

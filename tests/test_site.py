@@ -149,7 +149,9 @@ def test_demo_model_pages_list_the_planted_heads(demo_site_full):
         page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
         assert "Planted heads" in page
         for p in planted_heads(slug):
-            assert f"<td>{p['name']}</td><td>{p['mechanism']}</td>" in page, p["name"]
+            head = f"../heads/{slug}/L{p['layer']}.H{p['head']}.html"   # its head page
+            assert (f"<td><a href=\"{head}\">{p['name']}</a></td><td>{p['mechanism']}</td>"
+                    in page), p["name"]
 
 
 @pytest.mark.slow
