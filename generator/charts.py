@@ -76,16 +76,20 @@ def predictions_chart() -> alt.LayerChart:
                                                                           height=alt.Step(16))
 
 
-def surprisal_chart() -> alt.Chart:
-    """Surprisal (bits) of the token that actually came next, at every position. The axis and
+def surprisal_chart() -> alt.LayerChart:
+    """Surprisal (bits) of the token that actually came next, at every position in the window; a
+    band marks the selected position (its bar can be too short to see an outline). The axis and
     colour end at the `surprisal_max` param, which a prompt page sets to the larger of both
     models' maxima so that their charts compare (None: this chart's own maximum)."""
     top = alt.param(name="surprisal_max", value=None)
     scale = dict(domainMin=0, domainMax=alt.ExprRef(expr="surprisal_max"))
-    return alt.Chart(alt.Data(name="tokens")).transform_filter(
-        "datum.surprisal != null").transform_filter(in_window("i")).mark_bar().encode(
+    base = alt.Chart(alt.Data(name="tokens")).transform_filter(
+        "datum.surprisal != null").transform_filter(in_window("i")).encode(
         x=alt.X("label:N", sort=_tokens_sort("i"), title="token (predicting the next one)",
-                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)),
+                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)))
+    band = base.mark_rect(color=SELECTED, opacity=0.2).transform_filter(
+        "sel_pos != null && datum.i == sel_pos")
+    bars = base.mark_bar().encode(
         y=alt.Y("surprisal:Q", title="surprisal of actual next token (bits)",
                 scale=alt.Scale(**scale)),
         color=alt.Color("surprisal:Q", scale=alt.Scale(scheme="orangered", **scale), legend=None),
@@ -93,8 +97,9 @@ def surprisal_chart() -> alt.Chart:
                  # The data's own 3 decimals, not rounded again (issue 18).
                  alt.Tooltip("surprisal:Q", format=".3f", title="bits"),
                  alt.Tooltip("rank:Q", title="rank of next")],
-        **_outline("i"),
-    ).add_params(top, *position_params()).properties(width=WIDTH, height=160)
+    )
+    return alt.layer(band, bars).add_params(top, *position_params()).properties(
+        width=alt.Step(20), height=160)
 
 
 # Probabilities as a reader reads them: 0.412, 0.031, then 3.2e-5 below a thousandth.

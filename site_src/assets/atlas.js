@@ -458,8 +458,9 @@
       const c = Number(seg.dataset.char);
       seg.classList.toggle("atlas-pos-on", chars !== null && c >= chars[0] && c < chars[1]);
     });
-    const frame = document.querySelector(".atlas-aligned");
-    if (frame) reveal(frame, frame.querySelector(".atlas-pos-on"));
+    document.querySelectorAll(".atlas-aligned-text").forEach((frame) => {
+      reveal(frame, frame.querySelector(".atlas-pos-on"));
+    });
     const rows = [...document.querySelectorAll("table.atlas-agreement tr[data-char]")];
     if (!rows.length) return;
     // The row at the selected token's end, or the first after it (a generated token: the last).
