@@ -12,7 +12,7 @@ from typing import Any
 import altair as alt
 
 WIDTH = 340
-SELECTED = "#ff6e40"      # the selected position's outline (Material's deep orange accent), both schemes
+SELECTED = "#ff6e40"      # the selected position (Material's deep orange accent), both schemes
 
 
 def position_params() -> list[alt.Parameter]:

@@ -25,17 +25,18 @@ GPT2, QWEN = "tiny-random-gpt2", "tiny-random-qwen2"
 
 # About 450 tokens: the longest the demo models' context of 512 holds with the 8 generated tokens.
 # (With the demo's larger context, issue 16's 2,048 tokens: more paragraphs.)
-PARAGRAPH = ("The river town kept its records in a stone house by the bridge. Every spring the clerk "
-             "counted the boats, the bales of wool and the barrels of salted fish, and wrote the "
-             "numbers in a ledger bound in green leather. ")
+PARAGRAPH = ("The river town kept its records in a stone house by the bridge. Every spring the "
+             "clerk counted the boats, the bales of wool and the barrels of salted fish, and wrote "
+             "the numbers in a ledger bound in green leather. ")
 WORDS = ("amber basalt cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon meadow "
          "nectar onyx pepper quartz russet saffron tundra ")
 LONG_TEXT = (PARAGRAPH * 2 + "A list to remember: " + (WORDS * 3).strip() + ". The same list "
-             "again: " + (WORDS * 3).strip() + ". " + PARAGRAPH * 2 + "The clerk's ledger was bound in")
+             "again: " + (WORDS * 3).strip() + ". " + PARAGRAPH * 2
+             + "The clerk's ledger was bound in")
 # The 72-token page of the heatmap tests (tests/test_browser.py LONG_TEXT).
-SHORT_TEXT = ("Shopping list: flour, lentils, saffron, walnuts, yogurt, apples, bread, cheese, dates, "
-              "eggs, figs, grapes, honey. Checked items: flour, lentils, saffron, walnuts, yogurt, "
-              "apples, bread, cheese, dates, eggs, figs,")
+SHORT_TEXT = ("Shopping list: flour, lentils, saffron, walnuts, yogurt, apples, bread, cheese, "
+              "dates, eggs, figs, grapes, honey. Checked items: flour, lentils, saffron, walnuts, "
+              "yogurt, apples, bread, cheese, dates, eggs, figs,")
 LONG, SHORT = "prompts/long/ledger.html", "prompts/long/list-72.html"
 
 
@@ -125,7 +126,8 @@ def expect_views_at(page, slug: str, pos: int, length: int) -> None:
     assert chip.count() == 1 and chip.get_attribute("data-i") == str(pos)
     frame = col.locator(".atlas-tokens-frame").bounding_box()
     box = chip.bounding_box()
-    assert frame["y"] - 1 <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"] + 1
+    assert frame["y"] - 1 <= box["y"]
+    assert box["y"] + box["height"] <= frame["y"] + frame["height"] + 1
     # The attribution shows that position.
     dla = page.locator(f'.atlas-dla[data-model="{slug}"]')
     page.wait_for_function("([c, p]) => c.dataset.position === p",

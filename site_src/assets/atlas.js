@@ -7,8 +7,10 @@
  * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
  * bundle, which this script loads itself, only on pages that hold a Vega chart (its URL is the
  * chart elements' data-vega); nothing is fetched from outside the site. Also drives the direct
- * logit attribution view (position, target, the list of the largest contributors; a click on a
- * head opens its attention). */
+ * logit attribution view (position, target, the list of the largest contributors, each head's
+ * name a link to its page; a click on a head in the grid opens its attention), and the one
+ * selected position of a prompt page (the `atlas:position` event, ?pos=P): every view indexed by
+ * position shows a window around it. */
 (function () {
   "use strict";
   const cache = new Map();
@@ -416,7 +418,8 @@
   function followChips() {
     for (const col of columns()) {
       const pos = positionFor(col.dataset.tokensOf);
-      col.querySelectorAll(".atlas-tok.atlas-pos-on").forEach((c) => c.classList.remove("atlas-pos-on"));
+      col.querySelectorAll(".atlas-tok.atlas-pos-on")
+        .forEach((c) => c.classList.remove("atlas-pos-on"));
       const chip = col.querySelector('.atlas-tok[data-i="' + pos + '"]');
       if (!chip) continue;
       chip.classList.add("atlas-pos-on");
@@ -545,7 +548,8 @@
         q.set("head", headSel.value);
         // A selected position is written in this model's tokens.
         if (selection.model !== null) q.set("pos", String(positionFor(box.dataset.model)));
-        const hash = /(^|&)(layer|head|model|pos)=/.test(location.hash.slice(1)) ? "" : location.hash;
+        const hash = /(^|&)(layer|head|model|pos)=/.test(location.hash.slice(1)) ? ""
+          : location.hash;
         history.replaceState(history.state, "", location.pathname + "?" + q.toString() + hash);
       };
       layerSel.addEventListener("change", update);
