@@ -23,15 +23,15 @@ WINDOW = 24               # generator/pagedata.py POSITION_WINDOW
 AGREEMENT_WINDOW = 12     # generator/render.py AGREEMENT_WINDOW
 GPT2, QWEN = "tiny-random-gpt2", "tiny-random-qwen2"
 
-# About 450 tokens: the longest the demo models' context of 512 holds with the 8 generated tokens.
-# (With the demo's larger context, issue 16's 2,048 tokens: more paragraphs.)
+# About 2,048 tokens (2,069 GPT-2 tokens, 1,990 Qwen2.5 tokens): a paragraph repeated, a list of
+# words twice in the middle (something for an induction head to copy), the paragraph again.
 PARAGRAPH = ("The river town kept its records in a stone house by the bridge. Every spring the "
              "clerk counted the boats, the bales of wool and the barrels of salted fish, and wrote "
              "the numbers in a ledger bound in green leather. ")
 WORDS = ("amber basalt cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon meadow "
          "nectar onyx pepper quartz russet saffron tundra ")
-LONG_TEXT = (PARAGRAPH * 2 + "A list to remember: " + (WORDS * 3).strip() + ". The same list "
-             "again: " + (WORDS * 3).strip() + ". " + PARAGRAPH * 2
+LONG_TEXT = (PARAGRAPH * 15 + "A list to remember: " + (WORDS * 8).strip() + ". The same list "
+             "again: " + (WORDS * 8).strip() + ". " + PARAGRAPH * 15
              + "The clerk's ledger was bound in")
 # The 72-token page of the heatmap tests (tests/test_browser.py LONG_TEXT).
 SHORT_TEXT = ("Shopping list: flour, lentils, saffron, walnuts, yogurt, apples, bread, cheese, "
@@ -148,7 +148,7 @@ def test_the_window_follows_a_token_chosen_anywhere(long_site, reader):
     site, url = long_site
     page = reader.page
     gpt, qwen = tokens_of(site, GPT2), tokens_of(site, QWEN)
-    assert len(gpt) > 400 and len(qwen) > 400, "the long prompt is not long"
+    assert len(gpt) > 2000 and len(qwen) > 1950, "the long prompt is not about 2,048 tokens"
     reader.open(url + LONG)
     reader.draw_all()
     # At first: the last prompt token of each model.
