@@ -33,6 +33,7 @@ from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
                      LayerGroups, Lens, PromptInfo, Provenance, TopK, current_attention,
                      validate_artifact, write_artifact_json, write_binary_file)
+from .space import is_disk_full
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_ids, describe_tokens, preload_vocab, vocab_entries
 
@@ -393,6 +394,8 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
     except AtlasError as e:
         return f"{prompt.key} ({ref.model_id}): {e}"
     except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
+        if is_disk_full(e):
+            raise  # every prompt after it would fail too: the stage stops, the CLI says why
         kind = ("out of memory even at batch size 1" if _is_oom(e)
                 else f"{type(e).__name__}: {e}")
         return f"{prompt.key} ({ref.model_id}): {kind}"

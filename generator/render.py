@@ -146,6 +146,12 @@ class Writer:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def discard_unfinished(docs_dir: Path) -> None:
+    """Delete what a failed render left half-written (its `Writer`'s tree; the last complete
+    docs tree stays), so that a full disk gets its space back."""
+    shutil.rmtree(docs_dir.with_name(docs_dir.name + ".tmp"), ignore_errors=True)
+
+
 def _model_info(m: ModelSummary) -> ModelInfo:
     return ModelInfo(m.slug, m.model_id, m.facts["layers"], m.facts["query_heads"],
                      m.facts["kv_heads"], m.random_weights, tuple(m.prompts))
