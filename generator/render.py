@@ -35,6 +35,7 @@ from .store import canonical_json
 from .templating import environment
 
 Log = Callable[[str], None]
+AGREEMENT_WINDOW = 12     # rows of the comparison table around the selected position (atlas.js)
 
 
 def build_date() -> str:
@@ -242,7 +243,10 @@ class _Site:
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
-                              "dla_list": pd.dla_list(dla, dla["default"], "top1")})
+                              "dla_list": pd.dla_list(dla, dla["default"], "top1"),
+                              # The position every position-indexed view opens at, and its window.
+                              "selected": dla["default"],
+                              "window": pd.position_window(len(tokens), dla["default"])})
         return per_model
 
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
@@ -267,8 +271,14 @@ class _Site:
         data = {"cumulative": pd.cumulative_rows(p.text, names, arts)}
         self.w.json(ref.data, data)
         self.chart(ref, data=data)
+        agreement = pd.top1_agreement(arts) if len(arts) >= 2 else None
+        if agreement:
+            # The rows the page shows first: the window at the end of the prompt, where every
+            # position-indexed view opens (atlas.js moves it with the selected position).
+            n = len(agreement["rows"])
+            agreement["window"] = pd.position_window(n, n - 1, AGREEMENT_WINDOW)
         return {"segments": pd.aligned_segments(p.text, arts), "names": names,
-                "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None, "chart": ref}
+                "agreement": agreement, "chart": ref}
 
     def prompt_pages(self) -> list[dict[str, Any]]:
         """Every set page and prompt page; returns the tokenizer rows of every prompt."""
