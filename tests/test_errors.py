@@ -129,7 +129,7 @@ def test_prompt_longer_than_the_context_is_skipped_alone(tmp_path, demo_dirs):
     """The demo models hold 4,096 positions: a longer prompt is skipped for each of them, with one
     line naming the prompt and the model, and the build goes on (tests/test_skips.py covers a
     prompt that fits one model and not the other)."""
-    long_text = "a " * 4200  # 4,200 tokens for both tokenizers, under the 20,000-character limit
+    long_text = " ".join(["a"] * 4200)  # 4,200 tokens for both tokenizers, 8,399 characters
     sets = {"ctx": {"title": "Context", "description": "One too long.",
                     "prompts": [{"id": "short", "text": "Hello world", "note": "Fits."},
                                 {"id": "too-long", "text": long_text, "note": "Does not fit."}]}}

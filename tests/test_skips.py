@@ -25,7 +25,7 @@ from generator.skips import SkipRecord, fits, read_skip
 from conftest import write_prompt_sets
 
 CONTEXT = 64
-LONG = "a " * 80                      # 80 tokens for both tokenizers
+LONG = " ".join(["a"] * 80)           # 80 tokens for both tokenizers ("a", then " a" x 79)
 SETS = {"ctx": {"title": "Context", "description": "One prompt too long for the small model.",
                 "prompts": [{"id": "short", "text": "Hello world", "note": "Fits both."},
                             {"id": "long", "text": LONG, "note": "Fits Qwen2 only."}]}}
