@@ -6,10 +6,11 @@ compute (torch) and render (no torch) are imported only by the commands that nee
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -88,6 +89,10 @@ compute_options = _options(
 out_option = click.option("--out", type=click.Path(path_type=Path), default=Path("site"),
                           show_default=True, help="Directory the built site is written to.")
 
+wait_option = click.option("--no-wait", is_flag=True,
+                           help="If another command is writing into --build-dir, fail at once, "
+                                "naming it, instead of waiting for it to finish.")
+
 
 def _prompt_sets(paths: tuple[Path, ...]) -> list:
     from .prompts import default_prompt_dir, load_prompt_sets
@@ -132,15 +137,31 @@ def check_dirs(build_dir: Path, out: Path | None = None) -> None:
                                  f"empty directory, or a previous site.", param_hint="--out")
 
 
+@contextlib.contextmanager
+def holding(build_dir: Path, no_wait: bool) -> Iterator[None]:
+    """The build directory's lock (generator/lock.py) for the body: one writer at a time."""
+    from .lock import build_dir_lock, command_line
+    check_dirs(build_dir)
+    ctx = click.get_current_context(silent=True)
+    command = command_line(ctx.info_name if ctx else None)
+    with build_dir_lock(build_dir, command, wait=not no_wait, log=log):
+        yield
+
+
 def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, top_k, lens_top_k,
-               continuation, shard, device_map, batch_size) -> None:
+               continuation, shard, device_map, batch_size, out=None) -> None:
     from .compute import Settings, Shard, run_compute
+    from .space import Space
     settings = Settings(top_k=top_k, lens_top_k=lens_top_k, continuation=continuation)
     shard_ = Shard.parse(shard)
     sets = _prompt_sets(prompt_paths)
     check_dirs(build_dir)
-    report = run_compute(_model_ids(models, demo, build_dir), sets, build_dir / "artifacts",
-                         settings, device, dtype, shard_, log, revision, device_map, batch_size)
+    space = Space(build_dir, out, demo)
+    with space.writing("the demo checkpoints", build_dir / "demo-models"):
+        model_ids = _model_ids(models, demo, build_dir)
+    with space.writing("the artifacts", build_dir / "artifacts"):
+        report = run_compute(model_ids, sets, build_dir / "artifacts", settings, device, dtype,
+                             shard_, log, revision, device_map, batch_size)
     if report.failures:
         raise click.ClickException(
             f"{len(report.failures)} unit(s) failed; the {report.computed + report.reused} other "
@@ -148,14 +169,22 @@ def do_compute(prompt_paths, models, demo, build_dir, device, dtype, revision, t
 
 
 def do_render(prompt_paths, models, demo, build_dir, out) -> None:
-    from .render import load_catalog, render_docs
+    from .render import discard_unfinished, load_catalog, render_docs
     from .site import build_site, vendor_bundle, write_mkdocs_config
+    from .space import Space
     check_dirs(build_dir, out)
     sets = _prompt_sets(prompt_paths)
     catalog = load_catalog(build_dir / "artifacts", sets, _slugs(models, demo, build_dir), log)
-    nav = render_docs(catalog, build_dir / "docs", vendor_bundle(build_dir), log)
-    write_mkdocs_config(build_dir, nav)
-    build_site(build_dir, out, log)
+    space = Space(build_dir, out, demo)
+    try:
+        with space.writing("the generated pages", build_dir / "docs"):
+            nav = render_docs(catalog, build_dir / "docs", vendor_bundle(build_dir), log)
+            write_mkdocs_config(build_dir, nav)
+    except BaseException:
+        discard_unfinished(build_dir / "docs")  # the last complete docs tree and site stay
+        raise
+    with space.writing("the site", out):
+        build_site(build_dir, out, log)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,34 +200,41 @@ def main() -> None:
 @main.command()
 @common_options
 @compute_options
+@wait_option
 @domain_errors
-def compute(prompt_paths, models, demo, build_dir, **kw) -> None:
+def compute(prompt_paths, models, demo, build_dir, no_wait, **kw) -> None:
     """Run the prompt sets through the models; write one JSON artifact per (model, prompt).
 
     Unchanged prompts are not recomputed. Needs torch.
     """
-    do_compute(prompt_paths, models, demo, build_dir, **kw)
+    with holding(build_dir, no_wait):
+        do_compute(prompt_paths, models, demo, build_dir, **kw)
 
 
 @main.command()
 @common_options
 @out_option
+@wait_option
 @domain_errors
-def render(prompt_paths, models, demo, build_dir, out) -> None:
+def render(prompt_paths, models, demo, build_dir, out, no_wait) -> None:
     """Render the artifacts into pages and build the static site with MkDocs. No torch needed."""
-    do_render(prompt_paths, models, demo, build_dir, out)
+    check_dirs(build_dir, out)
+    with holding(build_dir, no_wait):
+        do_render(prompt_paths, models, demo, build_dir, out)
 
 
 @main.command()
 @common_options
 @compute_options
 @out_option
+@wait_option
 @domain_errors
-def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
+def build(prompt_paths, models, demo, build_dir, out, no_wait, **kw) -> None:
     """compute + render + mkdocs build: the whole site into --out (default site/)."""
     check_dirs(build_dir, out)
-    do_compute(prompt_paths, models, demo, build_dir, **kw)
-    do_render(prompt_paths, models, demo, build_dir, out)
+    with holding(build_dir, no_wait):
+        do_compute(prompt_paths, models, demo, build_dir, out=out, **kw)
+        do_render(prompt_paths, models, demo, build_dir, out)
     log(f"done: open {out / layout.served(layout.HOME)} through a web server, e.g. "
         f"`model-atlas serve`")
 
@@ -209,14 +245,16 @@ def build(prompt_paths, models, demo, build_dir, out, **kw) -> None:
 @out_option
 @click.option("--port", type=int, default=8000, show_default=True, help="Port on 127.0.0.1.")
 @click.option("--no-build", is_flag=True, help="Serve --out as it is, without building first.")
+@wait_option
 @domain_errors
-def serve(prompt_paths, models, demo, build_dir, out, port, no_build, **kw) -> None:
+def serve(prompt_paths, models, demo, build_dir, out, port, no_build, no_wait, **kw) -> None:
     """Build the site, then serve it on http://127.0.0.1:PORT/ until interrupted."""
     import http.server
     if not no_build:
         check_dirs(build_dir, out)
-        do_compute(prompt_paths, models, demo, build_dir, **kw)
-        do_render(prompt_paths, models, demo, build_dir, out)
+        with holding(build_dir, no_wait):  # while it builds; serving writes nothing there
+            do_compute(prompt_paths, models, demo, build_dir, out=out, **kw)
+            do_render(prompt_paths, models, demo, build_dir, out)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
     with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
         log(f"serving {out} on http://127.0.0.1:{port}/ (Ctrl-C to stop)")

@@ -33,6 +33,7 @@ from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
                      LayerGroups, Lens, PromptInfo, Provenance, TopK, attention_path,
                      current_attention, validate_artifact, write_artifact_json, write_binary_file)
+from .space import is_disk_full
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokens import describe_ids, describe_tokens, preload_vocab, vocab_entries
 
@@ -137,7 +138,7 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
     referenced = _referenced(seq.top_ids, seq.lens_ids)
     stored = seq.attention
-    attention = Attention.from_encoded(stored.data, stored.overflow, stored.heads, stored.length,
+    attention = Attention.from_encoded(stored.data, stored.head_bytes, stored.heads, stored.length,
                                        prompt.id, file_sha256)
     return Artifact(
         key=key,
@@ -422,6 +423,8 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
     except AtlasError as e:
         return f"{prompt.key} ({ref.model_id}): {e}"
     except Exception as e:  # noqa: BLE001 - one failed prompt must not lose the others
+        if is_disk_full(e):
+            raise  # every prompt after it would fail too: the stage stops, the CLI says why
         kind = ("out of memory even at batch size 1" if _is_oom(e)
                 else f"{type(e).__name__}: {e}")
         return f"{prompt.key} ({ref.model_id}): {kind}"

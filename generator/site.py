@@ -3,11 +3,12 @@
 The site must work offline from any static host, so Vega, Vega-Lite and vega-embed come from
 vl-convert-python's offline bundle, written once per vl-convert version into the build directory,
 and Material's Google Fonts are off in `mkdocs.yml`. `build_site` writes into a temporary directory
-and swaps it into place only after `mkdocs build --strict` succeeded.
+and swaps it into place, in one step, only after `mkdocs build --strict` succeeded.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ import yaml
 from . import layout
 from .errors import AtlasError
 from .resources import resource_path
+from .lock import process_alive
+from .store import replace_dir
 
 Log = Callable[[str], None]
 
@@ -51,24 +54,39 @@ def write_mkdocs_config(build_dir: Path, nav: list[Any], base_config: Path | Non
 
 
 def build_site(build_dir: Path, out_dir: Path, log: Log = print) -> None:
-    """Run `mkdocs build --strict` into a temporary directory, then swap it into `out_dir`."""
+    """Run `mkdocs build --strict` into a temporary sibling of `out_dir`, then put it in the place
+    of `out_dir` in one step (`store.replace_dir`): a reader of `out_dir` (`serve --no-build`)
+    sees the old site or the new one, and a failed build leaves the old one in place."""
     if out_dir.exists() and not out_dir.is_dir():
         raise AtlasError(f"--out {out_dir}: this is a file; give a directory for the site.")
     out_dir = out_dir.resolve()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out_dir)
+    # Named after this process: two builds of one --out (from two build directories) never
+    # share it, and the last one to finish wins.
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     # No --quiet: it hides the warnings that --strict must count.
     cmd = [sys.executable, "-m", "mkdocs", "build", "--strict",
            "-f", str(build_dir / "mkdocs.yml"), "-d", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            output = (proc.stderr or proc.stdout).strip()
+            if "[Errno 28]" in output or "No space left on device" in output:
+                raise OSError(errno.ENOSPC, "No space left on device (in mkdocs build)", str(tmp))
+            raise AtlasError("mkdocs build --strict failed:\n" + output)
+        replace_dir(tmp, out_dir)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise AtlasError("mkdocs build --strict failed:\n" + (proc.stderr or proc.stdout).strip())
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
     log(f"site: built {out_dir} in {time.perf_counter() - t0:.1f}s")
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Delete the temporary sites (`.<out>.<pid>.tmp`) of builds that were killed."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.*.tmp*"):
+        pid = path.name[len(out_dir.name) + 2:].split(".")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+

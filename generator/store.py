@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,61 @@ def atomic_write_bytes(path: Path | str, data: Any, *, durable: bool = True) -> 
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # os.write names no file
+            e.filename = str(path)
         raise
 
 
 def atomic_write_text(path: Path | str, text: str, *, durable: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2 RENAME_EXCHANGE, macOS renamex_np
+    RENAME_SWAP); False where the system or the file system cannot."""
+    import ctypes
+    import errno
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    src, dst = os.fsencode(a), os.fsencode(b)
+    if (renameat2 := getattr(libc, "renameat2", None)) is not None:
+        at_fdcwd, rename_exchange = -100, 2
+        result = renameat2(at_fdcwd, src, at_fdcwd, dst, rename_exchange)
+    elif (renamex_np := getattr(libc, "renamex_np", None)) is not None:
+        rename_swap = 2
+        result = renamex_np(src, dst, rename_swap)
+    else:
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put directory `new` in the place of `target` (a directory or nothing) in one step, and
+    delete the old one: a reader of `target` finds the old tree or the new one, whole, never
+    neither. `new` must be on the file system of `target` (a sibling).
+
+    Where the system cannot swap two entries in one step (not Linux or macOS, or a file system
+    without RENAME_EXCHANGE), the old tree is renamed away and the new one in: two renames,
+    between which `target` does not exist for a moment (microseconds); never a half-written tree.
+    """
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if not _exchange(new, target):
+        old = new.with_name(new.name + ".old")
+        os.rename(target, old)
+        os.rename(new, target)
+        new = old
+    shutil.rmtree(new, ignore_errors=True)  # the old tree, now under the name `new` had
 
 
 def remove_stale_temporaries(root: Path) -> int:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ import yaml
 from click.testing import CliRunner
 
 from generator.cli import main
+from generator.lock import HOLDER_FILE
 from generator.schema import read_artifact
 
 from conftest import REPO, tree_digest, write_prompt_sets
@@ -64,10 +66,10 @@ def new_root(path: Path, demo_dirs: list[Path]) -> Path:
     return path
 
 
-def run_build(root: Path, prompts: Path) -> str:
+def run_build(root: Path, prompts: Path, *extra: str) -> str:
     """A build in a subprocess, to its end; returns its log."""
-    proc = subprocess.run(build_command(root, prompts), cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(build_command(root, prompts) + list(extra), cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stderr
 
@@ -130,7 +132,11 @@ def test_killed_during_compute_resumes_to_the_same_site(reference, prompts, demo
     done = assert_artifacts_valid(root)
     assert 0 < len(done) < TOTAL, [p.name for p in done]
     assert not (root / "site").exists()
-    log = run_build(root, prompts)
+    # The killed build held the build directory's lock and could not say it let go: its name is
+    # still there. --no-wait: the next build must not even wait.
+    assert json.loads((root / HOLDER_FILE).read_text())["command"].startswith("model-atlas build")
+    log = run_build(root, prompts, "--no-wait")
+    assert "in use" not in log, log
     assert f"compute: {TOTAL - len(done)} computed, {len(done)} reused, 0 failed" in log, log
     assert not list((root / "artifacts").rglob(".*.tmp")), "temporary files were left behind"
     assert tree_digest(root / "artifacts") == tree_digest(reference / "artifacts")
@@ -138,19 +144,20 @@ def test_killed_during_compute_resumes_to_the_same_site(reference, prompts, demo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, marker", [("docs", "docs.tmp"), ("mkdocs", "site.tmp")])
+@pytest.mark.parametrize("stage, marker", [("docs", "docs.tmp"), ("mkdocs", ".site.*.tmp")])
 def test_killed_during_render_resumes_to_the_same_site(reference, prompts, demo_dirs, tmp_path,
                                                        stage, marker):
-    """Killed while the pages are generated (build/docs.tmp) or while mkdocs runs (site.tmp)."""
+    """Killed while the pages are generated (build/docs.tmp) or while mkdocs runs (.site.<pid>.tmp,
+    beside --out)."""
     root = new_root(tmp_path / "build", demo_dirs)
     shutil.copytree(reference / "artifacts", root / "artifacts")
-    kill_when(root, prompts, lambda: (root / marker).exists(), f"{marker} existed")
+    kill_when(root, prompts, lambda: any(root.glob(marker)), f"{marker} existed")
     assert_artifacts_valid(root)
     assert tree_digest(root / "artifacts") == tree_digest(reference / "artifacts")
     assert not (root / "site").exists(), "a half-built site must never be in --out"
     log = run_build(root, prompts)
     assert f"compute: 0 computed, {TOTAL} reused, 0 failed" in log, log
-    assert not (root / "docs.tmp").exists() and not (root / "site.tmp").exists()
+    assert not (root / "docs.tmp").exists() and not list(root.glob(".site.*.tmp*"))
     assert tree_digest(root / "site") == tree_digest(reference / "site")
 
 
@@ -172,6 +179,229 @@ def test_two_clean_builds_are_byte_identical(reference, prompts, demo_dirs, tmp_
         if path.is_file() and path.suffix in (".html", ".json", ".xml", ".js"):
             text = path.read_text(encoding="utf-8", errors="replace")
             assert str(root) not in text and str(reference) not in text, path
+
+
+# --- two builds at once, a failed render -------------------------------------------------------
+
+
+def start_build(root: Path, prompts: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(build_command(root, prompts) + list(extra), cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_builds_at_once_run_one_after_the_other(reference, prompts, demo_dirs, tmp_path):
+    """Two builds of one build directory and --out, started together: the second waits, saying
+    for whom; both succeed, and the site is one build's, byte for byte. A reader of the site
+    (`serve --no-build`) finds it at every moment once the first build made it, across the
+    second build's swap."""
+    root = new_root(tmp_path / "build", demo_dirs)
+    procs = [start_build(root, prompts) for _ in range(2)]
+    seen, missing, done = [], [], threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            if (root / "site" / "index.html").is_file():
+                seen.append(1)
+            elif seen:
+                missing.append(time.monotonic())
+            time.sleep(0.001)  # the swap itself has no gap: tests/test_lock.py reads through it
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        logs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        done.set()
+        t.join()
+    assert seen and not missing, f"the site was missing {len(missing)} times"
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log
+    waited = [i for i, log in enumerate(logs) if "waiting for it to finish" in log]
+    assert len(waited) == 1, logs
+    second, first = waited[0], 1 - waited[0]
+    assert f"is in use by pid {procs[first].pid} (`model-atlas build --demo" in logs[second]
+    assert f"compute: {TOTAL} computed, 0 reused, 0 failed" in logs[first]
+    assert f"compute: 0 computed, {TOTAL} reused, 0 failed" in logs[second]
+    assert tree_digest(root / "site") == tree_digest(reference / "site")
+    assert not list(root.glob(".site.*")) and not (root / "docs.tmp").exists()
+
+
+@pytest.mark.slow
+def test_with_no_wait_the_second_build_fails_at_once_naming_the_first(reference, prompts,
+                                                                       demo_dirs, tmp_path):
+    root = new_root(tmp_path / "build", demo_dirs)
+    procs = [start_build(root, prompts, "--no-wait") for _ in range(2)]
+    ended: dict[int, float] = {}
+    while len(ended) < 2:
+        for i, p in enumerate(procs):
+            if i not in ended and p.poll() is not None:
+                ended[i] = time.monotonic()
+        time.sleep(0.05)
+    logs = [p.communicate(timeout=60)[0] for p in procs]
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    assert len(failed) == 1, logs
+    loser, winner = failed[0], 1 - failed[0]
+    assert procs[winner].returncode == 0, logs[winner]
+    assert ended[loser] < ended[winner], "the second build waited"
+    message = logs[loser].strip()
+    assert message.startswith(f"Error: --build-dir {root} is in use by "), message
+    assert f"pid {procs[winner].pid}" in message or "has not written its name" in message
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert tree_digest(root / "site") == tree_digest(reference / "site")
+
+
+def _render(root: Path, prompts: Path):
+    return CliRunner().invoke(main, ["render", "--demo", "--prompts", str(prompts),
+                                     "--build-dir", str(root), "--out", str(root / "site")])
+
+
+def _copy_build(reference: Path, root: Path) -> Path:
+    """The reference build without its demo checkpoints (render does not read them)."""
+    shutil.copytree(reference, root, symlinks=True, ignore=shutil.ignore_patterns("demo-models"))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["pages", "mkdocs"])
+def test_a_failed_render_leaves_the_previous_site(monkeypatch, reference, prompts, tmp_path,
+                                                  where):
+    """A render that fails while writing the pages, or in mkdocs: the site (and, when the pages
+    failed, the docs tree) of the last build stay as they were, and nothing half-written is left."""
+    import generator.render
+    from generator.errors import ArtifactError
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    root = _copy_build(reference, tmp_path / "build")
+    site, docs = tree_digest(root / "site"), tree_digest(root / "docs")
+    if where == "pages":
+        def fail(self):
+            raise ArtifactError("planted failure while writing the pages")
+        monkeypatch.setattr(generator.render._Site, "manifest", fail)
+    else:
+        real = generator.render.navigation
+        monkeypatch.setattr(generator.render, "navigation",
+                            lambda catalog: real(catalog) + [{"Gone": "no-such-page.md"}])
+    result = _render(root, prompts)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    expected = "planted failure" if where == "pages" else "mkdocs build --strict failed"
+    assert expected in result.output
+    assert tree_digest(root / "site") == site
+    if where == "pages":
+        assert tree_digest(root / "docs") == docs
+    assert not (root / "docs.tmp").exists() and not list(root.glob(".site.*"))
+
+
+# --- a full disk: a small file system made in the test ---------------------------------------
+
+
+class SmallDisk:
+    """A tmpfs mounted at `path` whose size can be set (root only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def resize(self, size: int) -> None:
+        size = max(4096, size // 4096 * 4096)
+        subprocess.run(["mount", "-o", f"remount,size={size}", "tmpfs", str(self.path)],
+                       check=True, capture_output=True)
+
+    def free(self) -> int:
+        return shutil.disk_usage(self.path).free
+
+    def leave_free(self, size: int) -> None:
+        """Make the file system hold what it holds now plus `size` bytes."""
+        self.resize(shutil.disk_usage(self.path).used + size)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    path = tmp_path / "small"
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root (the patched-write test in "
+                    "tests/test_lock.py covers a full disk without it)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def allocated(root: Path) -> int:
+    """Bytes the files under `root` take on their file system (whole pages on a tmpfs)."""
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
+def one_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    message = errors[0]
+    assert " free there, and a build here needs about " in message, message
+    assert message.count(". ") == 0, "one sentence"
+    return message
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_demo_checkpoints(small_disk, prompts):
+    small_disk.resize(20_000_000)  # a demo checkpoint takes more
+    root = small_disk.path / "build"
+    result = CliRunner().invoke(main, ["compute", "--demo", "--prompts", str(prompts),
+                                       "--build-dir", str(root), "--device", "cpu"])
+    message = one_error(result)
+    assert message.startswith("Error: No space left on device while writing the demo "
+                              "checkpoints") and str(root / "demo-models") in message, message
+    assert "(170.0 MB in all)" in message
+    assert list((root / "demo-models").iterdir()) == [], "a half-written checkpoint was left"
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_artifacts(small_disk, prompts, demo_dirs):
+    root = _linked_root(small_disk.path / "build", demo_dirs)
+    small_disk.leave_free(100_000)  # an artifact or two of the six
+    result = _compute(root, prompts)
+    message = one_error(result)
+    assert message.startswith(f"Error: No space left on device while writing the artifacts "
+                              f"({root / 'artifacts'}"), message
+    found = assert_artifacts_valid(root)  # whatever was written is whole
+    assert len(found) < TOTAL
+    assert not list((root / "artifacts").rglob(".*.tmp")), "a temporary file was left"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["pages", "site"])
+def test_a_full_disk_in_render_leaves_the_site_as_it_was(monkeypatch, small_disk, reference,
+                                                         prompts, stage):
+    """The last build's tree on a small disk; the next render runs out of room while writing the
+    docs tree (the disk holds less than another one) or the site (room for another docs tree,
+    not for another site): the docs and site stay, nothing half-written is left."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    root = _copy_build(reference, small_disk.path / "build")
+    docs, site = allocated(root / "docs"), allocated(root / "site")
+    before = {part: tree_digest(root / part) for part in ("docs", "site")}
+    if stage == "pages":
+        small_disk.leave_free(docs // 2)
+    else:
+        if site <= docs:
+            pytest.skip(f"the site ({site} bytes) is not larger than the docs tree ({docs})")
+        small_disk.leave_free((docs + site) // 2)
+    free = small_disk.free()
+    message = one_error(_render(root, prompts))
+    if stage == "pages":
+        assert message.startswith("Error: No space left on device while writing the generated "
+                                  "pages") and str(root / "docs") in message, message
+        assert tree_digest(root / "docs") == before["docs"]
+    else:
+        assert message.startswith(f"Error: No space left on device while writing the site "
+                                  f"({root}/.site."), message
+    assert tree_digest(root / "site") == before["site"]
+    assert not (root / "docs.tmp").exists() and not list(root.glob(".site.*"))
+    assert small_disk.free() >= free - 64 * 1024, "the failed render kept space"
 
 
 # --- failures inside compute (in-process, monkeypatched) --------------------------------------

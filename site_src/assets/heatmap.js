@@ -7,33 +7,18 @@
  * Loaded after attention-codec.js and before atlas.js (generator/layout.py PAGE_SCRIPTS); atlas.js
  * calls AtlasHeatmap.draw(box, page) when the box comes into view. `page` is what atlas.js shares:
  * getJSON, showError, markFirstChart, theme, onTheme, openHead. The box's data-attn is the URL
- * template of its layer files (AtlasAttention.layerUrl). */
+ * template of its per-head files (AtlasCodec.headUrl). */
 (function () {
   "use strict";
   const CELL = 16;        // px per token: labels of 11 px type on 16 px lines never overlap
 
-  // One head of one stored layer as a dense [T, T] row-major Float32Array (query q, key k at
-  // q * T + k; zero above the diagonal), decoded by the shared codec (attention-codec.js). With
-  // hideFirst, key 0 is dropped and each row re-normalized over the rest (row 0 then has nothing
-  // left to show), as AtlasAttention.headRows does.
-  function headMatrix(layer, head, hideFirst) {
-    const weight = layer._weight || (layer._weight = AtlasAttention.decodeLayer(layer));
-    if (!(head >= 0 && head < layer.heads)) {
-      throw new Error("head " + head + ": valid values are 0 to " + (layer.heads - 1));
-    }
-    const t = layer.length, m = new Float32Array(t * t);
-    for (let q = 0; q < t; q++) {
-      for (let k = 0; k <= q; k++) m[q * t + k] = weight(head, q, k);
-    }
-    if (hideFirst) {
-      for (let q = 0; q < t; q++) {
-        let total = 0;
-        for (let k = 1; k <= q; k++) total += m[q * t + k];
-        m[q * t] = 0;
-        for (let k = 1; k <= q; k++) m[q * t + k] = total > 0 ? m[q * t + k] / total : 0;
-      }
-    }
-    return m;
+  // One head's file as a dense [T, T] row-major Float32Array (query q, key k at q * T + k; zero
+  // above the diagonal), decoded by the shared codec (attention-codec.js). With hideFirst, key 0
+  // is dropped and each row re-normalized over the rest (row 0 then has nothing left to show),
+  // as AtlasCodec.headRows does.
+  function headMatrix(file, hideFirst) {
+    const csr = file._csr || (file._csr = AtlasCodec.decodeHead(file));
+    return AtlasCodec.denseHead(csr, hideFirst);
   }
 
   // Colour ramps (weight 0..1 -> rgb), one per colour scheme of the page: light cells on a light
@@ -267,11 +252,11 @@
 
     async show() {
       const layerNo = this.layerSel.value, head = Number(this.headSel.value);
-      const layer = await this.page.getJSON(AtlasAttention.layerUrl(this.box.dataset.attn, layerNo));
-      if (layer.length !== this.t) {
-        throw new Error("layer file has " + layer.length + " tokens, the token file " + this.t);
+      const file = await this.page.getJSON(AtlasCodec.headUrl(this.box.dataset.attn, layerNo, head));
+      if (file.length !== this.t) {
+        throw new Error("head file has " + file.length + " tokens, the token file " + this.t);
       }
-      this.matrix = headMatrix(layer, head, this.sink.checked);
+      this.matrix = headMatrix(file, this.sink.checked);
       this.repaint();
       this.chart.dataset.layer = layerNo;
       this.chart.dataset.head = String(head);

@@ -1,6 +1,6 @@
 /* Model Atlas "every head at a glance": small multiples of every layer x head of one model on a
- * prompt page, each drawn from the stored attention of that layer (the same files and decoder as
- * the heatmap). A layer's row fetches its file only when it scrolls near the viewport; clicking a
+ * prompt page, each drawn from the stored attention of that head (the same files and decoder as
+ * the heatmap). A layer's row fetches its heads' files only when it scrolls near the viewport; clicking a
  * thumbnail opens that head in the page's heatmap. Loaded before atlas.js, which calls
  * AtlasThumbs.mount(holder, page) for every .atlas-thumbs holder. */
 (function () {
@@ -65,15 +65,16 @@
 
     const drawRow = async (row) => {
       try {
-        const layer = await page.getJSON(AtlasAttention.layerUrl(holder.dataset.attn, row.layer));
-        row.file = layer;
+        // One file per head (attention-codec.js); all of the row's heads, side by side.
+        row.files = await Promise.all(row.buttons.map((b, h) => page.getJSON(
+          AtlasCodec.headUrl(holder.dataset.attn, row.layer, h))));
         paintRow(row, page);
       } catch (err) {
         row.anchor.classList.add("atlas-error");
         row.anchor.title = "could not draw layer " + row.layer + ": " + err.message;
       }
     };
-    page.onTheme(() => rows.forEach((row) => { if (row.file) paintRow(row, page); }));
+    page.onTheme(() => rows.forEach((row) => { if (row.files) paintRow(row, page); }));
     if (!("IntersectionObserver" in window)) { rows.forEach(drawRow); return; }
     const seen = new IntersectionObserver((entries) => {
       for (const entry of entries) {
@@ -97,10 +98,11 @@
   }
 
   function paintRow(row, page) {
-    const H = window.AtlasHeatmap, t = row.file.length;
+    const H = window.AtlasHeatmap;
     row.buttons.forEach((b, h) => {
       // One canvas pixel per token pair; CSS scales it to the thumbnail's size.
-      H.paint(b.querySelector("canvas"), rowScaled(H.headMatrix(row.file, h, false), t), t, 1,
+      const t = row.files[h].length;
+      H.paint(b.querySelector("canvas"), rowScaled(H.headMatrix(row.files[h], false), t), t, 1,
               page.theme());
       b.dataset.drawn = "true";
     });
