@@ -297,7 +297,8 @@ class _Site:
                 "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None, "chart": ref}
 
     def prompt_pages(self) -> list[dict[str, Any]]:
-        """Every set page and prompt page; returns the tokenizer rows of every prompt."""
+        """Every set page and prompt page; returns the tokenizer rows of every prompt that every
+        model computed (none of them skipped it)."""
         done, tok_rows = 0, []
         for s in self.catalog.sets:
             self.page(layout.set_page(s.id), "set.md.j2", set=s)
@@ -308,14 +309,15 @@ class _Site:
                 self.page(layout.prompt_page(p.key), "prompt.md.j2", set=s, prompt=p,
                           per_model=per_model, compare=compare, skipped=skipped,
                           domains=shared_domains(per_model))
-                if skipped:                   # the tokenizer comparison needs every model
-                    continue
-                tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
-                                 "stats": [pd.tokenizer_stats(p, pm["artifact"])
-                                           for pm in per_model],
-                                 "counts": [pd.token_counts(pm["artifact"]) for pm in per_model],
-                                 "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
-                                                          generated=False) for pm in per_model]})
+                if not skipped:               # the tokenizer comparison needs every model
+                    tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
+                                     "stats": [pd.tokenizer_stats(p, pm["artifact"])
+                                               for pm in per_model],
+                                     "counts": [pd.token_counts(pm["artifact"])
+                                                for pm in per_model],
+                                     "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
+                                                              generated=False)
+                                               for pm in per_model]})
                 done += 1
                 if done % 10 == 0:
                     self.log(f"render: {done} prompt pages written")
