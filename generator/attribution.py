@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from .schema import dla_component_names as component_names  # noqa: F401 - the order used here
@@ -190,10 +191,14 @@ def direct_logit_attribution(rec: DlaRecorder, valid: torch.Tensor, targets: tor
 @torch.no_grad()
 def rank_components(dla: torch.Tensor, k: int) -> tuple[Any, Any, Any]:
     """What the artifact keeps of the attribution, ranked on its device: per position and target
-    the k components with the largest |contribution| at 3 decimals, ties by component index (so
-    float noise of another batch or padding cannot reorder near-equal ones), their values and the
-    sum of all the others. dla: float32 [N, 2, C], NaN where there is no target -> host arrays
-    int64 [N, 2, k], float32 [N, 2, k] and [N, 2] (NaN where there is no target)."""
+    the k components ranked by round(|contribution| x 1000) (their size in thousandths, as
+    stored), largest first, ties by component index, lowest first (so float noise of another
+    batch or padding cannot reorder near-equal ones; every component under 0.0005 ties at 0), and
+    their values; and `rest`, the sum of all components less the listed values *rounded to 3
+    decimals* (as the artifact stores them), so that sum(stored values) + rest, rest rounded to 3
+    decimals in turn, is the sum of every contribution within 0.0005. dla: float32 [N, 2, C],
+    NaN where there is no target -> host arrays int64 [N, 2, k], float32 [N, 2, k] and float64
+    [N, 2] (NaN where there is no target)."""
     C = dla.shape[-1]
     k = min(k, C)
     full = torch.nan_to_num(dla.float())
@@ -201,7 +206,9 @@ def rank_components(dla: torch.Tensor, k: int) -> tuple[Any, Any, Any]:
     key = torch.round(full.abs() * 1000).long() * C + (C - 1 - torch.arange(C, device=dla.device))
     index = torch.topk(key, k, dim=-1).indices                          # largest first
     value = full.gather(-1, index)
-    rest = full.sum(-1) - value.sum(-1)
+    total = full.sum(-1)                                                # [N, 2], every component
     missing = torch.isnan(dla).all(-1)
-    value[missing], rest[missing] = float("nan"), float("nan")
-    return index.cpu().numpy(), value.cpu().numpy(), rest.cpu().numpy()
+    value[missing], total[missing] = float("nan"), float("nan")
+    value_h = value.cpu().numpy()
+    listed = np.round(value_h.astype(np.float64), 3).sum(-1)           # as the artifact stores them
+    return index.cpu().numpy(), value_h, total.cpu().numpy().astype(np.float64) - listed

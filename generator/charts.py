@@ -12,6 +12,28 @@ from typing import Any
 import altair as alt
 
 WIDTH = 340
+SELECTED = "#ff6e40"      # the selected position (Material's deep orange accent), both schemes
+
+
+def position_params() -> list[alt.Parameter]:
+    """The params of a chart indexed by position (prompt and continuation counted together): the
+    window the page shows, positions `win_lo` to `win_hi`, and the selected position `sel_pos`,
+    outlined. atlas.js sets them as the reader chooses a token; unset (an embed page, a download)
+    the chart shows every position and outlines none."""
+    return [alt.param(name="win_lo", value=None), alt.param(name="win_hi", value=None),
+            alt.param(name="sel_pos", value=None)]
+
+
+def in_window(field: str) -> str:
+    """The filter that keeps the rows of `field` (a position) inside the window."""
+    return f"win_lo == null || (datum.{field} >= win_lo && datum.{field} <= win_hi)"
+
+
+def _outline(field: str) -> dict[str, Any]:
+    """Encodings that outline the selected position's marks."""
+    selected = f"sel_pos != null && datum.{field} == sel_pos"
+    return {"stroke": alt.condition(selected, alt.value(SELECTED), alt.value(None)),
+            "strokeWidth": alt.condition(selected, alt.value(2), alt.value(0))}
 
 
 def _tokens_sort(field: str) -> alt.EncodingSortField:
@@ -32,8 +54,8 @@ def attention_chart() -> alt.Chart:
 
 
 def predictions_chart() -> alt.LayerChart:
-    """Top-k next-token predictions at every position, coloured by probability."""
-    base = alt.Chart(alt.Data(name="predictions")).encode(
+    """Top-k next-token predictions at every position in the window, coloured by probability."""
+    base = alt.Chart(alt.Data(name="predictions")).transform_filter(in_window("pos")).encode(
         x=alt.X("rank:O", title="rank of prediction", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("pl:N", sort=_tokens_sort("pos"), title="after token",
                 axis=alt.Axis(labelLimit=90)),
@@ -44,31 +66,40 @@ def predictions_chart() -> alt.LayerChart:
         tooltip=[alt.Tooltip("pl:N", title="after"), alt.Tooltip("token:N", title="predicted"),
                  alt.Tooltip("prob:Q", title="probability", format=".4f"),
                  alt.Tooltip("actual:N", title="actual next token")],
+        **_outline("pos"),
     )
     text = base.mark_text(fontSize=10, limit=64).encode(
         text="token:N",
         color=alt.condition("datum.prob > 0.5", alt.value("white"), alt.value("black")),
     )
-    return alt.layer(rect, text).properties(width=WIDTH, height=alt.Step(16))
+    return alt.layer(rect, text).add_params(*position_params()).properties(width=WIDTH,
+                                                                          height=alt.Step(16))
 
 
-def surprisal_chart() -> alt.Chart:
-    """Surprisal (bits) of the token that actually came next, at every position. The axis and
+def surprisal_chart() -> alt.LayerChart:
+    """Surprisal (bits) of the token that actually came next, at every position in the window; a
+    band marks the selected position (its bar can be too short to see an outline). The axis and
     colour end at the `surprisal_max` param, which a prompt page sets to the larger of both
     models' maxima so that their charts compare (None: this chart's own maximum)."""
     top = alt.param(name="surprisal_max", value=None)
     scale = dict(domainMin=0, domainMax=alt.ExprRef(expr="surprisal_max"))
-    return alt.Chart(alt.Data(name="tokens")).transform_filter(
-        "datum.surprisal != null").mark_bar().encode(
+    base = alt.Chart(alt.Data(name="tokens")).transform_filter(
+        "datum.surprisal != null").transform_filter(in_window("i")).encode(
         x=alt.X("label:N", sort=_tokens_sort("i"), title="token (predicting the next one)",
-                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)),
+                axis=alt.Axis(labelAngle=-60, labelLimit=70, labelOverlap=True)))
+    band = base.mark_rect(color=SELECTED, opacity=0.2).transform_filter(
+        "sel_pos != null && datum.i == sel_pos")
+    bars = base.mark_bar().encode(
         y=alt.Y("surprisal:Q", title="surprisal of actual next token (bits)",
                 scale=alt.Scale(**scale)),
         color=alt.Color("surprisal:Q", scale=alt.Scale(scheme="orangered", **scale), legend=None),
         tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip("next:N", title="next"),
-                 alt.Tooltip("surprisal:Q", format=".2f", title="bits"),
+                 # The data's own 3 decimals, not rounded again (issue 18).
+                 alt.Tooltip("surprisal:Q", format=".3f", title="bits"),
                  alt.Tooltip("rank:Q", title="rank of next")],
-    ).add_params(top).properties(width=WIDTH, height=160)
+    )
+    return alt.layer(band, bars).add_params(top, *position_params()).properties(
+        width=alt.Step(20), height=160)
 
 
 # Probabilities as a reader reads them: 0.412, 0.031, then 3.2e-5 below a thousandth.
@@ -84,7 +115,7 @@ def lens_chart() -> alt.LayerChart:
     prompt and scrolls in its own frame. The colour domain ends at the `lrank_max` param (both
     models' largest log10 rank on a prompt page; None: this chart's own)."""
     top = alt.param(name="lrank_max", value=None)
-    base = alt.Chart(alt.Data(name="lens")).transform_calculate(
+    base = alt.Chart(alt.Data(name="lens")).transform_filter(in_window("pos")).transform_calculate(
         p_text=_readable("p"), pnext_text=_readable("pnext")).encode(
         x=alt.X("pl:N", sort=_tokens_sort("pos"), title="position (predicting the next token)",
                 axis=alt.Axis(labelAngle=-60, labelLimit=90, labelFontSize=11)),
@@ -102,7 +133,7 @@ def lens_chart() -> alt.LayerChart:
                         legend=alt.Legend(title="rank of the actual next token", titleLimit=400,
                                           labelExpr="format(pow(10, datum.value), ',.0f')",
                                           orient="top", gradientLength=240)),
-        tooltip=tooltip,
+        tooltip=tooltip, **_outline("pos"),
     )
     # Light text on the dark (top-ranked) cells, dark text on the light ones. The text carries the
     # cell's tooltip too: it lies over the cell, and the pointer over it must show the same.
@@ -110,8 +141,8 @@ def lens_chart() -> alt.LayerChart:
         text="top:N", tooltip=tooltip,
         color=alt.condition("datum.lrank == null || datum.lrank < 0.55 * (lrank_max || 6)",
                             alt.value("white"), alt.value("black")))
-    return alt.layer(rect, text).add_params(top).properties(width=alt.Step(48),
-                                                            height=alt.Step(18))
+    return alt.layer(rect, text).add_params(top, *position_params()).properties(
+        width=alt.Step(48), height=alt.Step(18))
 
 
 def heads_chart() -> alt.Chart:
@@ -134,19 +165,30 @@ def heads_chart() -> alt.Chart:
                  ).properties(width=alt.Step(18), height=alt.Step(14))
 
 
-def dla_chart() -> alt.Chart:
+def dla_chart() -> alt.LayerChart:
     """Direct logit attribution of one position: every layer x head, coloured by its direct
     contribution to the chosen logit (red raises it, blue lowers it); click a head to open its
-    attention."""
-    return alt.Chart(alt.Data(name="dla")).mark_rect(cursor="pointer").encode(
-        x=alt.X("head:O", title="head"),
+    attention. Every layer and head stays on the axes, whatever the position: a faint grid of all
+    cells under the coloured ones, so the heads outside the stored largest contributors (value
+    null) are blank cells, not missing columns (issue 18)."""
+    base = alt.Chart(alt.Data(name="dla")).encode(
+        x=alt.X("head:O", title="head", sort="ascending"),
         y=alt.Y("layer:O", sort="descending", title="layer"),
-        # Coloured by value / max |value| at this position, so 0 is white and the scale symmetric.
+    )
+    cells = base.mark_rect(cursor="pointer", fill="transparent", stroke="#888888",
+                           strokeOpacity=0.25, strokeWidth=0.5).encode(
+        tooltip=[alt.Tooltip("name:N", title="head"),
+                 alt.Tooltip("listed:N", title="direct contribution")],
+    ).transform_calculate(listed="datum.value == null ? 'not among the largest' : "
+                                 "format(datum.value, '+.3f')")
+    # Coloured by value / max |value| at this position, so 0 is white and the scale symmetric.
+    shares = base.mark_rect(cursor="pointer").encode(
         color=alt.Color("share:Q", title="contribution / largest",
                         scale=alt.Scale(scheme="redblue", reverse=True, domain=[-1, 1])),
         tooltip=[alt.Tooltip("name:N", title="head"),
                  alt.Tooltip("value:Q", format="+.3f", title="direct contribution")],
-    ).properties(width=alt.Step(18), height=alt.Step(14))
+    ).transform_filter("datum.value != null")
+    return alt.layer(cells, shares).properties(width=alt.Step(18), height=alt.Step(14))
 
 
 def groups_chart() -> alt.Chart:

@@ -24,17 +24,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+<<<<<<< HEAD
 from . import __version__, layout, skips
+=======
+from . import __version__, layout, ov
+>>>>>>> main
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
-from .models import LoadedModel, ModelRef, load_model, pick_dtype, pick_device, resolve_model
+from .models import (LoadedModel, ModelRef, load_model, load_tokenizer, pick_dtype, pick_device,
+                     resolve_model)
 from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
                      LayerGroups, Lens, PromptInfo, Provenance, TopK, attention_path,
                      current_attention, validate_artifact, write_artifact_json, write_binary_file)
 from .space import is_disk_full
 from .store import content_key, remove_stale_temporaries, sha256_bytes
+from .tokenize_page import save_tokenizer
 from .tokens import describe_ids, describe_tokens, preload_vocab, vocab_entries
 
 Log = Callable[[str], None]
@@ -266,10 +272,16 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     """
     ref = model.ref if model is not None else resolve_model(model_id, revision)
     todo = _stale(ref, prompts, out_dir, settings, report)
-    if not todo:
+    paths = [artifact_path(out_dir, ref.slug, p) for p in prompts]
+    if not todo and ov.current(layout.ov_path(out_dir, ref.slug), ref.model_id, ref.revision,
+                               ov.artifact_tokens(paths)):
         log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
+        if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
+            save_tokenizer(load_tokenizer(ref), out_dir, ref.slug)  # for the tokenize page
+            log(f"{ref.model_id}: tokenizer saved for the tokenize page")
         return
     lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
+    save_tokenizer(lm.tokenizer, out_dir, ref.slug)  # the tokenize page's copy (tokenize_page.py)
     t_vocab = time.perf_counter()
     if made := preload_vocab(lm.tokenizer):  # the writer then only looks records up
         log(f"{ref.slug}: display records of {made} vocabulary tokens made in "
@@ -306,6 +318,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                 pending = None
         if pending is not None:
             written(pending)
+    ov.ensure_for_model(lm, out_dir, ov.artifact_tokens(paths), log)  # after the prompts: their tokens
 
 
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,

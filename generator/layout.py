@@ -32,6 +32,19 @@ def skip_record_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path
     return root / slug / set_id / f"{prompt_id}.skipped.json"
 
 
+def tokenizer_artifact(root: Path, slug: str) -> Path:
+    """`<root>/<slug>/tokenizer.json.gz`: the tokenizer the compute stage used for the model, saved
+    beside its artifacts (gzipped, and so not one of the `*.json` artifacts) so that render, and a
+    render job that only downloads the artifacts, can write it into the site (`tokenizer_file`)."""
+    return root / slug / "tokenizer.json.gz"
+
+
+def ov_path(root: Path, slug: str) -> Path:
+    """`<root>/../ov/<slug>.json` (root: `build/artifacts`): the OV circuits of every head of one
+    model (generator/ov.py), beside the artifacts directory, which holds prompt artifacts only."""
+    return root.parent / "ov" / f"{slug}.json"
+
+
 # --- files every page needs ----------------------------------------------------------------------
 
 MANIFEST = "manifest.json"                     # what render wrote: models, prompts, charts
@@ -41,6 +54,8 @@ ATTENTION_CODEC = "assets/attention-codec.js"  # hand-written: the browser's att
 HEATMAP_SCRIPT = "assets/heatmap.js"           # hand-written: a prompt page's attention heatmap
 THUMBS_SCRIPT = "assets/thumbs.js"             # hand-written: every head's pattern, small
 PAGE_SCRIPT = "assets/atlas.js"                # hand-written: draws the charts of a page
+HEADS_SCRIPT = "assets/heads.js"               # hand-written: the model page's scatter of heads
+HEADS_STYLESHEET = "assets/heads.css"          # hand-written: head pages and the scatter
 EMBED_SCRIPT = "assets/embed.js"               # hand-written: draws the chart of an embed page
 VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed (site.vendor_bundle)
 # Scripts of every MkDocs page, in order (the generated mkdocs.yml lists them): the small codec,
@@ -48,10 +63,18 @@ VENDOR_BUNDLE = "assets/vendor/vega-bundle.js"  # vega + vega-lite + vega-embed 
 # is not among them: a page without a chart (home, sets, reference pages) must not fetch it. The
 # page script loads it, on pages that hold a Vega chart, from the URL in the chart elements'
 # data-vega attribute (`Urls.vendor_bundle`), together with the first charts' data.
-PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT)
-STYLESHEETS = (STYLESHEET, CHART_STYLESHEET)
+PAGE_SCRIPTS = (ATTENTION_CODEC, HEATMAP_SCRIPT, THUMBS_SCRIPT, PAGE_SCRIPT, HEADS_SCRIPT)
+STYLESHEETS = (STYLESHEET, CHART_STYLESHEET, HEADS_STYLESHEET)
 # Scripts of an embed page after its chart element (the bundle loads in its head).
 EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
+# "Tokenize your own text" (generator/tokenize_page.py): only that page and its embed load these.
+# The page script starts one worker per tokenizer; each worker imports the vendored tokenizers.js
+# (@huggingface/tokenizers, generator/assets/vendor/) and fetches its model's `tokenizer_file`.
+TOKENIZE_SCRIPT = "assets/tokenize.js"             # hand-written: the page, its chips and counts
+TOKENIZE_WORKER = "assets/tokenize-worker.js"      # hand-written: one tokenizer, off the main thread
+TOKENIZE_STYLESHEET = "assets/tokenize.css"        # hand-written: the text box, columns, boundaries
+TOKENIZERS_LIB = "assets/vendor/tokenizers.js"     # @huggingface/tokenizers, an ES module
+TOKENIZERS_LICENSE = "assets/vendor/tokenizers-LICENSE.txt"
 
 # --- data files that pages fetch -----------------------------------------------------------------
 
@@ -95,6 +118,12 @@ def compare_data(key: str) -> str:
 
 def tokenizers_data() -> str:
     return "data/compare/tokenizers.json"
+
+
+def tokenizer_file(slug: str) -> str:
+    """One model's tokenizer as the browser loads it: the `tokenizer.json` of the backend that
+    made the artifacts' token ids (the compute stage saves it, `tokenizer_artifact`)."""
+    return f"data/{slug}/tokenizer.json"
 
 
 def atlas_data(slug: str) -> str:
@@ -160,6 +189,8 @@ def embed_page(scope: str, stem: str) -> str:
 HOME = "index.md"
 TOKENIZERS_PAGE = "compare/tokenizers.md"
 ARCHITECTURES_PAGE = "compare/architectures.md"
+TOKENIZE_PAGE = "tokenize.md"                  # "Tokenize your own text"
+TOKENIZE_EMBED = "embed/tokenize.html"         # the same view alone, for an <iframe>
 METRICS_PAGE = "metrics.md"
 # The hand-written pages of site_src/, as the navigation's "Reference" lists them.
 REFERENCE_PAGES = {"About Model Atlas": "about.md", "Head metrics": METRICS_PAGE,
@@ -179,9 +210,18 @@ def set_page(set_id: str) -> str:
     return f"sets/{set_id}.md"
 
 
+HEAD_PAGES_DIR = "heads/"   # every head page; not in the navigation (mkdocs.yml `not_in_nav`)
+
+
+def head_pages(slug: str) -> str:
+    """The pages of one model's query heads, `LAYER` and `HEAD` standing for the layer and the
+    head (the model page's scatter fills them in)."""
+    return f"{HEAD_PAGES_DIR}{slug}/L{LAYER}.H{HEAD}.md"
+
+
 def head_page(slug: str, layer: int, head: int) -> str:
     """The page of one query head of one model (`L2.H1`, as the site names heads)."""
-    return f"heads/{slug}/L{layer}.H{head}.md"
+    return head_pages(slug).replace(LAYER, str(layer)).replace(HEAD, str(head))
 
 
 # --- from a docs path to a URL -------------------------------------------------------------------
@@ -258,6 +298,12 @@ class Urls:
     def head_page(self, slug: str, layer: int, head: int) -> str:
         return self.to(head_page(slug, layer, head))
 
+    def head_pages(self, slug: str) -> str:
+        return self.to(head_pages(slug))
+
+    def atlas_data(self, slug: str) -> str:
+        return self.to(atlas_data(slug))
+
     def model_page(self, slug: str) -> str:
         return self.to(model_page(slug))
 
@@ -269,3 +315,12 @@ class Urls:
 
     def tokenizers_page(self) -> str:
         return self.to(TOKENIZERS_PAGE)
+
+    def tokenize_page(self) -> str:
+        return self.to(TOKENIZE_PAGE)
+
+    def tokenize_embed(self) -> str:
+        return self.to(TOKENIZE_EMBED)
+
+    def tokenizer_file(self, slug: str) -> str:
+        return self.to(tokenizer_file(slug))

@@ -161,6 +161,22 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
                     random_weights=False)
 
 
+def load_tokenizer(ref: ModelRef) -> Any:
+    """Only the tokenizer of a model, as `load_model` loads it (no weights): for a build whose
+    artifacts are all current but whose tokenizer was not saved yet."""
+    from transformers import AutoTokenizer
+    source = str(ref.local_dir) if ref.local_dir else ref.model_id
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if ref.local_dir is None:
+        kwargs["revision"] = ref.revision
+        if not _hub_reachable():
+            kwargs["local_files_only"] = True
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"--model {ref.model_id}: cannot load its tokenizer: {e}") from None
+
+
 @dataclass
 class LoadedModel:
     ref: ModelRef

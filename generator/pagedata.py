@@ -94,6 +94,20 @@ def token_rows(a: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+# A prompt page shows every view indexed by position (predictions, lens, surprisal, attribution,
+# the comparison table) as a window of this many positions around the selected one, so that a
+# 2,048-token page is about as tall as a 72-token one. The page script's POSITION_WINDOW.
+POSITION_WINDOW = 24
+
+
+def position_window(length: int, pos: int, size: int = POSITION_WINDOW) -> tuple[int, int]:
+    """The first and last position (inclusive) of the window of `size` positions around `pos`
+    among `length`: centred on it, shifted to stay inside 0 .. length - 1. Mirrors `windowAround`
+    in site_src/assets/atlas.js."""
+    lo = min(max(pos - size // 2, 0), max(length - size, 0))
+    return lo, min(length, lo + size) - 1
+
+
 MAX_CHAR_PIECES = 16      # byte-level BPE needs at most 4 pieces per character; a longer run is
                           # chained characters (a piece that ends one and starts the next)
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, layout
+from . import embed, head_pages, layout, tokenize_page
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -36,6 +36,7 @@ from .store import canonical_json, sha256_bytes
 from .templating import environment
 
 Log = Callable[[str], None]
+AGREEMENT_WINDOW = 12     # rows of the comparison table around the selected position (atlas.js)
 
 
 def build_date() -> str:
@@ -68,6 +69,7 @@ class Catalog:
     models: list[ModelSummary]
     artifacts: dict[tuple[str, str], dict[str, Any]]   # (model slug, prompt key) -> artifact
     paths: dict[tuple[str, str], Path]
+    artifacts_dir: Path = Path("build/artifacts")   # the models' tokenizers and OV files lie by it
     # (model slug, prompt key) -> why that model has no artifact: the prompt is longer than its
     # context (`skips`). Such a pair is in neither `artifacts` nor its model's `prompts`.
     skipped: dict[tuple[str, str], SkipRecord] = field(default_factory=dict)
@@ -121,7 +123,7 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
     log(f"render: {len(artifacts)} artifacts of {len(models)} models validated"
         + (f", {len(skipped)} prompt(s) skipped for a model whose context they exceed"
            if skipped else ""))
-    return Catalog(sets, models, artifacts, paths, skipped)
+    return Catalog(sets, models, artifacts, paths, artifacts_dir, skipped)
 
 
 def _skip_record(artifacts_dir: Path, slug: str, p: Any) -> SkipRecord | None:
@@ -268,7 +270,10 @@ class _Site:
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
-                              "dla_list": pd.dla_list(dla, dla["default"], "top1")})
+                              "dla_list": pd.dla_list(dla, dla["default"], "top1"),
+                              # The position every position-indexed view opens at, and its window.
+                              "selected": dla["default"],
+                              "window": pd.position_window(len(tokens), dla["default"])})
         return per_model
 
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
@@ -293,8 +298,14 @@ class _Site:
         data = {"cumulative": pd.cumulative_rows(p.text, names, arts)}
         self.w.json(ref.data, data)
         self.chart(ref, data=data)
+        agreement = pd.top1_agreement(arts) if len(arts) >= 2 else None
+        if agreement:
+            # The rows the page shows first: the window at the end of the prompt, where every
+            # position-indexed view opens (atlas.js moves it with the selected position).
+            n = len(agreement["rows"])
+            agreement["window"] = pd.position_window(n, n - 1, AGREEMENT_WINDOW)
         return {"segments": pd.aligned_segments(p.text, arts), "names": names,
-                "agreement": pd.top1_agreement(arts) if len(arts) >= 2 else None, "chart": ref}
+                "agreement": agreement, "chart": ref}
 
     def prompt_pages(self) -> list[dict[str, Any]]:
         """Every set page and prompt page; returns the tokenizer rows of every prompt that every
@@ -344,6 +355,16 @@ class _Site:
                   differ=differ, tokenizers_chart=ref)
         self.page(layout.ARCHITECTURES_PAGE, "architectures.md.j2")
 
+    def tokenize_pages(self) -> None:
+        """"Tokenize your own text", its embed page, and the tokenizers they load
+        (generator/tokenize_page.py)."""
+        tokenize_page.copy_into_site(self.w.copy, self.w.text, self.catalog.artifacts_dir,
+                                     [m.slug for m in self.catalog.models])
+        for rel, template in ((layout.TOKENIZE_PAGE, "tokenize.md.j2"),
+                              (layout.TOKENIZE_EMBED, "tokenize-embed.html.j2")):
+            self.page(rel, template,
+                      **tokenize_page.page_context(self.catalog.models, layout.Urls(rel)))
+
     def manifest(self) -> None:
         self.w.json(layout.MANIFEST, manifest_data(list(self.models.values()), list(self.specs),
                                                    self.charts))
@@ -374,7 +395,9 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
+    head_pages.write_all(site)
     site.comparison_pages(site.prompt_pages())
+    site.tokenize_pages()
     site.manifest()
     w.commit()
     log(f"render: {w.count} files ({len(site.charts)} charts with embed pages and downloads) "
@@ -397,6 +420,7 @@ def navigation(catalog: Catalog) -> list[Any]:
     nav.append({"Models": [{html.escape(m.model_id, quote=False): layout.model_page(m.slug)}
                            for m in catalog.models]})
     nav.append({"Comparisons": [{"Tokenizers": layout.TOKENIZERS_PAGE},
+                                {"Tokenize your own text": layout.TOKENIZE_PAGE},
                                 {"Architectures": layout.ARCHITECTURES_PAGE}]})
     nav.append({"Reference": [{title: rel} for title, rel in layout.REFERENCE_PAGES.items()]})
     return nav

@@ -440,7 +440,8 @@ class Attribution:
     model's top-1 prediction and of the token that came next (`DLA_TARGETS`): per position and
     target the `top_k` components with the largest |contribution| (indices in
     `dla_component_names` order, largest first), their values, and the sum of all the
-    others, so that sum(value) + rest is the logit. None where there is no target (no next token
+    others plus the rounding of the listed values, so that sum(value) + rest is the logit within
+    0.0005 (`attribution.rank_components`). None where there is no target (no next token
     after the last position)."""
     components: int
     top_k: int

@@ -14,6 +14,7 @@ import torch
 from generator import metrics
 from generator.attribution import DlaRecorder, component_names
 from generator.extract import run_batch
+from generator.schema import Attribution
 
 PROMPTS = [
     "vortex maple quill azure pickle orbit lantern seven | vortex maple quill azure pickle orbit",
@@ -21,6 +22,8 @@ PROMPTS = [
     "Hello world",
 ]
 MAX_REL_ERROR = 1e-3
+# The bound site_src/metrics.md states for attribution.max_rel_error in float32.
+DOCUMENTED_MAX_REL_ERROR = 1e-5
 
 
 @pytest.fixture(scope="module", params=["gpt2_model", "qwen2_model"])
@@ -66,6 +69,28 @@ def test_contributions_add_up_to_the_logit_at_every_stored_position(lm, batch):
         assert err.max() < MAX_REL_ERROR, err.max()
         assert np.isnan(out.dla[-1, 1]).all() and np.isnan(out.dla_error[-1, 1])
         assert np.nanmax(out.dla_error) < MAX_REL_ERROR
+
+
+def test_stored_attribution_keeps_its_documented_bounds(lm, batch):
+    """What the artifact stores (site_src/artifact-format.md, attribution): sum(value) + rest is
+    the model's logit within 0.0005 (plus max_rel_error), and max_rel_error stays under the bound
+    metrics.md states for float32."""
+    seqs, outs = batch
+    for out in outs:
+        stored = Attribution.from_ranked(out.dla.shape[-1], *out.dla_ranked, out.dla_error)
+        assert stored.max_rel_error < DOCUMENTED_MAX_REL_ERROR, stored.max_rel_error
+        logits = _full_logits(lm, out.ids)                                   # independent pass
+        targets = [logits.argmax(-1).tolist(), out.ids[1:] + [None]]
+        for i in range(len(out.ids)):
+            for j in range(2):
+                if targets[j][i] is None:
+                    assert stored.rest[i][j] is None
+                    continue
+                ref = float(logits[i, targets[j][i]])
+                got = sum(stored.value[i][j]) + stored.rest[i][j]
+                # 0.0005: rest rounded to 3 decimals; 2e-5: the documented bound, and the
+                # independent pass's own float32 noise
+                assert abs(got - ref) <= 0.0005 + 2e-5 * max(abs(ref), 1.0), (i, j, got, ref)
 
 
 def test_batching_and_padding_do_not_change_the_attribution(lm, batch):

@@ -196,9 +196,22 @@ def test_direct_logit_attribution_names_the_induction_head_and_opens_it(site_url
     wait_redrawn(page, chart, "target", "next", watched)
     first = box.locator(".atlas-dla-list li a").first
     name = first.inner_text()
-    first.click()
-    att = page.locator('.atlas-attention[data-model="tiny-random-gpt2"]')
     layer, head = name[1:].split(".H")
+    # A head's name links to its own page (issue 18); its cell in the grid opens its attention.
+    assert first.get_attribute("href") == f"../../heads/tiny-random-gpt2/L{layer}.H{head}.html"
+    chart.scroll_into_view_if_needed()
+    labels = chart.locator("svg.marks").evaluate("""(s) => [...s.querySelectorAll('.role-axis')]
+        .map((a) => [...a.querySelectorAll('.role-axis-label text')].map((t) => {
+            const r = t.getBoundingClientRect();
+            return {text: t.textContent, x: r.left + r.width / 2, y: r.top + r.height / 2}; }))
+        .filter((ls) => ls.length)""")
+    # The x axis lists the heads (its labels share one height), the y axis the layers.
+    heads_axis = next(ls for ls in labels if len({round(x["y"]) for x in ls}) == 1)
+    layers_axis = next(ls for ls in labels if ls is not heads_axis)
+    x = next(t["x"] for t in heads_axis if t["text"] == head)
+    y = next(t["y"] for t in layers_axis if t["text"] == layer)
+    page.mouse.click(x, y)
+    att = page.locator('.atlas-attention[data-model="tiny-random-gpt2"]')
     wait_redrawn(page, att.locator(".atlas-chart"), "head", head, watched)
     assert att.locator(".atlas-layer").input_value() == layer
     # ... at that position: the heatmap lights the row of the position chosen above.
@@ -704,12 +717,15 @@ def test_logit_lens_is_legible_and_its_legend_and_tooltip_agree(long_url, watche
     page.wait_for_function("(c) => c.dataset.rendered === 'true'", arg=chart.element_handle(),
                            timeout=CHART_TIMEOUT_MS)
     svg = chart.locator("svg.marks")
-    # Drawn at its own size (not shrunk into the column), scrolling in its own frame.
+    # Drawn at its own size (not shrunk into the column), in its own frame that scrolls when
+    # the chart is wider; it shows the window of positions the frame holds (issue 16), not all 72.
     assert svg.evaluate("(s) => Math.abs(s.getBoundingClientRect().width - s.width.baseVal.value)"
                         " < 1")
     frame = box   # the chart's own frame scrolls, not the page
-    assert frame.evaluate("(f) => f.scrollWidth > f.clientWidth + 100")
     assert frame.evaluate("(f) => getComputedStyle(f).overflowX") == "auto"
+    lo, hi = map(int, chart.get_attribute("data-window").split("-"))
+    assert 8 <= hi - lo + 1 < 72, (lo, hi)
+    assert frame.evaluate("(f) => f.scrollWidth <= f.clientWidth + 1"), "the window overflows"
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     sizes = svg.evaluate("""(s) => [...s.querySelectorAll('.role-mark text')].map(
         (t) => parseFloat(getComputedStyle(t).fontSize))""")

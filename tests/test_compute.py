@@ -492,6 +492,10 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     models = [str(d) for d in demo_dirs]
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert len(before) == 2 * 2 * len(TEXTS)  # JSON and attention file
+    ov_dir = tmp_path / "ov"                  # one OV artifact per model (generator/ov.py)
+    shutil.copytree(computed[0].parent / "ov", ov_dir)
+    ov_before = {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")}
+    assert len(ov_before) == 2
 
     lines: list[str] = []
     again = run_compute(models, [prompt_set()], out, SETTINGS, device="cpu", dtype="float32",
@@ -499,11 +503,22 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     assert (again.computed, again.reused, again.failures) == (0, 2 * len(TEXTS), [])
     assert sum("model not loaded" in line for line in lines) == 2, lines
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")} == ov_before
 
     changed = dict(TEXTS, two="Hello there, world")
+    lines = []
     third = run_compute(models, [prompt_set(changed)], out, SETTINGS, device="cpu",
-                        dtype="float32", log=quiet)
+                        dtype="float32", log=lines.append)
     assert (third.computed, third.reused, third.failures) == (2, 2 * (len(TEXTS) - 1), [])
+    # The OV circuits are not recomputed: every row is kept as it was, and only the rows of
+    # source tokens new among the prompts' most frequent ones are computed.
+    for path, old in ov_before.items():
+        new = json.loads(path.read_bytes())
+        assert all(new["rows"][t] == row for t, row in old["rows"].items())
+        added = len(new["rows"]) - len(old["rows"])
+        made = [line for line in lines if f"{old['model_id']}: OV circuits of" in line]
+        assert made == ([] if added == 0 else
+                        [line for line in made if f"OV circuits of {added} source" in line]), made
     for path, content in before.items():
         if path.name in ("two.json", "two.attention.bin"):
             assert path.read_bytes() != content
@@ -942,14 +957,17 @@ def test_the_lens_section_round_trips():
 
 def test_attribution_is_ranked_like_the_stored_values():
     """attribution.rank_components (on the device) keeps the k largest |values| at 3 decimals,
-    ties by component index, and their rest; a row with no target is left out (None)."""
+    ties by component index, and a rest that makes the stored sum the total to 3 decimals (it
+    takes in the rounding of the listed values); a row with no target is left out (None)."""
     dla = np.array([[[0.5, -2.0, 2.0004, 0.0001, 1.0],              # 2.000 ties -2.000: index 1
                      [np.nan] * 5]], dtype=np.float32)             # no next token
     index, value, rest = rank_components(torch.from_numpy(dla), 3)
     assert index[0, 0].tolist() == [1, 2, 4]
     np.testing.assert_allclose(value[0, 0], [-2.0, 2.0004, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(rest[0, 0], 0.5001, rtol=1e-5)
+    np.testing.assert_allclose(rest[0, 0], 0.5005, rtol=1e-5)      # 0.5 + 0.0001 + 0.0004
     assert np.isnan(value[0, 1]).all() and np.isnan(rest[0, 1])
     stored = Attribution.from_ranked(5, index, value, rest, np.zeros((1, 2)))
     assert stored.index == [[[1, 2, 4], None]] and stored.value == [[[-2.0, 2.0, 1.0], None]]
-    assert stored.rest == [[0.5, None]]
+    total = float(dla[0, 0].astype(np.float64).sum())
+    assert abs(sum(stored.value[0][0]) + stored.rest[0][0] - total) <= 0.0005 + 1e-6
+    assert stored.rest[0][1] is None

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from generator import layout
 from generator.cli import main
 from generator.lock import HOLDER_FILE
 from generator.schema import read_artifact
@@ -597,6 +598,14 @@ def test_shards_compute_disjoint_shares_that_combine_into_one_site(reference, pr
                                            "--shard", f"{k}/2"])
         assert result.exit_code == 0, result.output
         share = {p.id for p in Shard(k, 2).take(every)}
+        # Every shard also saves each model's tokenizer (the tokenize page's): the same bytes.
+        for slug in SLUGS:
+            saved = layout.tokenizer_artifact(root / "artifacts", slug)
+            copy = layout.tokenizer_artifact(gathered / "artifacts", slug)
+            if copy.is_file():
+                assert copy.read_bytes() == saved.read_bytes(), f"shards saved two {saved.name}"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(saved, copy)
         files = sorted(f.relative_to(root / "artifacts") for f in (root / "artifacts").rglob("*")
                        if f.is_file())
         assert {f.name.split(".", 1)[0] for f in files} == share, (k, files)

@@ -38,7 +38,7 @@ SITE_STRINGS = [re.escape(s) for s in (
     "data/", "embed/", "downloads/", "charts/", "artifacts/", ".vl.json", ".lens.json",
     ".heads.json", ".dla.json", "atlas.json", "tokenizers.json", "manifest.json", "index.md", "assets/vendor",
     "index.html", "vega-bundle.js", "attention-codec.js", "assets/atlas", "atlas.js", "atlas.css",
-    "embed.js")]
+    "embed.js", "tokenize.js", "tokenize-worker.js", "tokenize.css", "tokenize.html")]
 # The per-head attention files: "/L" followed by a layer number, a placeholder or the string's end.
 SITE_STRINGS.append(r"/L(?:\d|\{|$|[\"'`])")
 # Page directories: before a value spliced in ({, <, a quote, or the end of a string) or after
@@ -165,7 +165,8 @@ def test_documented_urls_are_the_layouts():
                 layout.download(layout.SITE_SCOPE, "tokenizers")]
     guide = (REPO / "site_src" / "embedding.md").read_text("utf-8")
     readme = (REPO / "README.md").read_text("utf-8")
-    for url in expected:
+    for url in expected + [layout.served(layout.TOKENIZE_PAGE), layout.TOKENIZE_EMBED,
+                           layout.tokenizer_file("<model>")]:
         assert f"`{url}`" in guide, url
     for url in expected[:3]:
         assert url in readme, url

@@ -93,6 +93,10 @@ def test_wheel_holds_templates_site_sources_prompt_sets_and_mkdocs_yml(wheel):
                  "mkdocs.yml"):
         assert f"generator/_data/{must}" in names
     assert "generator/resources.py" in names and "generator/cli.py" in names
+    # The tokenize page's vendored library and its licence (generator/tokenize_page.py).
+    from generator.tokenize_page import LIBRARY
+    for vendored in (LIBRARY.file, LIBRARY.licence):
+        assert f"generator/assets/vendor/{vendored}" in names
 
 
 @needs_setuptools

@@ -216,17 +216,25 @@ def test_search_index_is_small_and_holds_no_data(demo_site_full):
 
 def test_agreement_table_isolates_tokens_and_fixes_decimals(demo_build):
     """A right-to-left token must not swap places with its probability (each token sits in a
-    <bdi>), and each quantity has one number of decimals (probabilities 3, bits 2)."""
+    <bdi>), and each quantity has one number of decimals (probabilities 3; bits 3, the data's
+    own rounding, never rounded again: issue 18's 31.7354 -> 31.735 -> 31.73)."""
     page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
     table = page[page.index('class="atlas-table atlas-small atlas-agreement"'):]
     table = table[:table.index("</table>")]
-    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table)
+    rows = re.findall(r"<tr data-char=\"\d+\"(?: hidden)?>\s*<td>(.*?)</td>\s*</tr>", table,
+                      re.S)
     assert rows, "no agreement row"
+    data = {s: json.loads((demo_build.site / f"data/{s}/basics/repeat.json").read_text("utf-8"))
+            for s in ("tiny-random-gpt2", "tiny-random-qwen2")}
+    stored = {f"{t['surprisal']:.3f}" for d in data.values() for t in d["tokens"]
+              if t["surprisal"] is not None}
     for row in rows:
-        cells = row.split("</td><td>")
+        cells = re.split(r"</td>\s*<td>", row)
         for cell in cells[1:3]:
             assert re.fullmatch(r'<bdi class="atlas-text">[^<]*</bdi> \(\d\.\d{3}\)', cell), cell
-        assert re.fullmatch(r"(\d+\.\d{2}|–) / (\d+\.\d{2}|–)", cells[4]), cells[4]
+        assert re.fullmatch(r"(\d+\.\d{3}|–) / (\d+\.\d{3}|–)", cells[4]), cells[4]
+        # Each is a stored surprisal as it is (its 3 decimals), not one rounded again.
+        assert {v for v in cells[4].split(" / ") if v != "–"} <= stored, cells[4]
 
 
 def test_random_and_constructed_weights_get_their_own_banner():

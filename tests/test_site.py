@@ -149,7 +149,9 @@ def test_demo_model_pages_list_the_planted_heads(demo_site_full):
         page = (demo_site_full.site / "models" / f"{slug}.html").read_text("utf-8")
         assert "Planted heads" in page
         for p in planted_heads(slug):
-            assert f"<td>{p['name']}</td><td>{p['mechanism']}</td>" in page, p["name"]
+            head = f"../heads/{slug}/L{p['layer']}.H{p['head']}.html"   # its head page
+            assert (f"<td><a href=\"{head}\">{p['name']}</a></td><td>{p['mechanism']}</td>"
+                    in page), p["name"]
 
 
 @pytest.mark.slow
@@ -330,10 +332,13 @@ def test_both_models_share_one_scale_per_quantity(demo_build):
     # The specs read those params for their scales (and fall back to their own data without).
     specs = {n: json.loads((site / f"charts/{n}.vl.json").read_text("utf-8"))
              for n in ("surprisal", "heads", "lens")}
-    assert {p["name"] for p in specs["surprisal"]["params"]} == {"surprisal_max"}
+    # (Charts indexed by position also take the window the page shows: generator/charts.py.)
+    window = {"win_lo", "win_hi", "sel_pos"}
+    assert {p["name"] for p in specs["surprisal"]["params"]} == {"surprisal_max"} | window
     assert {p["name"] for p in specs["heads"]["params"]} == {"entropy_min", "entropy_max"}
-    assert {p["name"] for p in specs["lens"]["params"]} == {"lrank_max"}
-    assert '"expr": "surprisal_max"' in json.dumps(specs["surprisal"]["encoding"]["y"])
+    assert {p["name"] for p in specs["lens"]["params"]} == {"lrank_max"} | window
+    bars = next(layer for layer in specs["surprisal"]["layer"] if "y" in layer["encoding"])
+    assert '"expr": "surprisal_max"' in json.dumps(bars["encoding"]["y"])
 
 
 def test_head_atlas_links_name_layer_and_head_and_count_the_heads(demo_build):
@@ -392,11 +397,15 @@ def test_attribution_data_matches_the_artifact(demo_build):
         assert d["names"][top["index"][0]] == induction
         assert heads[induction]["share"] == 1.0
         page = (demo_build.site / "prompts" / "basics" / "repeat.html").read_text("utf-8")
-        assert f'class="atlas-col atlas-dla" data-model="{slug}"' in page
-        # The default list is in the page already (nothing moves when the script draws).
-        box = page.split(f'class="atlas-col atlas-dla" data-model="{slug}"')[1]
-        first = box.split('<ol class="atlas-small atlas-dla-list">')[1].split("</li>")[0]
-        assert first.startswith(f'<li><a href="#">{induction}</a> +'), first
+        opening = re.search(rf'class="atlas-col atlas-dla"\s+data-model="{slug}"', page)
+        assert opening, f"{slug}: no attribution view"
+        # The default list is in the page already (nothing moves when the script draws), and a
+        # head's name links to that head's page (issue 18).
+        box = page[opening.end():]
+        first = box.split('<ol class="atlas-small atlas-dla-list">')[1].split("</li>")[0].strip()
+        layer, head = induction[1:].split(".H")
+        href = f"../../heads/{slug}/L{layer}.H{head}.html"
+        assert first.startswith(f'<li><a href="{href}">{induction}</a> +'), first
         # A component that rounds to zero says nothing: it joins "all other components", and the
         # list with the rest still adds up to the logit the caption states.
         from generator.pagedata import dla_list

@@ -7,8 +7,10 @@
  * the page (generator/layout.py). Vega, Vega-Lite and vega-embed come from the site's vendored
  * bundle, which this script loads itself, only on pages that hold a Vega chart (its URL is the
  * chart elements' data-vega); nothing is fetched from outside the site. Also drives the direct
- * logit attribution view (position, target, the list of the largest contributors; a click on a
- * head opens its attention). */
+ * logit attribution view (position, target, the list of the largest contributors, each head's
+ * name a link to its page; a click on a head in the grid opens its attention), and the one
+ * selected position of a prompt page (the `atlas:position` event, ?pos=P): every view indexed by
+ * position shows a window around it. */
 (function () {
   "use strict";
   const cache = new Map();
@@ -124,11 +126,18 @@
     const params = box.dataset.params ? JSON.parse(box.dataset.params) : null;
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
+      // A chart indexed by position (its spec has the window params, generator/charts.py) in a
+      // model's column shows the window around the selected position and follows it.
+      const holder = box.closest("[data-positions-of]");
+      const window_ = holder && (spec.params || []).some((p) => p.name === "win_lo")
+        ? await positionWindow(holder, el) : null;
       let shown = null;
       const show = async () => {
         // Redrawn in the other colour scheme: the old view's timers and listeners go with it.
         if (shown) shown.finalize();
-        const result = shown = await embed(el, spec, data, params);
+        const values = window_ ? Object.assign({}, params, window_.params()) : params;
+        const result = shown = await embed(el, spec, data, values);
+        if (window_) window_.drawn(result.view);
         if (box.dataset.model) {
           // All-heads chart: a click opens that head in the same model's attention heatmap.
           result.view.addEventListener("click", (event, item) => {
@@ -188,13 +197,10 @@
       const li = document.createElement("li");
       const name = data.names[c], head = /^L(\d+)\.H(\d+)$/.exec(name);
       if (head) {
+        // The head's own page (generator/layout.py head_page, placeholders LAYER and HEAD).
         const a = document.createElement("a");
-        a.href = "#";
+        a.href = box.dataset.headPage.replace("LAYER", head[1]).replace("HEAD", head[2]);
         a.textContent = name;
-        a.addEventListener("click", (event) => {
-          event.preventDefault();
-          openHead(box.dataset.model, Number(head[1]), Number(head[2]), true, pos);
-        });
         li.appendChild(a);
       } else li.appendChild(document.createTextNode(name));
       li.appendChild(document.createTextNode(" " + signed(entry.value[n])));
@@ -209,8 +215,22 @@
     const el = box.querySelector(".atlas-chart");
     const posSel = box.querySelector(".atlas-dla-pos");
     const targetSel = box.querySelector(".atlas-dla-target");
+    const model = box.dataset.model;
     try {
       const [spec, data] = await Promise.all([getJSON(box.dataset.spec), getJSON(box.dataset.src)]);
+      await tokensReady();
+      // The position list is the window around the selected position (render writes the first).
+      const options = (pos) => {
+        const [lo, hi] = windowAround(pos, data.positions.length, POSITION_WINDOW);
+        posSel.replaceChildren(...data.positions.slice(lo, hi + 1).map((p) => {
+          const option = document.createElement("option");
+          option.value = String(p.i);
+          option.textContent = p.label;
+          return option;
+        }));
+        posSel.value = String(pos);
+      };
+      options(positionFor(model));
       const rows = () => dlaRows(data[targetSel.value][Number(posSel.value)], data.layers,
                                  data.heads);
       let view = null;
@@ -218,8 +238,7 @@
         view = (await embed(el, spec, { dla: rows() })).view;
         view.addEventListener("click", (event, item) => {
           if (!item || !item.datum || item.datum.head === undefined) return;
-          openHead(box.dataset.model, item.datum.layer, item.datum.head, true,
-                   Number(posSel.value));
+          openHead(model, item.datum.layer, item.datum.head, true, Number(posSel.value));
         });
       };
       const update = async () => {
@@ -231,12 +250,242 @@
       };
       await show();
       fillDlaList(box, data, Number(posSel.value), targetSel.value);
-      for (const input of [posSel, targetSel]) {
-        input.addEventListener("change", () => update().catch((e) => showError(el, e)));
-      }
+      el.dataset.position = posSel.value;
+      el.dataset.target = targetSel.value;
+      posSel.addEventListener("change", () => choose(model, Number(posSel.value), "attribution"));
+      targetSel.addEventListener("change", () => update().catch((e) => showError(el, e)));
+      document.addEventListener("atlas:position", () => {
+        const pos = positionFor(model);
+        if (pos === null) return;
+        options(pos);
+        update().catch((e) => showError(el, e));
+      });
       // A chart's colours are fixed when it is drawn: draw it again in the other scheme.
       onTheme(() => show().catch((err) => showError(el, err)));
     } catch (err) { showError(el, err); }
+  }
+
+  // --- the selected position ---------------------------------------------------------------------
+  // One selected position for the page (issue 16): choosing a token anywhere (a chip, a row of
+  // the predictions, a column of the lens, a bar of the surprisal, the attribution's position, a
+  // row or a segment of the comparison) selects it in every view. `choose` records it, writes it
+  // into the URL (?model=M&layer=L&head=H&pos=P, generator/layout.py head_query) and dispatches
+  //   document "atlas:position", detail {pos, source, model}
+  // where pos is a position of `model`'s tokens (prompt and continuation counted together). The
+  // two models tokenize the same text differently: a view of another model shows
+  // positionFor(itsModel), the token of its own that covers the same character. Until a token is
+  // chosen, every view shows its column's data-selected (the last prompt token).
+  const POSITION_WINDOW = 24;   // generator/pagedata.py POSITION_WINDOW
+  const AGREEMENT_WINDOW = 12;  // generator/render.py AGREEMENT_WINDOW
+  const LENS_CELL = 48;         // the lens's column width (generator/charts.py lens_chart)
+  const selection = { model: null, pos: null };
+  const tokensOf = new Map();   // model slug -> its token rows (i, start, end, generated)
+  let tokensLoaded = null;
+
+  // The first and last position of the window of `size` around `pos` among `length` (inclusive).
+  // Mirrors generator/pagedata.py position_window.
+  function windowAround(pos, length, size) {
+    const lo = Math.min(Math.max(pos - Math.floor(size / 2), 0), Math.max(length - size, 0));
+    return [lo, Math.min(length, lo + size) - 1];
+  }
+
+  function columns() { return [...document.querySelectorAll("[data-tokens-of]")]; }
+
+  function tokensReady() {
+    if (!tokensLoaded) {
+      tokensLoaded = Promise.all(columns().map(async (col) => {
+        tokensOf.set(col.dataset.tokensOf, (await getJSON(col.dataset.tokens)).tokens);
+      }));
+    }
+    return tokensLoaded;
+  }
+
+  function promptLength(tokens) { return tokens.filter((t) => !t.generated).length; }
+
+  // The selected position in `model`'s tokens (null before the tokens are loaded).
+  function positionFor(model) {
+    if (selection.model === null) {
+      const col = document.querySelector('[data-tokens-of="' + model + '"]');
+      return col ? Number(col.dataset.selected) : null;
+    }
+    if (model === selection.model) return selection.pos;
+    const from = tokensOf.get(selection.model), to = tokensOf.get(model);
+    if (!from || !to || !to.length) return null;
+    const t = from[selection.pos], nFrom = promptLength(from), nTo = promptLength(to);
+    // A generated token: the same step of the other model's continuation.
+    if (t.generated) return Math.min(to.length - 1, nTo + (selection.pos - nFrom));
+    // A prompt token: the other model's first token that ends at or after its last character.
+    for (let j = 0; j < nTo; j++) if (to[j].end >= t.end) return j;
+    return Math.max(0, nTo - 1);
+  }
+
+  // The selected token's characters in the prompt ([start, end), null for a generated token).
+  function selectedChars() {
+    const model = selection.model || (columns()[0] && columns()[0].dataset.tokensOf);
+    const tokens = tokensOf.get(model), pos = positionFor(model);
+    if (!tokens || pos === null || !tokens[pos] || tokens[pos].generated) return null;
+    return [tokens[pos].start, tokens[pos].end];
+  }
+
+  async function choose(model, pos, source) {
+    await tokensReady();
+    const tokens = tokensOf.get(model);
+    if (!tokens || !Number.isInteger(pos) || pos < 0 || pos >= tokens.length) return;
+    selection.model = model;
+    selection.pos = pos;
+    writeURL(model, pos);
+    document.dispatchEvent(new CustomEvent("atlas:position", { detail: { pos, source, model } }));
+  }
+
+  // The URL names the selected position with its model's layer and head (as followURL does).
+  function writeURL(model, pos) {
+    const q = new URLSearchParams(location.search);
+    q.set("model", model);
+    const box = attentionBox(model);
+    if (box) {
+      q.set("layer", box.querySelector(".atlas-layer").value);
+      q.set("head", box.querySelector(".atlas-head").value);
+    }
+    q.set("pos", String(pos));
+    const hash = /(^|&)(layer|head|model|pos)=/.test(location.hash.slice(1)) ? "" : location.hash;
+    history.replaceState(history.state, "", location.pathname + "?" + q.toString() + hash);
+  }
+
+  // The window of one position-indexed Vega chart (drawPlain): its params now, and once drawn,
+  // clicks that choose a position and a view that follows the selection.
+  async function positionWindow(holder, el) {
+    await tokensReady();
+    const model = holder.dataset.positionsOf, length = tokensOf.get(model).length;
+    const lens = holder.classList.contains("atlas-wide");
+    // The lens shows as many columns as its frame holds (its labels take about 120 px).
+    const size = () => (lens ? Math.max(8, Math.floor((holder.clientWidth - 120) / LENS_CELL))
+      : POSITION_WINDOW);
+    const params = () => {
+      const pos = positionFor(model), [lo, hi] = windowAround(pos, length, size());
+      el.dataset.position = String(pos);
+      el.dataset.window = lo + "-" + hi;
+      return { win_lo: lo, win_hi: hi, sel_pos: pos };
+    };
+    let view = null;
+    document.addEventListener("atlas:position", () => {
+      if (!view) return;
+      const p = params();
+      view.signal("win_lo", p.win_lo).signal("win_hi", p.win_hi).signal("sel_pos", p.sel_pos)
+        .runAsync().catch((err) => showError(el, err));
+    });
+    return {
+      params,
+      drawn(v) {
+        view = v;
+        v.addEventListener("click", (event, item) => {
+          const d = item && item.datum;
+          if (!d) return;
+          const pos = d.pos !== undefined ? d.pos : d.i;
+          if (Number.isInteger(pos)) choose(model, pos, "chart");
+        });
+      },
+    };
+  }
+
+  // Scroll `frame` (its own scroll, never the page's) so that `item` shows.
+  function reveal(frame, item) {
+    if (!frame || !item) return;
+    const top = item.getBoundingClientRect().top - frame.getBoundingClientRect().top +
+      frame.scrollTop;
+    if (top < frame.scrollTop || top + item.offsetHeight > frame.scrollTop + frame.clientHeight) {
+      frame.scrollTop = Math.max(0, top - frame.clientHeight / 2);
+    }
+  }
+
+  // The chips: a click, or Enter or Space on a focused chip, chooses its token; the selected
+  // chip of each model is outlined and scrolled into its frame.
+  function mountChips() {
+    for (const col of columns()) {
+      const model = col.dataset.tokensOf;
+      const chips = [...col.querySelectorAll(".atlas-tok[data-i]")];
+      if (chips.length && !chips.some((c) => c.hasAttribute("tabindex"))) chips[0].tabIndex = 0;
+      for (const chip of chips) {
+        chip.addEventListener("click", () => choose(model, Number(chip.dataset.i), "chips"));
+        chip.addEventListener("keydown", (event) => {
+          if (event.key !== "Enter" && event.key !== " ") return;
+          event.preventDefault();
+          choose(model, Number(chip.dataset.i), "chips");
+        });
+      }
+    }
+  }
+
+  function followChips() {
+    for (const col of columns()) {
+      const pos = positionFor(col.dataset.tokensOf);
+      col.querySelectorAll(".atlas-tok.atlas-pos-on")
+        .forEach((c) => c.classList.remove("atlas-pos-on"));
+      const chip = col.querySelector('.atlas-tok[data-i="' + pos + '"]');
+      if (!chip) continue;
+      chip.classList.add("atlas-pos-on");
+      reveal(col.querySelector(".atlas-tokens-frame"), chip);
+    }
+  }
+
+  // The comparison: the aligned text outlines the selected token's characters, and the table
+  // shows its rows around them. A click on a segment or a row chooses that model's token there.
+  function mountComparison() {
+    const names = columns().map((c) => c.dataset.tokensOf);
+    const byChar = (model, char, atEnd) => {
+      const tokens = tokensOf.get(model) || [];
+      const n = promptLength(tokens);
+      for (let j = 0; j < n; j++) {
+        if (atEnd ? tokens[j].end >= char : tokens[j].end > char) return j;
+      }
+      return n - 1;
+    };
+    document.querySelectorAll(".atlas-aligned-row").forEach((row, r) => {
+      row.addEventListener("click", async (event) => {
+        const seg = event.target.closest("[data-char]");
+        if (!seg || !names[r]) return;
+        await tokensReady();
+        choose(names[r], byChar(names[r], Number(seg.dataset.char), false), "comparison");
+      });
+    });
+    document.querySelectorAll("table.atlas-agreement tr[data-char]").forEach((tr) => {
+      tr.addEventListener("click", async () => {
+        await tokensReady();
+        choose(names[0], byChar(names[0], Number(tr.dataset.char), true), "comparison");
+      });
+    });
+  }
+
+  function followComparison() {
+    const chars = selectedChars();
+    document.querySelectorAll(".atlas-aligned-text > span[data-char]").forEach((seg) => {
+      const c = Number(seg.dataset.char);
+      seg.classList.toggle("atlas-pos-on", chars !== null && c >= chars[0] && c < chars[1]);
+    });
+    document.querySelectorAll(".atlas-aligned-text").forEach((frame) => {
+      reveal(frame, frame.querySelector(".atlas-pos-on"));
+    });
+    const rows = [...document.querySelectorAll("table.atlas-agreement tr[data-char]")];
+    if (!rows.length) return;
+    // The row at the selected token's end, or the first after it (a generated token: the last).
+    let at = rows.length - 1;
+    if (chars !== null) {
+      const found = rows.findIndex((tr) => Number(tr.dataset.char) >= chars[1]);
+      if (found >= 0) at = found;
+    }
+    const [lo, hi] = windowAround(at, rows.length, AGREEMENT_WINDOW);
+    rows.forEach((tr, i) => {
+      tr.hidden = i < lo || i > hi;
+      tr.classList.toggle("atlas-pos-on", chars !== null && Number(tr.dataset.char) === chars[1]);
+    });
+  }
+
+  function mountPositions() {
+    if (!columns().length) return;
+    mountChips();
+    mountComparison();
+    document.addEventListener("atlas:position", () => { followChips(); followComparison(); });
+    tokensReady().then(() => { followChips(); followComparison(); })
+      .catch((err) => console.warn(err));
   }
 
   // --- the attention view and the URL -----------------------------------------------------------
@@ -267,7 +516,12 @@
     const q = new URLSearchParams(location.search);
     const h = new URLSearchParams(location.hash.replace(/^#/, ""));
     const get = (k) => q.get(k) !== null ? q.get(k) : h.get(k);
-    const layer = get("layer"), head = get("head"), model = get("model");
+    const layer = get("layer"), head = get("head"), model = get("model"), pos = get("pos");
+    if (pos !== null && /^\d+$/.test(pos) && columns().length) {
+      const cols = columns().map((c) => c.dataset.tokensOf);
+      choose(cols.includes(model) ? model : cols[0], Number(pos), "url")
+        .catch((err) => console.warn(err));
+    }
     if (layer === null && head === null) return;
     let first = null;
     document.querySelectorAll(".atlas-attention").forEach((box) => {
@@ -292,7 +546,10 @@
         q.set("model", box.dataset.model);
         q.set("layer", layerSel.value);
         q.set("head", headSel.value);
-        const hash = /(^|&)(layer|head|model)=/.test(location.hash.slice(1)) ? "" : location.hash;
+        // A selected position is written in this model's tokens.
+        if (selection.model !== null) q.set("pos", String(positionFor(box.dataset.model)));
+        const hash = /(^|&)(layer|head|model|pos)=/.test(location.hash.slice(1)) ? ""
+          : location.hash;
         history.replaceState(history.state, "", location.pathname + "?" + q.toString() + hash);
       };
       layerSel.addEventListener("change", update);
@@ -300,7 +557,8 @@
     });
   }
 
-  const page = { getJSON, showError, markFirstChart, theme, onTheme, openHead };
+  const page = { getJSON, showError, markFirstChart, theme, onTheme, openHead, choose,
+                 positionFor, windowAround };
   window.AtlasPage = page;
 
   const started = new WeakSet();
@@ -321,6 +579,7 @@
   function drawAll() {
     watchTheme();
     followURL();
+    mountPositions();
     if (window.AtlasThumbs) {
       document.querySelectorAll(".atlas-thumbs").forEach((h) => window.AtlasThumbs.mount(h, page));
     }
