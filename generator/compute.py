@@ -24,11 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-<<<<<<< HEAD
-from . import __version__, layout, skips
-=======
-from . import __version__, layout, ov
->>>>>>> main
+from . import __version__, layout, ov, skips
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
