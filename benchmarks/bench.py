@@ -4,6 +4,7 @@
     python benchmarks/bench.py [--device cpu|cuda] [--models gpt2,qwen2.5] [--prompts N]
                                [--tokens 64] [--batch 8] [--quick] [--out FILE]
     python benchmarks/bench.py --device cuda --suite [--out FILE]   # the one GPU check
+    python benchmarks/bench.py --long [--long-lengths 64,512,1024,2048] [--out FILE]
 
 Prints ONE JSON object on stdout (progress goes to stderr) and writes it to --out if given.
 Definitions of every number are in benchmarks/README.md. In short, per model and per prompt:
@@ -758,7 +759,131 @@ def bench_suite(name: str, args: argparse.Namespace, device: str, dtype: torch.d
             torch.cuda.empty_cache()
     c64, c256 = out["tokens64"]["compute_over_floor"], out["tokens256"]["compute_over_floor"]
     out["compute_over_floor_256_over_64"] = round(c256 / c64, 2)
+    log(f"{name}: suite workload long ({', '.join(map(str, args.long_lengths))} tokens)")
+    sub = tmp / "long"
+    sub.mkdir()
+    out["long"] = long_rows(m, args, device, sub, notes)
+    shutil.rmtree(sub, ignore_errors=True)
     return out
+
+
+# --- long prompts: bytes, time and memory from 64 to 2,048 tokens ------------------------------
+
+LONG_LENGTHS = (64, 512, 1024, 2048)
+LONG_TEXT = ("long-context", "retrieval")  # the prompt filled (repeated) or cut to each length
+
+
+def peak_memory_reset(device: str) -> bool:
+    """Start a new peak: the GPU allocator's, or on the CPU the process's peak resident set
+    (VmHWM, reset by writing 5 to /proc/self/clear_refs). False if the CPU's cannot be reset."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """The peak since `peak_memory_reset`: GPU memory allocated, or the CPU process's resident
+    set (everything it holds: the model's weights too)."""
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1024 / 2 ** 30, 3)
+    return None
+
+
+def long_prompt(tokenizer: Any, tokens: int) -> Any:
+    """The long-context set's retrieval document, repeated or cut to exactly `tokens` tokens."""
+    from generator.prompts import default_prompt_dir, load_prompt_set
+    set_id, prompt_id = LONG_TEXT
+    base = next(p for p in load_prompt_set(default_prompt_dir() / f"{set_id}.yaml").prompts
+                if p.id == prompt_id)
+    return workload(tokenizer, [base], tokens, fill=True)[0]
+
+
+def long_rows(m: Models, args: argparse.Namespace, device: str, tmp: Path,
+              notes: list[str]) -> dict[str, Any]:
+    """One prompt at each of --long-lengths tokens (cut to the model's context with its
+    continuation): bytes of its artifact, the compute stage's time against the floor, its peak
+    memory and host time. One repetition each (at 2,048 tokens the floor alone is minutes on a
+    CPU): compute first, then the floor over the tokens it analysed."""
+    from generator.compute import Settings, artifact_path
+    lm, settings = m.lm, Settings()
+    context = lm.facts.get("context_length")
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    rows: dict[str, Any] = {}
+    # Warm-up (untimed): the first compute pass pays one-off costs (vocabulary records, kernels).
+    warm = long_prompt(lm.tokenizer, 16)
+    set_attention(m.model, "eager")
+    compute_pass(lm, [warm], tmp / f"{m.name}-long-warm", settings, m.dtype, 1)
+    set_attention(m.model, "sdpa")
+    floor_pass(m.model, [tensors([(warm, lm.tokenizer(warm.text)["input_ids"])], pad, device)])
+    for T in args.long_lengths:
+        tokens = T if not context else min(T, context - settings.continuation)
+        if tokens < T and T - tokens > settings.continuation:
+            notes.append(f"{m.name}: no {T}-token row, longer than its context of {context}")
+            continue
+        prompt = long_prompt(lm.tokenizer, tokens)
+        out_dir = tmp / f"{m.name}-long{T}"
+        set_attention(m.model, "eager")
+        gc_collect(device)
+        reports: list[Any] = []
+        exact = peak_memory_reset(device)
+        compute_s = timed(lambda: reports.append(compute_pass(lm, [prompt], out_dir, settings,
+                                                              m.dtype, 1)), device)
+        peak = peak_memory_gib(device) if exact else None
+        path = artifact_path(out_dir, lm.ref.slug, prompt)
+        seqs, prompt_lens = artifact_sequences([path])
+        set_attention(m.model, "sdpa")
+        floor_s = timed(lambda: floor_pass(m.model, [tensors([(prompt, seqs[0])], pad, device)]),
+                        device)
+        size = artifact_sizes([path])
+        report = reports[0]
+        rows[str(T)] = {
+            "prompt_tokens": prompt_lens[0], "analysed_tokens": len(seqs[0]),
+            "bytes_per_prompt": size["raw"], "gzip_bytes_per_prompt": size["gzip"],
+            "compute_s": round(compute_s, 2), "floor_s": round(floor_s, 2),
+            "compute_over_floor": round(compute_s / floor_s, 2),
+            "peak_memory_gib": peak,
+            "host_ms_per_prompt": round(report.host_seconds / max(report.host_prompts, 1) * 1000,
+                                        1)}
+        log(f"{m.name}: {T} tokens: {size['raw']:,} bytes ({size['gzip']:,} gzip), compute "
+            f"{compute_s:.1f}s, floor {floor_s:.1f}s (x{compute_s / floor_s:.2f}), peak "
+            f"{peak} GiB, host {rows[str(T)]['host_ms_per_prompt']} ms")
+        shutil.rmtree(out_dir, ignore_errors=True)
+    out: dict[str, Any] = {"rows": rows, "text": "/".join(LONG_TEXT),
+                           "peak_memory": ("GPU memory allocated" if device.startswith("cuda")
+                                           else "the process's peak resident set (VmHWM), "
+                                                "weights included")}
+    if "1024" in rows and "2048" in rows:
+        ratio = rows["2048"]["bytes_per_prompt"] / rows["1024"]["bytes_per_prompt"]
+        out["bytes_2048_over_1024"] = round(ratio, 2)
+        out["gzip_bytes_2048_over_1024"] = round(rows["2048"]["gzip_bytes_per_prompt"]
+                                                 / rows["1024"]["gzip_bytes_per_prompt"], 2)
+        log(f"{m.name}: bytes per prompt, 2,048 over 1,024 tokens: x{ratio:.2f} (linear: 2, "
+            f"quadratic: 4)")
+    return out
+
+
+def gc_collect(device: str) -> None:
+    import gc
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def bench_long(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype | None,
+               tmp: Path, notes: list[str]) -> dict[str, Any]:
+    """`--long`: only the long rows of one model."""
+    m = build_models(name, args, device, dtype)
+    return {"dtype": str(m.dtype).replace("torch.", ""), "parameters": m.lm.facts["parameters"],
+            "long": long_rows(m, args, device, tmp, notes)}
 
 
 def asdict_or_repr(obj: Any) -> Any:
@@ -948,6 +1073,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-tokens", type=int, default=256,
                     help="prompt tokens of the suite's long workload (256; smaller to try the "
                          "suite on a CPU)")
+    ap.add_argument("--long", action="store_true",
+                    help="only the long rows: per model one prompt at each --long-lengths (cut "
+                         "to its context): bytes, compute over floor, peak memory, host time")
+    ap.add_argument("--long-lengths", default=",".join(map(str, LONG_LENGTHS)),
+                    help="prompt lengths of the long rows, in --long and --suite "
+                         f"({','.join(map(str, LONG_LENGTHS))}; smaller to try it on a CPU)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -965,6 +1096,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batch {args.batch}: a positive number or 'auto'")
     else:
         args.batch = int(args.batch)
+    try:
+        args.long_lengths = [int(x) for x in args.long_lengths.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--long-lengths {args.long_lengths}: comma-separated numbers, like 64,512")
+    if not args.long_lengths or min(args.long_lengths) < 1:
+        ap.error("--long-lengths: at least one length, each at least 1")
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -982,26 +1119,28 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     notes: list[str] = []
     result: dict[str, Any] = {
-        "benchmark": "model-atlas reference " + ("suite" if args.suite else "workload"),
+        "benchmark": "model-atlas reference " + ("suite" if args.suite else
+                                                 "long prompts" if args.long else "workload"),
         "version": 2,
         "settings": {"device": args.device, "dtype": args.dtype,
                      "models": names, "prompts": args.prompts, "tokens": args.tokens,
                      "fill": args.fill, "batch": args.batch or "auto", "reps": args.reps,
                      "size_prompts": args.size_prompts, "quick": args.quick,
-                     "suite": args.suite, "long_tokens": args.long_tokens},
+                     "suite": args.suite, "long_tokens": args.long_tokens,
+                     "long": args.long, "long_lengths": args.long_lengths},
         "machine": machine(args.device, args.dtype),
         "code": code_version(),
         "models": {}, "site": None, "notes": notes,
     }
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        run_model = bench_suite if args.suite else bench_model
+        run_model = bench_suite if args.suite else bench_long if args.long else bench_model
         for name in names:
             result["models"][name] = run_model(name, args, args.device, dtype, tmp, notes)
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # the model is gone with the function's frame
-        if args.skip_site or args.suite:
-            notes.append("site timings skipped (--skip-site or --suite)")
+        if args.skip_site or args.suite or args.long:
+            notes.append("site timings skipped (--skip-site, --suite or --long)")
         else:
             log("site: demo build, render, one-prompt rebuild through the CLI")
             try:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import __version__, layout, ov
+from . import __version__, layout, ov, skips
 from .errors import AtlasError, OptionError
 from .extract import SequenceOutput, run_batch
 from .metrics import HEAD_METRICS, kv_groups
@@ -32,8 +32,8 @@ from .models import (LoadedModel, ModelRef, load_model, load_tokenizer, pick_dty
                      resolve_model)
 from .prompts import Prompt, PromptSet
 from .schema import (SCHEMA_VERSION, Artifact, Attention, Attribution, Generation,
-                     LayerGroups, Lens, PromptInfo, Provenance, TopK, current_attention,
-                     validate_artifact, write_artifact_json, write_binary_file)
+                     LayerGroups, Lens, PromptInfo, Provenance, TopK, attention_path,
+                     current_attention, validate_artifact, write_artifact_json, write_binary_file)
 from .space import is_disk_full
 from .store import content_key, remove_stale_temporaries, sha256_bytes
 from .tokenize_page import save_tokenizer
@@ -85,6 +85,7 @@ class ComputeReport:
     computed: int = 0
     reused: int = 0
     failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)   # "<prompt key> (<model>): why", one a line
     seconds: float = 0.0
     artifacts: list[Path] = field(default_factory=list)
     # Host work after the device: from a batch's results on the host to its artifacts on disk
@@ -221,16 +222,20 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Settings, log: Log):
-    """Run one batch (generation and capture); split it in halves on any error (out-of-memory
-    included). Yields (prompt, result): a SequenceOutput, or the exception of a prompt that failed
-    on its own."""
+def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Settings, log: Log,
+         budget_bytes: int | None = None):
+    """Run one batch (generation and capture; the prefill's attention of every layer is kept for
+    the reduction only within `budget_bytes`, see `extract.run_batch`); split it in halves on any
+    error (out-of-memory included). Yields (prompt, result): a SequenceOutput, or the exception of
+    a prompt that failed on its own."""
     tok = lm.tokenizer
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
+    if budget_bytes is None:
+        budget_bytes = default_budget(lm.device)
     try:
         out = run_batch(lm.model, [ids for _, ids in batch], settings.continuation, eos, pad,
-                        settings.top_k, settings.lens_top_k)
+                        settings.top_k, settings.lens_top_k, prefill_budget=budget_bytes)
     except Exception as e:  # noqa: BLE001 - OOM classes differ between backends
         if len(batch) > 1:
             # Split and retry: out of memory goes away in smaller batches, and any other error is
@@ -240,8 +245,8 @@ def _run(lm: LoadedModel, batch: list[tuple[Prompt, list[int]]], settings: Setti
             half = len(batch) // 2
             why = "out of memory" if _is_oom(e) else f"{type(e).__name__}"
             log(f"{why} on a batch of {len(batch)}; retrying as {half} + {len(batch) - half}")
-            yield from _run(lm, batch[:half], settings, log)
-            yield from _run(lm, batch[half:], settings, log)
+            yield from _run(lm, batch[:half], settings, log, budget_bytes)
+            yield from _run(lm, batch[half:], settings, log, budget_bytes)
             return
         yield batch[0][0], e  # a single prompt failed: its error instead of a result
         return
@@ -277,7 +282,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     if made := preload_vocab(lm.tokenizer):  # the writer then only looks records up
         log(f"{ref.slug}: display records of {made} vocabulary tokens made in "
             f"{time.perf_counter() - t_vocab:.1f}s")
-    items, tokens_of = _tokenize(lm, todo, settings, report)
+    items, tokens_of = _tokenize(lm, todo, settings, report, out_dir, log)
     if budget_bytes is None:
         budget_bytes = default_budget(lm.device)
     facts = lm.facts
@@ -299,7 +304,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atlas-writer") as writer:
         pending: Future | None = None
         for batch in batches:
-            results = list(_run(lm, batch, settings, log))          # on the host now
+            results = list(_run(lm, batch, settings, log, budget_bytes))  # on the host now
             if pending is not None:
                 written(pending)
             pending = writer.submit(_store_batch, lm, results, tokens_of, settings, out_dir,
@@ -352,34 +357,57 @@ def _write_binary_timed(path: Path, attention: Any, lens: bytes) -> tuple[str, f
 
 def _stale(ref: ModelRef, prompts: Sequence[Prompt], out_dir: Path, settings: Settings,
            report: ComputeReport) -> list[tuple[Prompt, str]]:
-    """(prompt, key) of every prompt whose artifact is missing or stale; the others are reused."""
+    """(prompt, key) of every prompt whose artifact is missing or stale; the others are reused
+    (a current skip record, `skips`, counts as done: the prompt still does not fit)."""
     todo = []
     for p in prompts:
         key = unit_key(ref, p, settings)
         path = artifact_path(out_dir, ref.slug, p)
-        report.artifacts.append(path)
         if _current_key(path) == key:
+            report.artifacts.append(path)
+            report.reused += 1
+        elif skips.current_key(skip_path(out_dir, ref.slug, p)) == key:
             report.reused += 1
         else:
+            report.artifacts.append(path)
             todo.append((p, key))
     return todo
 
 
 def _tokenize(lm: LoadedModel, todo: list[tuple[Prompt, str]], settings: Settings,
-              report: ComputeReport):
-    """Token ids of every prompt to run, and per prompt key its (artifact key, token records);
-    prompts longer than the model's context are reported as failures."""
-    context = lm.facts.get("context_length") or 10 ** 9
+              report: ComputeReport, out_dir: Path, log: Log):
+    """Token ids of every prompt to run, and per prompt key its (artifact key, token records).
+    A prompt longer than the model's context (with its continuation) is skipped for this model
+    only: a skip record (`skips`) takes its artifact's place and one line says so."""
+    context = lm.facts.get("context_length")
     items, tokens_of = [], {}
     for p, key in todo:
         ids, tokens = describe_tokens(lm.tokenizer, p.text)
-        if len(ids) + settings.continuation > context:
-            report.failures.append(f"{p.key} ({lm.ref.model_id}): {len(ids)} tokens, longer than "
-                                   f"the model's context of {context}; shorten field 'text'.")
+        if not skips.fits(len(ids), settings.continuation, context):
+            record = skips.SkipRecord(key, lm.ref.model_id, lm.ref.slug, p.set_id, p.id,
+                                      sha256_bytes(p.text.encode()), len(ids),
+                                      settings.continuation, context)
+            skip(out_dir, lm.ref.slug, p, record)
+            line = f"{p.key} ({lm.ref.model_id}): skipped, {record.message}"
+            report.skipped.append(line)
+            report.artifacts.remove(artifact_path(out_dir, lm.ref.slug, p))
+            log(line)
             continue
         items.append((p, ids))
         tokens_of[p.key] = (key, tokens)
     return items, tokens_of
+
+
+def skip_path(root: Path, slug: str, prompt: Prompt) -> Path:
+    return layout.skip_record_path(root, slug, prompt.set_id, prompt.id)
+
+
+def skip(root: Path, slug: str, prompt: Prompt, record: skips.SkipRecord) -> None:
+    """Write the skip record of (model, prompt) and remove an artifact left from before."""
+    skips.write_skip(skip_path(root, slug, prompt), record)
+    path = artifact_path(root, slug, prompt)
+    path.unlink(missing_ok=True)
+    attention_path(path).unlink(missing_ok=True)
 
 
 def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseException,
@@ -399,6 +427,7 @@ def _store(lm: LoadedModel, prompt: Prompt, result: SequenceOutput | BaseExcepti
                                   binary_written.result()[0]).to_dict()
         validate_artifact(artifact, f"{ref.slug}/{prompt.key}", full=False)
         write_artifact_json(artifact_path(out_dir, ref.slug, prompt), artifact)
+        skip_path(out_dir, ref.slug, prompt).unlink(missing_ok=True)   # it fits now
         return None
     except AtlasError as e:
         return f"{prompt.key} ({ref.model_id}): {e}"
@@ -432,5 +461,7 @@ def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir
                       revision=revision, device_map=device_map, batch_size=batch_size)
     report.seconds = time.perf_counter() - t0
     log(f"compute: {report.computed} computed, {report.reused} reused, "
-        f"{len(report.failures)} failed in {report.seconds:.1f}s")
+        + (f"{len(report.skipped)} skipped (longer than a model's context), "
+           if report.skipped else "")
+        + f"{len(report.failures)} failed in {report.seconds:.1f}s")
     return report

@@ -31,7 +31,8 @@ so a clean copy of c_t still makes t the top prediction by a wide margin.
   into sum_k cos((i - j - 1) theta_k)); its value is A (the attended token's code), written to B.
 - first-token (sink) head: GPT-2: the key reads a flag only position 0 carries; Qwen2: constant
   q/k biases at a quarter turn on a slow rotary frequency, so the score sin((i - j) theta) grows with
-  distance and peaks at j = 0.
+  distance and peaks at j = 0 (theta = 2.7e-4 rad/step: it keeps growing up to i - j = 5,700,
+  past the demo's context of 4,096).
 - induction head (layer 2): query = A (current token), key = B (the token before j), so it attends
   to the j whose previous token is the current one; its value is A at j, written to C: it copies the
   token that followed the earlier occurrence into the output. In Qwen2 the match uses only the slow
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ASSETS = Path(__file__).parent / "assets" / "tokenizers"
-DEMO_VERSION = 5  # bump to rebuild the demo checkpoints
+DEMO_VERSION = 6  # bump to rebuild the demo checkpoints
 
 D, CODE = 128, 32                 # residual width; width of each subspace
 C, A, B, R = (slice(i * CODE, (i + 1) * CODE) for i in range(4))
@@ -273,7 +274,9 @@ def _build_qwen2(model: Any, rng: _Rng) -> None:
     scaling = math.sqrt(hd)                 # scores are q.k / sqrt(head_dim)
     planted = {(l, h): m for l, h, m in DEMO_SPECS["tiny-random-qwen2"]["planted"]}
     group = H // KV
-    fast, sink_pair = range(0, 6), 10                     # 1 .. 0.115 rad/step; 0.0133 rad/step
+    # Fast pairs: 1 .. 0.115 rad/step. The sink's pair turns 2.7e-4 rad/step, so sin((i - j)
+    # theta) still grows at i - j = 4,096 (a quarter turn takes 5,700 steps).
+    fast, sink_pair = range(0, 6), 19
     slow = list(range(half // 2, half))                   # <= 1e-3 rad/step: content pairs
 
     def pair_dims(ks):

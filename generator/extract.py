@@ -3,18 +3,29 @@
 `run_batch` generates each prompt's greedy continuation and captures everything it analyses in the
 same passes: one eager prefill over the left-padded prompts, then one single-token step over the
 KV cache per generated token, each returning its attention rows and hidden states. Attention is
-never recomputed for the continuation and the prompt+continuation is never run a second time.
+never recomputed for the continuation and the prompt+continuation is never run a second time
+(only a long prompt's prefill runs twice, to hold one layer's attention at a time: see below).
 
 Attention is captured as float32 probabilities in every dtype: a model whose weights are not
 float32 runs `float32_softmax_attention`, which computes the scores as eager attention does and
 returns their float32 softmax (the model itself goes on with it cast to its dtype).
 
 Everything is reduced on the device before it is copied to the host: the head metrics from the
-full-precision attention (`device_metrics`), the attention quantized to uint8 and packed in the
-stored order (4x smaller than float32, no host-side indexing), predictions as top-k ids and
-log-probabilities, and the direct logit attribution (`attribution.DlaRecorder` hooks the same
-passes; `attribution.direct_logit_attribution` reduces what it recorded to [positions, 2,
-components]). The host receives a few arrays per batch.
+full-precision attention (`device_metrics`), the attention quantized to uint8 and encoded in the
+stored format (no host-side indexing), predictions as top-k ids and log-probabilities, and the
+direct logit attribution (`attribution.DlaRecorder` hooks the same passes and keeps per layer
+only [positions, width] activations; `attribution.direct_logit_attribution` reduces them to
+[positions, 2, components]). The host receives a few arrays per batch.
+
+Attention is reduced one layer at a time (`AttentionReduction`), never held as [L, H, T, T]
+float32 for all layers of a long prompt: an `AttentionTap` (forward hooks on each layer's
+attention module; the model is not asked for `output_attentions`, so transformers keeps none)
+takes each layer's weights as that layer runs. The steps' rows are small and always kept. The
+prefill's [B, H, P, P] of every layer is kept until the continuation is known only while all
+layers fit the batch's budget (`prefill_bytes`, short prompts: as before, no extra work); past
+it, the prefill runs a second time with the same inputs after the continuation, and each layer
+is reduced inside that forward and dropped (one more prefill: a long prompt's time is mostly the
+logit lens). Both ways store the same bytes (tests/test_compute.py).
 
 The logit lens stacks every layer's residual stream into one matrix and multiplies it by the
 unembedding one block of rows and vocabulary at a time (`lens_topk`), keeping per block what the
@@ -324,20 +335,62 @@ def capture_float32_softmax(model: Any) -> str:
 
 # --- one batch -------------------------------------------------------------------------------------
 
+class AttentionTap:
+    """Forward hooks on every layer's self-attention module that hand the attention weights it
+    returns to `sink(layer, weights)` as soon as that layer has run, inside the forward.
+
+    The model is called without `output_attentions`, so transformers keeps none of them: a weight
+    tensor lives as long as `sink` keeps it (eager attention returns its weights whether asked or
+    not; SDPA returns None, which is an error here). Use as a context manager around the passes.
+    """
+
+    def __init__(self, model: Any, sink: Any):
+        self.modules = DlaRecorder(model).attn           # each decoder layer's self-attention
+        self.sink = sink
+        self._handles: list[Any] = []
+
+    def _seen(self, layer: int, out: Any) -> None:
+        weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if weights is None:
+            raise RuntimeError("the model returned no attention maps (is attn_implementation "
+                               "eager?)")
+        self.sink(layer, weights)
+
+    def __enter__(self) -> "AttentionTap":
+        for l, module in enumerate(self.modules):
+            self._handles.append(module.register_forward_hook(
+                lambda m, args, out, l=l: self._seen(l, out)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
 @dataclass
 class Passes:
     """What the prefill and the generation steps of one batch returned, still on the device.
 
-    attention[l]: float32 [B, H, S, S] of layer l over the whole batch, S = P + n_new: the
-    prefill's [P, P] block, then one row per step (step s: the row of position P + s, keys up to
-    it); rows of left padding hold whatever the model gave them and are never read.
+    prefill[l]: float32 [B, H, P, P], layer l's attention in the prefill, when it was kept
+    (`generate_with_capture`'s `keep_prefill`), else None (then `replay_prefill` computes it
+    again, layer by layer). rows[l]: float32 [B, H, n_new, S], S = P + n_new: layer l's
+    attention rows of the single-token steps (step s: the row of position P + s, keys up to it).
+    Rows of left padding hold whatever the model gave them and are never read.
     hidden[s][l]: [B, queries, D], layer l's output in pass s (0 = the prefill; entry L-1 already
-    has the final norm); generated: [B, n_new] greedy ids (before cutting at end-of-text).
+    has the final norm); generated: [B, n_new] greedy ids (before cutting at end-of-text);
+    prefill_inputs: the prefill's keyword arguments, to run it again exactly.
     """
-    attention: list[torch.Tensor]
+    prefill: list[torch.Tensor | None] | None
+    rows: list[torch.Tensor]
     hidden: list[tuple[torch.Tensor, ...]]
     generated: torch.Tensor
-    stacked: torch.Tensor | None = None   # [L, B, H, S, S] whose views `attention` holds, if any
+    prefill_inputs: dict[str, Any]
+
+
+def prefill_bytes(layers: int, batch: int, heads: int, length: int) -> int:
+    """Bytes of float32 attention [L, B, H, S, S] that keeping every layer's prefill holds."""
+    return layers * batch * heads * length * length * 4
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,9 +406,15 @@ def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
-                          n_new: int) -> Passes:
+                          n_new: int, keep_prefill: bool = True) -> Passes:
     """One eager prefill over the left-padded prompts, then n_new single-token steps over the KV
-    cache, each returning its attention rows and hidden states, kept on the device.
+    cache, each handing its attention rows to an `AttentionTap` and returning its hidden states,
+    kept on the device.
+
+    The steps' rows are written into one [B, H, n_new, S] tensor per layer as they come. The
+    prefill's [B, H, P, P] attention of each layer is kept only with `keep_prefill` (all layers
+    at once: the caller checks `prefill_bytes` against its budget); without it every layer's is
+    dropped as soon as it is made, and `replay_prefill` runs the prefill again afterwards.
 
     Every forward pass of the batch happens here (a recorder of per-layer activations wraps this
     function's model calls). Positions count from each row's first real token. The last step
@@ -365,39 +424,42 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
     B, P = ids.shape
     S = P + n_new
     pos = (mask.cumsum(-1) - 1).clamp_min(0)                        # [B, P]
-    capture = dict(output_attentions=True, output_hidden_states=True, use_cache=n_new > 0,
-                   logits_to_keep=1)
+    capture = dict(output_hidden_states=True, use_cache=n_new > 0, logits_to_keep=1)
     cache_kw = cache_argument(model)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
-    if not out.attentions or out.attentions[0] is None:
-        raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
-    # One [L, B, H, S, S] tensor when every layer is on one device (then metrics, quantization
-    # and packing run over all layers at once); with device_map="auto" layers may sit on
-    # different devices, and each layer's attention stays where it is.
-    L, H = len(out.attentions), out.attentions[0].shape[1]
-    devices = {a.device for a in out.attentions}
-    stacked = (torch.zeros((L, B, H, S, S), dtype=torch.float32, device=devices.pop())
-               if len(devices) == 1 else None)
-    att = []
-    for l, a in enumerate(out.attentions):                          # L x [B, H, P, P]
-        full = stacked[l] if stacked is not None else torch.zeros(
-            (B, H, S, S), dtype=torch.float32, device=a.device)
-        full[:, :, :P, :P] = a
-        att.append(full)                                            # L x float32 [B, H, S, S]
-    hid_steps = [out.hidden_states[1:]]                             # L x [B, P, D]
-    new = []
-    for s in range(n_new):
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
-        new.append(nxt)
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)       # [B, P + s + 1]
-        pos = pos[:, -1:] + 1                                       # [B, 1]
-        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
-                    **{cache_kw: getattr(out, cache_kw)}, **capture)
-        for full, a in zip(att, out.attentions):                    # a: [B, H, 1, P + s + 1]
-            full[:, :, P + s, :P + s + 1] = a[:, :, 0]
-        hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
+    prefill: list[torch.Tensor | None] = []
+    rows: list[torch.Tensor | None] = []
+    step = -1                                                       # -1: the prefill
+
+    def sink(l: int, a: torch.Tensor) -> None:
+        if step < 0:                                                # a: [B, H, P, P]
+            rows[l] = torch.zeros((B, a.shape[1], n_new, S), dtype=torch.float32,
+                                  device=a.device)
+            if keep_prefill:
+                prefill[l] = a
+        else:                                                       # a: [B, H, 1, P + step + 1]
+            rows[l][:, :, step, :P + step + 1] = a[:, :, 0]
+
+    inputs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
+    with AttentionTap(model, sink) as tap:
+        prefill.extend([None] * len(tap.modules))
+        rows.extend([None] * len(tap.modules))
+        out = model(**inputs)
+        if any(r is None for r in rows):
+            raise RuntimeError("the model returned no attention maps (is attn_implementation "
+                               "eager?)")
+        hid_steps = [out.hidden_states[1:]]                         # L x [B, P, D]
+        new = []
+        for s in range(n_new):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
+            new.append(nxt)
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)       # [B, P + s + 1]
+            pos = pos[:, -1:] + 1                                       # [B, 1]
+            step = s
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                        **{cache_kw: getattr(out, cache_kw)}, **capture)
+            hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
     gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
-    return Passes(att, hid_steps, gen, stacked)
+    return Passes(prefill if keep_prefill else None, rows, hid_steps, gen, inputs)
 
 
 def kept_continuations(generated: torch.Tensor, eos_id: int | None) -> list[list[int]]:
@@ -469,38 +531,6 @@ def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, v
     return out.cpu().numpy(), err.cpu().numpy(), rank_components(out, DLA_TOP_K)
 
 
-# Bytes of attention one call of the device metrics takes at once: their temporaries are as large
-# as their input, so all layers of a large batch go in chunks of layers.
-METRICS_CHUNK_BYTES = 256 << 20
-
-
-def _layer_chunks(passes: Passes) -> list[torch.Tensor]:
-    """The attention in pieces of [layers, B, H, S, S] for the device metrics: chunks of layers of
-    the stacked tensor, or one layer at a time when layers sit on different devices."""
-    if passes.stacked is None:
-        return [a[None] for a in passes.attention]
-    per_layer = passes.stacked[0].numel() * 4
-    step = max(1, METRICS_CHUNK_BYTES // max(per_layer, 1))
-    return [passes.stacked[i:i + step] for i in range(0, passes.stacked.shape[0], step)]
-
-
-@torch.no_grad()
-def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: int,
-                      out_dev: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every head metric of every layer, and the grouped-query comparison where kv_heads < H,
-    from the full-precision attention, batched on the device (all layers at once, or in chunks):
-    float32 [len(HEAD_METRICS), L, B, H] and [L, B, 1 + 2G] (or None) on the host."""
-    heads = passes.attention[0].shape[1]
-    per_chunk, groups = [], []
-    for a in _layer_chunks(passes):                                 # [l, B, H, S, S]
-        at_c = at.to(a.device)
-        per_chunk.append(device_metrics.head_metrics(a, at_c).to(out_dev))    # [5, l, B, H]
-        if kv_heads < heads:
-            groups.append(device_metrics.group_metrics(a, at_c, kv_heads).to(out_dev))
-    metrics = torch.cat(per_chunk, dim=1).cpu().numpy()             # [5, L, B, H]
-    return metrics, (torch.cat(groups).cpu().numpy() if groups else None)  # [L, B, 1 + 2G]
-
-
 @functools.lru_cache(maxsize=8)
 def _key_order(n: int, device: str) -> torch.Tensor:
     """Flat indices into an [n, n] block of its lower triangle in stored order (key by key)."""
@@ -561,57 +591,111 @@ def encode_chunks(block: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     hold (all of them at short lengths, one at a time at long ones), its parts joined."""
     L, H, n = block.shape[:3]
     step = max(1, ENCODE_CHUNK // max(H * n * n, 1))
-    parts = [encode_on_device(block[l:l + step]) for l in range(0, L, step)]
+    return join_parts([encode_on_device(block[l:l + step]) for l in range(0, L, step)], L, H)
+
+
+def join_parts(parts: list[tuple[np.ndarray, ...]], L: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_on_device`'s outputs for consecutive layers -> the stored bytes (every head's
+    digits, then every head's overflow bytes, then every head's runs) and the index [L, H, 3]."""
     data = np.concatenate([p[i] for i in range(3) for p in parts])
     return data, np.concatenate([p[3] for p in parts]).reshape(L, H, 3)
 
 
+class AttentionReduction:
+    """What is measured and stored of a batch's attention, reduced one layer at a time.
+
+    `layer(l, prefill, rows)` takes layer l's prefill attention [B, H, P, P] and its steps' rows
+    [B, H, n_new, S], puts them in one float32 [B, H, S, S] (the only one held), and reduces it
+    on its device to every head metric (`device_metrics.head_metrics`), the grouped-query
+    comparison where kv_heads < H, and each sequence's stored bytes (quantized, encoded); then
+    it is dropped. So memory holds one layer's attention at a time, whatever the prompt's length;
+    `results` gives what the layers left, on the host.
+    """
+
+    def __init__(self, at: device_metrics.Positions, starts: list[int], lengths: list[int],
+                 kv_heads: int, layers: int, out_dev: Any):
+        self.at, self.starts, self.lengths = at, starts, lengths
+        self.kv_heads, self.out_dev = kv_heads, out_dev
+        self.metrics: list[torch.Tensor | None] = [None] * layers      # [5, B, H] each
+        self.groups: list[torch.Tensor | None] = [None] * layers       # [B, 1 + 2G] each
+        self.encoded: list[list[Any]] = [[None] * layers for _ in lengths]
+
+    @torch.no_grad()
+    def layer(self, l: int, prefill: torch.Tensor, rows: torch.Tensor) -> None:
+        B, H, P, _ = prefill.shape
+        full = rows.new_zeros((B, H, rows.shape[-1], rows.shape[-1]))  # float32 [B, H, S, S]
+        full[:, :, :P, :P] = prefill
+        full[:, :, P:, :] = rows
+        at = self.at.to(full.device)
+        self.metrics[l] = device_metrics.head_metrics(full[None], at)[:, 0].to(self.out_dev)
+        if self.kv_heads < H:
+            self.groups[l] = device_metrics.group_metrics(full[None], at,
+                                                          self.kv_heads)[0].to(self.out_dev)
+        quantized = quantize_attention(full)                           # uint8 [B, H, S, S]
+        del full
+        for b, (st, n) in enumerate(zip(self.starts, self.lengths)):
+            self.encoded[b][l] = encode_on_device(quantized[b, :, st:st + n, st:st + n])  # [H]
+
+    def results(self) -> tuple[np.ndarray, np.ndarray | None, list[StoredAttention]]:
+        """float32 [len(HEAD_METRICS), L, B, H] and [L, B, 1 + 2G] (or None) on the host, and each
+        sequence's stored attention."""
+        metrics = torch.stack(self.metrics, dim=1).cpu().numpy()       # [5, L, B, H]
+        groups = (torch.stack(self.groups).cpu().numpy()
+                  if self.groups[0] is not None else None)             # [L, B, 1 + 2G]
+        heads = metrics.shape[-1]
+        stored = [StoredAttention(*join_parts(layers, len(layers), heads), heads, n)
+                  for layers, n in zip(self.encoded, self.lengths)]
+        return metrics, groups, stored
+
+
 @torch.no_grad()
-def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
-                   out_dev: Any) -> list[StoredAttention]:
-    """Each sequence's stored attention, quantized and encoded on the device (`encode_chunks`),
-    its bytes copied to the host (n = its analysed tokens)."""
-    if passes.stacked is not None:
-        # Layer by layer into one uint8 tensor: quantize's float temporary stays one layer big.
-        quantized = torch.empty(passes.stacked.shape, dtype=torch.uint8,
-                                device=passes.stacked.device)       # uint8 [L, B, H, S, S]
-        for l, layer in enumerate(passes.stacked):
-            quantized[l] = quantize_attention(layer)
-        blocks = [quantized[:, b, :, st:st + n, st:st + n]          # [L, H, n, n]
-                  for b, (st, n) in enumerate(zip(starts, lengths))]
-    else:
-        layers = [quantize_attention(a) for a in passes.attention]  # L x uint8 [B, H, S, S]
-        blocks = [torch.stack([q[b, :, st:st + n, st:st + n].to(out_dev) for q in layers])
-                  for b, (st, n) in enumerate(zip(starts, lengths))]
-    out = []
-    for block, n in zip(blocks, lengths):
-        data, index = encode_chunks(block)
-        out.append(StoredAttention(data, index, block.shape[1], n))
-    return out
+def reduce_attention(model: Any, passes: Passes, reduction: AttentionReduction) -> None:
+    """Every layer of the batch's attention through `reduction`, one layer at a time: from the
+    kept prefill, or (none kept) by running the prefill again with an `AttentionTap` that reduces
+    each layer inside the forward, as soon as it is made. The same inputs give the same
+    attention, so both ways store the same bytes."""
+    if passes.prefill is not None:
+        for l, rows in enumerate(passes.rows):
+            reduction.layer(l, passes.prefill[l], rows)
+            passes.prefill[l] = passes.rows[l] = None
+        return
+
+    def sink(l: int, a: torch.Tensor) -> None:
+        reduction.layer(l, a, passes.rows[l])
+        passes.rows[l] = None
+
+    with AttentionTap(model, sink):
+        model(**passes.prefill_inputs)
 
 
 @torch.no_grad()
 def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None, pad_id: int,
-              k: int, lens_k: int | None = None, dla: bool = True) -> list[SequenceOutput]:
+              k: int, lens_k: int | None = None, dla: bool = True,
+              prefill_budget: int = 512 << 20) -> list[SequenceOutput]:
     """Greedy continuation of each sequence (up to n_new tokens, cut after end-of-text), with the
     attention and the logit lens of prompt + continuation captured on the way: the model's top k
     predictions at every position, the top lens_k (default k) of every other layer, every head
-    metric, the attention quantized and packed for storage, and (with `dla`) the direct logit
+    metric, the attention quantized and encoded for storage, and (with `dla`) the direct logit
     attribution of every position to its top-1 prediction and to the token that came next.
 
     The stages, each its own function: `left_pad` -> `generate_with_capture` (every forward pass
     of the batch: the prefill and the n_new steps, with a `DlaRecorder` on them when `dla`) ->
-    `kept_continuations` -> `logit_lens`, `logit_attribution`, `attention_metrics`,
-    `pack_attention` (all on the device; a few arrays come to the host).
+    `kept_continuations` -> `logit_lens`, `logit_attribution` -> `reduce_attention` (metrics,
+    quantization and encoding, one layer at a time; all on the device, a few arrays come to the
+    host). The prefill's attention of every layer is kept for `reduce_attention` when it fits
+    `prefill_budget` bytes (`prefill_bytes`); a longer batch runs the prefill again instead and
+    reduces each layer inside that forward, so memory holds one layer's attention at a time.
     """
     lens_k = k if lens_k is None else lens_k
     capture_float32_softmax(model)
     lengths = [len(s) for s in seqs]
     B, P = len(seqs), max(lengths)
     ids, mask = left_pad(seqs, pad_id, model.device)                # [B, P]
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    keep = prefill_bytes(layers, B, heads, P + n_new) <= prefill_budget
     # The recorder's hooks live only as long as the passes (removed even if one fails).
     with (DlaRecorder(model) if dla else contextlib.nullcontext()) as rec:
-        passes = generate_with_capture(model, ids, mask, n_new)
+        passes = generate_with_capture(model, ids, mask, n_new, keep_prefill=keep)
     kept = kept_continuations(passes.generated, eos_id)
     starts = [P - n for n in lengths]
     analysed = [n + len(x) for n, x in zip(lengths, kept)]
@@ -623,13 +707,16 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
                                                                   k, lens_k)
     attr, attr_err, ranked = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0])
                               if dla else (None, None, None))
+    del rec                           # the recorded activations, on the device
+    passes.hidden = []
     out_dev = model.get_output_embeddings().weight.device
-    dev0 = passes.attention[0].device
+    dev0 = passes.rows[0].device
     at = device_metrics.Positions(torch.tensor(starts), valid.to(dev0), all_ids.to(dev0))
-    kv = getattr(model.config, "num_key_value_heads", None) or passes.attention[0].shape[1]
-    metrics, groups = attention_metrics(passes, at, kv, out_dev)
-    packed = pack_attention(passes, starts, analysed, out_dev)
-    del passes, rec                   # the attention and the recorded activations, on the device
+    kv = getattr(model.config, "num_key_value_heads", None) or passes.rows[0].shape[1]
+    reduction = AttentionReduction(at, starts, analysed, kv, len(passes.rows), out_dev)
+    reduce_attention(model, passes, reduction)
+    del passes
+    metrics, groups, packed = reduction.results()
     results, offset = [], 0
     for b, n in enumerate(analysed):
         sl = slice(offset, offset + n)

@@ -26,6 +26,12 @@ def artifact_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
     return root / slug / set_id / f"{prompt_id}.json"
 
 
+def skip_record_path(root: Path, slug: str, set_id: str, prompt_id: str) -> Path:
+    """`<root>/<slug>/<set>/<prompt>.skipped.json`: where the compute stage says why a model has
+    no artifact for a prompt (`skips.SkipRecord`: the prompt is longer than its context)."""
+    return root / slug / set_id / f"{prompt_id}.skipped.json"
+
+
 def tokenizer_artifact(root: Path, slug: str) -> Path:
     """`<root>/<slug>/tokenizer.json.gz`: the tokenizer the compute stage used for the model, saved
     beside its artifacts (gzipped, and so not one of the `*.json` artifacts) so that render, and a

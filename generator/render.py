@@ -31,7 +31,8 @@ from .manifest import manifest_data
 from .prompts import PromptSet
 from .resources import resource_path
 from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_head, attention_path, read_artifact
-from .store import canonical_json
+from .skips import SkipRecord, read_skip
+from .store import canonical_json, sha256_bytes
 from .templating import environment
 
 Log = Callable[[str], None]
@@ -69,10 +70,17 @@ class Catalog:
     artifacts: dict[tuple[str, str], dict[str, Any]]   # (model slug, prompt key) -> artifact
     paths: dict[tuple[str, str], Path]
     artifacts_dir: Path = Path("build/artifacts")   # the models' tokenizers and OV files lie by it
+    # (model slug, prompt key) -> why that model has no artifact: the prompt is longer than its
+    # context (`skips`). Such a pair is in neither `artifacts` nor its model's `prompts`.
+    skipped: dict[tuple[str, str], SkipRecord] = field(default_factory=dict)
 
     @property
     def any_random(self) -> bool:
         return any(m.random_weights for m in self.models)
+
+    def slugs_of_skipped(self, key: str) -> list[str]:
+        """The models that skipped prompt `key` (longer than their context), in build order."""
+        return [slug for slug, k in self.skipped if k == key]
 
 
 def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
@@ -81,12 +89,15 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
     if not artifacts_dir.is_dir():
         raise ArtifactError(f"{artifacts_dir}: no artifacts directory. Run `model-atlas compute` "
                             f"first (or `model-atlas build`).")
-    artifacts, paths, models = {}, {}, []
+    artifacts, paths, models, skipped = {}, {}, [], {}
     for slug in slugs:
         summary = None
         for s in sets:
             for p in s.prompts:
                 path = layout.artifact_path(artifacts_dir, slug, s.id, p.id)
+                if not path.exists() and (record := _skip_record(artifacts_dir, slug, p)):
+                    skipped[(slug, p.key)] = record
+                    continue
                 if not path.exists():
                     raise ArtifactError(
                         f"{path}: missing artifact for prompt {p.key} and model {slug}. Run "
@@ -109,8 +120,22 @@ def load_catalog(artifacts_dir: Path, sets: list[PromptSet], slugs: list[str],
                 paths[(slug, p.key)] = path
         if summary is not None:
             models.append(summary)
-    log(f"render: {len(artifacts)} artifacts of {len(models)} models validated")
-    return Catalog(sets, models, artifacts, paths, artifacts_dir)
+    log(f"render: {len(artifacts)} artifacts of {len(models)} models validated"
+        + (f", {len(skipped)} prompt(s) skipped for a model whose context they exceed"
+           if skipped else ""))
+    return Catalog(sets, models, artifacts, paths, artifacts_dir, skipped)
+
+
+def _skip_record(artifacts_dir: Path, slug: str, p: Any) -> SkipRecord | None:
+    """The skip record of (model, prompt), if the compute stage wrote one for this text."""
+    path = layout.skip_record_path(artifacts_dir, slug, p.set_id, p.id)
+    if not path.exists():
+        return None
+    record = read_skip(path)
+    if record.prompt_sha256 != sha256_bytes(p.text.encode()):
+        raise ArtifactError(f"{path}: written for another text of prompt {p.key} (the prompt set "
+                            f"changed). Run `model-atlas compute`.")
+    return record
 
 
 class Writer:
@@ -200,9 +225,9 @@ class _Site:
             self.w.json(layout.chart_spec(name), spec)
 
     def model_pages(self) -> None:
-        keys = [p.key for s in self.catalog.sets for p in s.prompts]
         for m in self.catalog.models:
             page = layout.model_page(m.slug)
+            keys = m.prompts                  # the prompts it has an artifact of, in set order
             atlas = pd.head_atlas(
                 m.slug, keys, [self.catalog.artifacts[(m.slug, k)] for k in keys],
                 link=lambda key, layer, head, slug=m.slug, page=page:
@@ -220,7 +245,9 @@ class _Site:
         """Data files, artifact copies and charts of one prompt; what the page needs per model."""
         per_model = []
         for m in self.catalog.models:
-            a = self.catalog.artifacts[(m.slug, p.key)]
+            a = self.catalog.artifacts.get((m.slug, p.key))
+            if a is None:                     # skipped: longer than its context (`skipped_of`)
+                continue
             tokens, lens = pd.token_rows(a), pd.lens_rows(a)
             files = {layout.prompt_data(m.slug, p.key): {"tokens": tokens,
                                                           "predictions": pd.prediction_rows(a)},
@@ -281,26 +308,41 @@ class _Site:
                 "agreement": agreement, "chart": ref}
 
     def prompt_pages(self) -> list[dict[str, Any]]:
-        """Every set page and prompt page; returns the tokenizer rows of every prompt."""
+        """Every set page and prompt page; returns the tokenizer rows of every prompt that every
+        model computed (none of them skipped it)."""
         done, tok_rows = 0, []
         for s in self.catalog.sets:
             self.page(layout.set_page(s.id), "set.md.j2", set=s)
             for p in s.prompts:
                 per_model = self.prompt_files(p)
-                compare = self.comparison(p, per_model)
+                compare = self.comparison(p, per_model) if per_model else None
+                skipped = self.skipped_of(p)
                 self.page(layout.prompt_page(p.key), "prompt.md.j2", set=s, prompt=p,
-                          per_model=per_model, compare=compare,
+                          per_model=per_model, compare=compare, skipped=skipped,
                           domains=shared_domains(per_model))
-                tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
-                                 "stats": [pd.tokenizer_stats(p, pm["artifact"])
-                                           for pm in per_model],
-                                 "counts": [pd.token_counts(pm["artifact"]) for pm in per_model],
-                                 "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
-                                                          generated=False) for pm in per_model]})
+                if not skipped:               # the tokenizer comparison needs every model
+                    tok_rows.append({"set": s, "prompt": p, "script": pd.script_of(p.text),
+                                     "stats": [pd.tokenizer_stats(p, pm["artifact"])
+                                               for pm in per_model],
+                                     "counts": [pd.token_counts(pm["artifact"])
+                                                for pm in per_model],
+                                     "chips": [pd.chip_groups(pm["artifact"], pm["tokens"],
+                                                              generated=False)
+                                               for pm in per_model]})
                 done += 1
                 if done % 10 == 0:
                     self.log(f"render: {done} prompt pages written")
         return tok_rows
+
+    def skipped_of(self, p: Any) -> list[dict[str, Any]]:
+        """The models a prompt is too long for, in the catalog's order, with what their column
+        on the prompt page says (`_skipped.j2`)."""
+        out = []
+        for slug in self.catalog.slugs_of_skipped(p.key):
+            record = self.catalog.skipped[(slug, p.key)]
+            out.append({"slug": slug, "model_id": record.model_id, "message": record.message,
+                        "tokens": record.tokens, "context_length": record.context_length})
+        return out
 
     def comparison_pages(self, tok_rows: list[dict[str, Any]]) -> None:
         by_script = _tokenizer_summary(self.catalog, tok_rows)

@@ -769,26 +769,117 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}))
     assert proc.stdout.strip() == "ok []"
 
 
-@pytest.mark.parametrize("model_fixture", MODELS)
-def test_layers_on_different_devices_give_the_same_results(request, model_fixture, monkeypatch):
-    """With device_map="auto" layers may sit on different devices; then the attention is kept
-    per layer (no stacked tensor) and metrics, quantization and packing go layer by layer. That
-    path (forced here on the CPU) stores exactly what the all-layers path stores."""
-    import dataclasses
+@torch.no_grad()
+def all_layers_at_once(lm, seqs: list[list[int]], n_new: int):
+    """The capture as it was before attention was reduced layer by layer: the model's
+    `output_attentions` of the prefill and of every step in one float32 [L, B, H, S, S], the head
+    metrics and the grouped-query comparison of all layers in one call, quantized all at once.
+    -> per sequence (uint8 [L, H, n, n], metrics [5, L, H], groups [L, 1 + 2G] or None)."""
+    from generator import device_metrics
+    from generator.extract import cache_argument, kept_continuations, left_pad
+    model, tok = lm.model, lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids, mask = left_pad(seqs, pad, model.device)
+    B, P = ids.shape
+    S = P + n_new
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    kw = dict(output_attentions=True, output_hidden_states=True, use_cache=n_new > 0,
+              logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+    L, H = len(out.attentions), out.attentions[0].shape[1]
+    att = torch.zeros((L, B, H, S, S))
+    att[..., :P, :P] = torch.stack(out.attentions)
+    new = []
+    for s in range(n_new):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                    **{cache_argument(model): getattr(out, cache_argument(model))}, **kw)
+        att[..., P + s, :P + s + 1] = torch.stack(out.attentions)[..., 0, :]
+    kept = kept_continuations(torch.cat(new, dim=1), tok.eos_token_id)
+    starts = [P - len(s) for s in seqs]
+    analysed = [len(s) + len(k) for s, k in zip(seqs, kept)]
+    valid = torch.zeros((B, S), dtype=torch.bool)
+    for b in range(B):
+        valid[b, starts[b]:starts[b] + analysed[b]] = True
+    all_ids = torch.cat([ids, torch.cat(new, dim=1)], dim=1)
+    at = device_metrics.Positions(torch.tensor(starts), valid, all_ids)
+    metrics = device_metrics.head_metrics(att, at).numpy()                  # [5, L, B, H]
+    kv = lm.facts["kv_heads"]
+    groups = device_metrics.group_metrics(att, at, kv).numpy() if kv < H else None
+    q = quantize_attention(att).numpy()                                     # [L, B, H, S, S]
+    return [(q[:, b, :, st:st + n, st:st + n], metrics[:, :, b],
+             None if groups is None else groups[:, b])
+            for b, (st, n) in enumerate(zip(starts, analysed))]
 
-    import generator.extract as X
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_layer_by_layer_stores_what_all_layers_at_once_stored(request, model_fixture):
+    """Reducing the attention one layer at a time (kept prefill, or the prefill run again) stores
+    the same bytes as the capture that held every layer at once: the same quantized values and
+    bit for bit the same metrics, so artifacts of short prompts do not change."""
     lm = request.getfixturevalue(model_fixture)
     seqs = token_ids(lm, TEXTS.values())
-    together = capture(lm, lm.model, seqs, 3)
-    real = X.generate_with_capture
-    monkeypatch.setattr(X, "generate_with_capture",
-                        lambda *a, **k: dataclasses.replace(real(*a, **k), stacked=None))
-    apart = capture(lm, lm.model, seqs, 3)
-    for x, y in zip(together, apart):
+    before = all_layers_at_once(lm, seqs, SETTINGS.continuation)
+    kept = capture(lm, lm.model, seqs, SETTINGS.continuation)
+    tok = lm.tokenizer
+    replayed = run_batch(lm.model, seqs, SETTINGS.continuation, tok.eos_token_id,
+                         tok.eos_token_id, SETTINGS.top_k, SETTINGS.lens_top_k, prefill_budget=0)
+    for (att, metrics, groups), x, y in zip(before, kept, replayed):
+        assert x.ids == y.ids and len(x.ids) == att.shape[-1]
+        np.testing.assert_array_equal(x.square_attention(), att)
         np.testing.assert_array_equal(x.attention.data, y.attention.data)
-        np.testing.assert_allclose(x.metrics, y.metrics, atol=1e-6, equal_nan=True)
-        if x.groups is not None:
-            np.testing.assert_allclose(x.groups, y.groups, atol=1e-6, equal_nan=True)
+        np.testing.assert_array_equal(x.metrics, metrics)
+        np.testing.assert_array_equal(y.metrics, metrics)
+        if groups is not None:
+            np.testing.assert_array_equal(x.groups, groups)
+            np.testing.assert_array_equal(y.groups, groups)
+        else:
+            assert x.groups is None and y.groups is None
+        np.testing.assert_array_equal(x.dla, y.dla)
+        np.testing.assert_array_equal(x.lens_ids, y.lens_ids)
+
+
+def test_a_long_batch_reduces_each_layer_inside_the_forward(gpt2_model, monkeypatch):
+    """Over the prefill budget, no layer's prefill attention is kept through the passes: the
+    prefill runs again and each layer is reduced as soon as it is made, before the next layer
+    runs, so memory holds one layer's [B, H, S, S] at a time."""
+    import generator.extract as X
+    events: list[tuple[str, int]] = []
+    real_layer = X.AttentionReduction.layer
+    monkeypatch.setattr(X.AttentionReduction, "layer",
+                        lambda self, l, *a: (events.append(("reduce", l)),
+                                             real_layer(self, l, *a))[1])
+    real_generate = X.generate_with_capture
+    kept_prefill = []
+
+    def generate(*a, **k):
+        passes = real_generate(*a, **k)
+        kept_prefill.append(passes.prefill)
+        return passes
+
+    monkeypatch.setattr(X, "generate_with_capture", generate)
+    lm = gpt2_model
+    seqs = token_ids(lm, [TEXTS["induction"]])
+    L, H = lm.facts["layers"], lm.facts["query_heads"]
+    handles = [m.register_forward_pre_hook(lambda m, a, l=l: events.append(("run", l)))
+               for l, m in enumerate(X.AttentionTap(lm.model, None).modules)]
+    try:
+        tok = lm.tokenizer
+        S = len(seqs[0]) + 2
+        need = X.prefill_bytes(L, 1, H, S)
+        run_batch(lm.model, seqs, 2, tok.eos_token_id, tok.eos_token_id, 5,
+                  prefill_budget=need - 1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert kept_prefill == [None]
+    reduced = [i for i, e in enumerate(events) if e[0] == "reduce"]
+    assert [events[i][1] for i in reduced] == list(range(L))
+    for i in reduced:                 # the layer just run is the one reduced, inside the forward
+        assert events[i - 1] == ("run", events[i][1]), events
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 7), (4, 40), (2, 300)])

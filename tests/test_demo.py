@@ -69,6 +69,32 @@ def test_planted_heads_behave(lm):
                 assert np.median(on) > 0.9, (p["name"], text, on.round(2))
 
 
+LONG = [p["text"] for p in
+        yaml.safe_load((REPO / "prompt_sets" / "long-context.yaml").read_text())["prompts"]]
+
+
+def test_planted_heads_behave_across_the_whole_context(lm):
+    """The same mechanisms hold over long prompts: the curated long-context set and 2,000 tokens
+    of random words repeated (the sink's score still grows at the far end, the induction match
+    survives a thousand positions of rotation)."""
+    rng = np.random.default_rng(0)
+    words = " ".join(rng.choice(["apple", "river", "stone", "cloud", "green", "quiet"], 1000))
+    for text in LONG + [words + " " + words]:
+        ids, att, _ = _run(lm, text)
+        T = len(ids)
+        assert T >= 450
+        targets = metrics.induction_targets(ids)
+        for p in _planted(lm):
+            a = att[p["layer"], p["head"]]
+            if p["metric"] == "prev_token":
+                assert a[np.arange(1, T), np.arange(0, T - 1)].min() > 0.9, (p["name"], T)
+            elif p["metric"] == "first_token":
+                assert a[1:, 0].min() > 0.9, (p["name"], T, a[1:, 0].min())
+            else:
+                rows = targets.any(1)
+                assert np.median((a * targets).sum(1)[rows]) > 0.9, (p["name"], T)
+
+
 def test_random_heads_do_not_look_planted(lm):
     """Contrast: no unplanted head comes near a planted head's score on its metric."""
     per_prompt = [metrics.layer_metrics(att, ids) for ids, att, _ in map(lambda t: _run(lm, t),

@@ -435,11 +435,11 @@ def test_a_failing_prompt_fails_alone(monkeypatch, prompts, demo_dirs, tmp_path)
     real = generator.compute.run_batch
     sizes = []
 
-    def flaky(model, seqs, *args):
+    def flaky(model, seqs, *args, **kwargs):
         sizes.append(len(seqs))
         if any(ids[:len(b)] == b for ids in seqs for b in bad):
             raise RuntimeError("simulated failure in the forward pass")
-        return real(model, seqs, *args)
+        return real(model, seqs, *args, **kwargs)
 
     monkeypatch.setattr(generator.compute, "run_batch", flaky)
     root = _linked_root(tmp_path / "build", demo_dirs)
@@ -467,11 +467,11 @@ def test_out_of_memory_batches_are_split_and_retried(monkeypatch, reference, pro
     real = generator.compute.run_batch
     sizes = []
 
-    def small_memory(model, seqs, *args):
+    def small_memory(model, seqs, *args, **kwargs):
         sizes.append(len(seqs))
         if len(seqs) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, seqs, *args)
+        return real(model, seqs, *args, **kwargs)
 
     monkeypatch.setattr(generator.compute, "run_batch", small_memory)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)

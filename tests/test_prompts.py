@@ -90,7 +90,8 @@ def test_curated_sets_have_enough_prompts(curated):
     total = sum(len(s.prompts) for s in curated)
     assert total >= 35
     for prompt_set in curated:
-        assert len(prompt_set.prompts) >= 5, prompt_set.id
+        # The long-context set is the exception: four long prompts (each a long computation).
+        assert len(prompt_set.prompts) >= (4 if prompt_set.id == LONG_SET else 5), prompt_set.id
 
 
 def test_curated_prompt_keys_are_unique(curated):
@@ -107,10 +108,34 @@ def test_each_curated_file_validates(path):
         assert PROMPT_ID_RE.match(prompt.id)
         assert prompt.set_id == prompt_set.id
         assert prompt.note.strip()
+        if prompt_set.id == LONG_SET:     # tests/test_prompts.py::test_the_long_context_set
+            continue
         # Short enough for the pages and for both models' contexts (~60 GPT-2 tokens).
         assert len(prompt.text) <= 200, prompt.key
         if "multilingual" in prompt.tags or prompt_set.id == "multilingual":
             assert len(prompt.text) <= 80, prompt.key
+
+
+LONG_SET = "long-context"
+
+
+def test_the_long_context_set():
+    """At least four prompts of about 500 to 2,048 tokens for both real tokenizers, one of them
+    longer than GPT-2's context (1,024) and within 2,048 Qwen2.5 tokens; each a document ending
+    where its answer lies far back (a note says what to look for)."""
+    from generator.demo import load_real_tokenizer
+    prompts = load_prompt_set(REPO / "prompt_sets" / f"{LONG_SET}.yaml").prompts
+    assert len(prompts) >= 4
+    counts = {}
+    for name in ("gpt2", "qwen2.5"):
+        tok = load_real_tokenizer(name)
+        counts[name] = [len(tok(p.text, add_special_tokens=False)["input_ids"]) for p in prompts]
+    for i, p in enumerate(prompts):
+        gpt2, qwen = counts["gpt2"][i], counts["qwen2.5"][i]
+        assert 450 <= min(gpt2, qwen) and max(gpt2, qwen) <= 2048, (p.key, gpt2, qwen)
+        assert "long" in p.tags and len(p.note) > 200, p.key
+    assert any(g > 1024 and q <= 2048 for g, q in zip(counts["gpt2"], counts["qwen2.5"]))
+    assert "a" * 10 not in "".join(p.text for p in prompts), "texts, not filler"
 
 
 def test_multilingual_set_has_the_promised_scripts(curated):
