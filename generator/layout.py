@@ -91,6 +91,12 @@ def attention_head(slug: str, key: str, layer: int, head: int) -> str:
     return attention_heads(slug, key).replace(LAYER, str(layer)).replace(HEAD, str(head))
 
 
+def attention_thumbs(slug: str, key: str) -> str:
+    """Every head's pattern of one model on one prompt as small max-pooled images
+    (generator/overview.py): what "All heads at a glance" fetches instead of the attention."""
+    return f"data/{slug}/{key}.thumbs.json"
+
+
 def compare_data(key: str) -> str:
     """Every model on one prompt (cumulative surprisal)."""
     return f"data/compare/{key}.json"

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, layout
+from . import embed, layout, overview
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -224,6 +224,7 @@ class _Site:
             dla = pd.attribution_data(a)
             self.w.json(layout.prompt_dla(m.slug, p.key), dla)
             self._attention_files(m.slug, p.key, a)
+            self.w.json(layout.attention_thumbs(m.slug, p.key), overview.thumbnails(a))
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
                 if name == "attention":
@@ -235,6 +236,7 @@ class _Site:
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
+                              "thumbs": layout.attention_thumbs(m.slug, p.key),
                               "dla_list": pd.dla_list(dla, dla["default"], "top1")})
         return per_model
 

@@ -1,0 +1,94 @@
+"""Pooled overview images of stored attention, made at render time (numpy only, never torch).
+
+A prompt page's "All heads at a glance" draws one thumbnail per layer and head. Drawn from the
+full attention, it would fetch every layer (23 MB for a 790-token prompt on GPT-2); drawn from
+these images, it fetches one small file per model and prompt (`layout.attention_thumbs`), at most
+about 90 KB of bytes (118 KB base64) for Qwen2.5's 336 heads at any prompt length.
+
+Each head's [T, T] pattern becomes an N x N image, N = min(T, THUMB_SIZE):
+
+- each query row is first scaled to its largest weight, so that a head that spreads its attention
+  thin (weights ~1/q) still shows its pattern instead of a blank square;
+- then pooled by MAXIMUM over blocks of rows and columns (block i covers tokens
+  floor(i T / N) .. floor((i + 1) T / N) - 1), so that one strong key stays visible however many
+  weak ones share its pixel;
+- then quantized to LEVELS + 1 grey levels (4 bits).
+
+Only the lower triangle with its diagonal is stored (a pixel above the diagonal pools queries
+that all come before its keys, so it is 0): N(N+1)/2 values per head, in the order layer, head,
+row, column (column <= row), two to a byte, the first in the high nibble; `data` is their base64.
+thumbs.js (site_src/assets) reads it; `read_thumbnails` is the Python reader the tests use.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError
+from .schema import decode_attention
+
+THUMB_SIZE = 32   # px per side: the thumbnails are 32 CSS px (charts.css), the pattern is what shows
+LEVELS = 15       # 4 bits per pixel: a thumbnail is a sketch, not a measurement
+ENCODING = "maxpool-rowscaled-nibble-tril"
+
+
+def block_edges(length: int, size: int) -> np.ndarray:
+    """The first token of each of `size` blocks over `length` tokens (size <= length), and the end."""
+    return (np.arange(size + 1, dtype=np.int64) * length) // size
+
+
+def pool_max(pattern: np.ndarray, size: int) -> np.ndarray:
+    """[..., T, T] -> [..., size, size], each pixel the largest value of its block."""
+    t = pattern.shape[-1]
+    starts = block_edges(t, size)[:-1]
+    rows = np.maximum.reduceat(pattern, starts, axis=-2)
+    return np.maximum.reduceat(rows, starts, axis=-1)
+
+
+def head_images(weights: np.ndarray, size: int) -> np.ndarray:
+    """One layer's attention [heads, T, T] -> [heads, size, size] in 0..1: rows scaled to their
+    largest weight, then max-pooled."""
+    top = weights.max(axis=-1, keepdims=True)
+    scaled = np.divide(weights, top, out=np.zeros_like(weights), where=top > 0)
+    return pool_max(scaled, size)
+
+
+def thumbnails(artifact: dict[str, Any]) -> dict[str, Any]:
+    """The thumbnail file of one model on one prompt (its content, for `Writer.json`)."""
+    att = artifact["attention"]
+    layers, heads, t = att["layers"], att["heads"], att["length"]
+    size = min(t, THUMB_SIZE)
+    rows, cols = np.tril_indices(size)
+    nibbles = []
+    for layer in range(layers):
+        images = head_images(decode_attention(artifact, layer), size)
+        nibbles.append(np.rint(images[:, rows, cols] * LEVELS).astype(np.uint8).reshape(-1))
+    flat = np.concatenate(nibbles)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    packed = (flat[0::2] << 4) | flat[1::2]
+    return {"layers": layers, "heads": heads, "length": t, "size": size, "levels": LEVELS,
+            "encoding": ENCODING, "data": base64.b64encode(packed.tobytes()).decode("ascii")}
+
+
+def read_thumbnails(content: dict[str, Any]) -> np.ndarray:
+    """A thumbnail file -> float32 [layers, heads, size, size] in 0..1 (zeros above the diagonal)."""
+    if content.get("encoding") != ENCODING:
+        raise ArtifactError(f"thumbnail file: encoding {content.get('encoding')!r}, expected "
+                            f"{ENCODING!r}; rebuild the site with `model-atlas render`.")
+    layers, heads, size = content["layers"], content["heads"], content["size"]
+    tri = size * (size + 1) // 2
+    packed = np.frombuffer(base64.b64decode(content["data"]), dtype=np.uint8)
+    flat = np.empty(packed.size * 2, dtype=np.uint8)
+    flat[0::2], flat[1::2] = packed >> 4, packed & 15
+    count = layers * heads * tri
+    if flat.size not in (count, count + 1):
+        raise ArtifactError(f"thumbnail file: {packed.size} bytes, expected {(count + 1) // 2} for "
+                            f"{layers} layers x {heads} heads of {size} px")
+    out = np.zeros((layers, heads, size, size), dtype=np.float32)
+    rows, cols = np.tril_indices(size)
+    out[:, :, rows, cols] = flat[:count].reshape(layers, heads, tri) / content["levels"]
+    return out
