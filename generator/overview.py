@@ -23,7 +23,7 @@ thumbs.js (site_src/assets) reads it; `read_thumbnails` is the Python reader the
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -59,18 +59,29 @@ def head_images(weights: np.ndarray, size: int) -> np.ndarray:
 def thumbnails(artifact: dict[str, Any]) -> dict[str, Any]:
     """The thumbnail file of one model on one prompt (its content, for `Writer.json`)."""
     att = artifact["attention"]
-    layers, heads, t = att["layers"], att["heads"], att["length"]
-    size = min(t, THUMB_SIZE)
+    layers = (decode_attention(artifact, layer) for layer in range(att["layers"]))
+    return thumbnail_file(layers, att["layers"], att["heads"], att["length"])
+
+
+def thumbnail_file(layers: Iterable[np.ndarray], count: int, heads: int,
+                   length: int) -> dict[str, Any]:
+    """The thumbnail file of `count` layers given one by one as [heads, T, T] weights."""
+    size = min(length, THUMB_SIZE)
     rows, cols = np.tril_indices(size)
     nibbles = []
-    for layer in range(layers):
-        images = head_images(decode_attention(artifact, layer), size)
+    for weights in layers:
+        if weights.shape != (heads, length, length):
+            raise ArtifactError(f"attention layer {len(nibbles)}: shape {weights.shape}, expected "
+                                f"{(heads, length, length)}")
+        images = head_images(weights, size)
         nibbles.append(np.rint(images[:, rows, cols] * LEVELS).astype(np.uint8).reshape(-1))
+    if len(nibbles) != count:
+        raise ArtifactError(f"{len(nibbles)} attention layers, expected {count}")
     flat = np.concatenate(nibbles)
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
     packed = (flat[0::2] << 4) | flat[1::2]
-    return {"layers": layers, "heads": heads, "length": t, "size": size, "levels": LEVELS,
+    return {"layers": count, "heads": heads, "length": length, "size": size, "levels": LEVELS,
             "encoding": ENCODING, "data": base64.b64encode(packed.tobytes()).decode("ascii")}
 
 
