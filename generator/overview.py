@@ -51,9 +51,14 @@ def pool_max(pattern: np.ndarray, size: int) -> np.ndarray:
 def head_images(weights: np.ndarray, size: int) -> np.ndarray:
     """One layer's attention [heads, T, T] -> [heads, size, size] in 0..1: rows scaled to their
     largest weight, then max-pooled."""
-    top = weights.max(axis=-1, keepdims=True)
-    scaled = np.divide(weights, top, out=np.zeros_like(weights), where=top > 0)
-    return pool_max(scaled, size)
+    # Scaling a row by a positive number commutes with the maximum over its columns: pool the
+    # columns first, scale the small [heads, T, size] result (a row's largest weight is the
+    # largest of its pooled columns), then pool the rows. One pass over the full pattern.
+    starts = block_edges(weights.shape[-1], size)[:-1]
+    cols = np.maximum.reduceat(weights, starts, axis=-1)
+    top = cols.max(axis=-1, keepdims=True)
+    scaled = np.divide(cols, top, out=np.zeros_like(cols), where=top > 0)
+    return np.maximum.reduceat(scaled, starts, axis=-2)
 
 
 def thumbnails(artifact: dict[str, Any]) -> dict[str, Any]:
