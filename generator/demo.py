@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ASSETS = Path(__file__).parent / "assets" / "tokenizers"
-DEMO_VERSION = 4  # bump to rebuild the demo checkpoints
+DEMO_VERSION = 5  # bump to rebuild the demo checkpoints
 
 D, CODE = 128, 32                 # residual width; width of each subspace
 C, A, B, R = (slice(i * CODE, (i + 1) * CODE) for i in range(4))
@@ -75,7 +75,7 @@ MECHANISMS = {
 DEMO_SPECS: dict[str, dict[str, Any]] = {
     "tiny-random-gpt2": {
         "model_type": "gpt2", "tokenizer": "gpt2", "mirrors": "gpt2",
-        "config": {"n_layer": 4, "n_head": 4, "n_embd": D, "n_inner": 256, "n_positions": 512,
+        "config": {"n_layer": 4, "n_head": 4, "n_embd": D, "n_inner": 256, "n_positions": 4096,
                    "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256,
                    "tie_word_embeddings": True},
         "planted": [(0, 1, "prev_token"), (1, 3, "first_token"), (2, 2, "induction")],
@@ -85,7 +85,7 @@ DEMO_SPECS: dict[str, dict[str, Any]] = {
         # head_dim 64 (as in Qwen2.5-0.5B): 32 rotary frequencies, the slow half for content.
         "config": {"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
                    "hidden_size": D, "head_dim": 64, "intermediate_size": 64,
-                   "vocab_size": 151936, "max_position_embeddings": 512, "rope_theta": 1000000.0,
+                   "vocab_size": 151936, "max_position_embeddings": 4096, "rope_theta": 1000000.0,
                    "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643},
         # Layer 0's first key/value group stays random: head L0.H0 is the one a page opens first.
         "planted": [(0, 2, "prev_token"), (0, 3, "prev_token"), (1, 2, "first_token"),

@@ -44,9 +44,11 @@ __all__ = [
 SET_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 PROMPT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
-# Far above any curated prompt (they stay under ~200 characters); it only catches a pasted
-# document. Whether a prompt fits a model's context is checked in tokens by the compute stage.
-MAX_PROMPT_CHARS = 4000
+# Room for the longest prompt a reader would paste from a document: a few pages, well past 2,048
+# tokens of any ordinary text (English prose is about 4 to 5 characters per GPT-2 token, code and
+# non-Latin scripts fewer), so only a pasted book or a file read by mistake goes over. Whether a
+# prompt fits a model's context is checked in tokens by the compute stage, per model.
+MAX_PROMPT_CHARS = 20000
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -533,7 +535,9 @@ def _prompt_text(value: Any, field: str, parts: tuple, loc: _Locator, shown: str
             shown,
             field,
             f"text is {len(value)} characters long, more than the limit of {MAX_PROMPT_CHARS}",
-            "shorten the prompt; curated prompts should be a sentence or a short snippet",
+            f"shorten the prompt to at most {MAX_PROMPT_CHARS} characters (a few pages; a "
+            "2,048-token prompt is about 9,000 characters of English), e.g. keep the passage "
+            "the question is about",
             line=loc.line(*parts),
         )
     return value

@@ -126,9 +126,9 @@ def test_bad_prompt_set_fails_before_any_work(case, tmp_path):
 
 
 def test_prompt_longer_than_the_context_fails_alone(tmp_path, demo_dirs):
-    """The demo models have 512 positions: the long prompt fails naming itself and field 'text';
+    """The demo models have 4,096 positions: the long prompt fails naming itself and field 'text';
     the short prompt's artifacts are written for both models."""
-    long_text = "hello " * 600  # 600 tokens for both tokenizers, under the 4000-character limit
+    long_text = "a " * 4200  # 4,200 tokens for both tokenizers, under the 20,000-character limit
     sets = {"ctx": {"title": "Context", "description": "One too long.",
                     "prompts": [{"id": "short", "text": "Hello world", "note": "Fits."},
                                 {"id": "too-long", "text": long_text, "note": "Does not fit."}]}}
@@ -138,7 +138,7 @@ def test_prompt_longer_than_the_context_fails_alone(tmp_path, demo_dirs):
                     "--device", "cpu")
     assert_clean_failure(result, "2 unit(s) failed; the 2 other artifacts are kept",
                          "ctx/too-long (tiny-random-gpt2)", "ctx/too-long (tiny-random-qwen2)",
-                         "longer than the model's context of 512", "shorten field 'text'")
+                         "longer than the model's context of 4096", "shorten field 'text'")
     assert "ctx/short (" not in result.output.split("failed;")[-1]
     for slug in SLUGS:
         read_artifact(build / "artifacts" / slug / "ctx" / "short.json")
