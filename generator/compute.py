@@ -136,7 +136,7 @@ def build_artifact(lm: LoadedModel, prompt: Prompt, key: str, settings: Settings
     n_prompt = sum(1 for t in tokens if not t.get("generated"))
     referenced = _referenced(seq.top_ids, seq.lens_ids)
     stored = seq.attention
-    attention = Attention.from_encoded(stored.data, stored.overflow, stored.heads, stored.length,
+    attention = Attention.from_encoded(stored.data, stored.head_bytes, stored.heads, stored.length,
                                        prompt.id, file_sha256)
     return Artifact(
         key=key,

@@ -11,7 +11,7 @@ and an export of the same chart are the same bytes.
 `ChartRef` names one chart and the files it is made from; `ModelInfo` is what a title needs of a
 model. Both are written into the manifest by render and read back from it by export
 (generator/manifest.py). An attention chart shows one head of one layer, decoded from the artifact
-by `schema.decode_attention`; layer 0 head 0 unless asked.
+by `schema.decode_head`; layer 0 head 0 unless asked.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jinja2
+import numpy as np
 from markupsafe import Markup
 
 from . import layout
 from .errors import ArtifactError
-from .schema import decode_attention
+from .schema import ATTENTION_SCALE, decode_head
 from .store import canonical_json
 
 # Charts of one model on one prompt and the data file (layout function) that fills each.
@@ -68,7 +69,7 @@ class ChartRef:
     data: str                  # the data file a page fetches for it
     model: str | None = None   # model slug, None for charts of every model
     prompt: str | None = None  # prompt key, None for model- and site-level charts
-    layers: str | None = None  # attention: the per-layer files a page fetches (layout.LAYER)
+    heads: str | None = None   # attention: the per-head files a page fetches (layout.LAYER, HEAD)
     artifact: str | None = None  # attention: the artifact copy the export decodes heads from
 
     @property
@@ -90,7 +91,7 @@ def prompt_charts(m: ModelInfo, key: str, kinds: Iterable[str]) -> dict[str, Cha
     for name, data in PROMPT_CHARTS.items():
         if name not in kinds or (name == "groups" and not m.grouped):
             continue
-        extra = {"layers": layout.attention_layers(m.slug, key),
+        extra = {"heads": layout.attention_heads(m.slug, key),
                  "artifact": layout.artifact_copy(m.slug, key)} if name == "attention" else {}
         refs[name] = ChartRef(name, scope, layout.attention_stem(0, 0) if name == "attention"
                               else name, page, data(m.slug, key), m.slug, key, **extra)
@@ -120,11 +121,13 @@ def attention_rows(artifact: dict[str, Any], layer: int, head: int,
                    labels: Sequence[str]) -> list[dict[str, Any]]:
     """One head of one layer as heatmap rows (q, k, weight, their labels), k <= q, as the page's
     codec (site_src/assets/attention-codec.js) draws it with "hide first token" off."""
-    weights = decode_attention(artifact, layer)            # [H, T, T]
     t = artifact["attention"]["length"]
-    if not 0 <= head < weights.shape[0]:
-        raise ArtifactError(f"attention layer {layer}: no head {head} of {weights.shape[0]} heads.")
-    w = weights[head]
+    if not 0 <= head < artifact["attention"]["heads"]:
+        raise ArtifactError(f"attention layer {layer}: no head {head} of "
+                            f"{artifact['attention']['heads']} heads.")
+    row_start, keys, values = decode_head(artifact, layer, head)
+    w = np.zeros((t, t), dtype=np.float32)                 # [T, T]
+    w[np.repeat(np.arange(t), np.diff(row_start)), keys] = values.astype(np.float32) / ATTENTION_SCALE
     return [{"q": q, "k": k, "w": float(w[q, k]), "ql": labels[q], "kl": labels[k]}
             for q in range(t) for k in range(q + 1)]
 
@@ -239,9 +242,9 @@ def embed_page(env: jinja2.Environment, models: Mapping[str, ModelInfo], ref: Ch
     """The minimal page of one chart, `layout.embed_page(scope, stem)`, for an <iframe>."""
     urls = layout.Urls(layout.embed_page(ref.scope, ref.stem))
     model = models.get(ref.model or "")
-    attention = {"tokens": urls.to(ref.data), "layers": urls.to(ref.layers),
+    attention = {"tokens": urls.to(ref.data), "heads": urls.to(ref.heads),
                  "nlayers": model.layers, "nheads": model.query_heads} \
-        if ref.name == "attention" and model and ref.layers else None
+        if ref.name == "attention" and model and ref.heads else None
     return env.get_template(TEMPLATE).render(
         mode="embed", title=spec["title"]["text"], filename=ref.file.replace("/", "-"),
         random="subtitle" in spec["title"], attention=attention,

@@ -39,8 +39,8 @@ import torch
 from . import device_metrics
 from .attribution import DlaRecorder, direct_logit_attribution, rank_components
 from .models import final_norm
-from .schema import (ATTENTION_SCALE, DIGIT_ESCAPE, DLA_TOP_K, decode_values, digit_bytes,
-                     layer_block, tril_by_key, tril_size)
+from .codec import DIGIT_ESCAPE, dense_head, split_blocks, varint_bytes
+from .schema import ATTENTION_SCALE, DLA_TOP_K
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
 # float32 (16 MiB) stays in the last-level cache while every reduction reads it; on a GPU one
@@ -55,18 +55,17 @@ EXP2_FLOOR = -120.0       # 2^-120 is nothing next to the row maximum's 1; keeps
 
 @dataclass
 class StoredAttention:
-    """One sequence's attention as stored (`schema.encode_attention`, encoded on the device)."""
-    data: np.ndarray            # uint8: the bytes of the attention file
-    overflow: list[int]         # each layer's count of overflow bytes
+    """One sequence's attention as stored (`codec.encode_heads`, encoded on the device)."""
+    data: np.ndarray            # uint8: every head's block, layer by layer, head by head
+    head_bytes: list[list[int]]  # [L][H]: each block's size
     heads: int
     length: int                 # T
 
     def values(self) -> np.ndarray:
-        """The stored values decoded: uint8 [L, H, T(T+1)/2], each head's triangle key by key."""
-        count = self.heads * tril_size(self.length)
-        return np.stack([decode_values(layer_block(self.data, self.overflow, count, layer), count)
-                         for layer in range(len(self.overflow))]).reshape(len(self.overflow),
-                                                                          self.heads, -1)
+        """The stored values decoded: uint8 [L, H, T, T], zero above the diagonal."""
+        sizes = [n for layer in self.head_bytes for n in layer]
+        return np.stack([dense_head(b, self.length) for b in split_blocks(self.data, sizes)]).reshape(
+            len(self.head_bytes), self.heads, self.length, self.length)
 
 
 @dataclass
@@ -74,7 +73,7 @@ class SequenceOutput:
     """Host-side results for one sequence of a batch: its T analysed tokens (prompt, then the
     generated tokens, cut after end-of-text)."""
     ids: list[int]              # [T] token ids
-    attention: StoredAttention  # the stored bytes (values(): uint8 [L, H, T(T+1)/2], key by key)
+    attention: StoredAttention  # the stored bytes (values(): uint8 [L, H, T, T])
     top_ids: Any                # int64 [T, k]: the model's top-k predictions (the output layer)
     top_logprobs: Any           # float32 [T, k]
     lens_ids: Any               # int64 [L, T, lens_k] (the output layer's: the first lens_k of top_ids)
@@ -90,13 +89,7 @@ class SequenceOutput:
 
     def square_attention(self) -> np.ndarray:
         """The stored attention unpacked: uint8 [L, H, T, T], zero above the diagonal."""
-        values = self.attention.values()
-        L, H, _ = values.shape
-        t = len(self.ids)
-        out = np.zeros((L, H, t, t), dtype=np.uint8)
-        queries, keys = tril_by_key(t)
-        out[:, :, queries, keys] = values
-        return out
+        return self.attention.values()
 
 
 def quantize_attention(p: torch.Tensor) -> torch.Tensor:
@@ -507,30 +500,71 @@ def attention_metrics(passes: Passes, at: device_metrics.Positions, kv_heads: in
 
 @functools.lru_cache(maxsize=64)
 def _tril_index(n: int, device: str) -> torch.Tensor:
-    """Flat indices into an [n, n] block of its lower triangle in stored order (key by key)."""
-    queries, keys = tril_by_key(n)
-    return torch.from_numpy(queries * n + keys).to(device)
+    """Flat indices into an [n, n] block of its lower triangle in stored order (row by row)."""
+    rows, keys = np.tril_indices(n)
+    return torch.from_numpy(rows * n + keys).to(device)
 
 
-def encode_on_device(values: torch.Tensor) -> tuple[np.ndarray, list[int]]:
-    """`schema.encode_attention` on the tensor's device: uint8 [L, V] -> (the stored bytes, each
-    layer's count of overflow bytes), copied to the host once (after the counts)."""
-    L, V = values.shape
-    d = values.new_zeros(L, 3 * digit_bytes(V))
-    d[:, :V] = values.clamp(max=DIGIT_ESCAPE)
-    d = d.view(L, -1, 3)
-    codes = d[..., 0] * 36 + d[..., 1] * 6 + d[..., 2]          # uint8, <= 215
-    escaped = values >= DIGIT_ESCAPE
-    over = values[escaped] - DIGIT_ESCAPE                        # layer by layer, in order
-    counts = escaped.sum(1).tolist()
-    return torch.cat([codes.reshape(-1), over]).cpu().numpy(), counts
+def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    """`codec.encode_heads` on the tensor's device: uint8 [..., n, n] (q / 128, one layer's heads
+    or more; only the lower triangle is read) -> (every head's block, in order; each block's
+    size). The counts come to the host first, then the bytes in one copy; the host only puts
+    each head's four parts (count, digits, overflow bytes, runs) side by side."""
+    n = q.shape[-1]
+    dev = q.device
+    flat = q.reshape(-1, n * n).index_select(1, _tril_index(n, str(dev)))   # [M, N] row by row
+    M, N = flat.shape
+    nonzero = flat > 0
+    counts = nonzero.sum(1)                                          # [M] non-zero values a head
+    values = flat[nonzero]                                           # head by head, in order
+    head_of = torch.repeat_interleave(torch.arange(M, device=dev), counts,
+                                      output_size=values.numel())
+    # Digits min(q, 6) - 1, three to a byte, each head's padded to a multiple of three.
+    padding = (3 - counts % 3) % 3
+    shift = torch.cumsum(padding, 0) - padding                      # padding before each head
+    digits = torch.zeros(values.numel() + int(padding.sum()), dtype=torch.uint8, device=dev)
+    digits[torch.arange(values.numel(), device=dev) + shift[head_of]] = (
+        values.clamp(max=DIGIT_ESCAPE + 1) - 1)
+    d = digits.view(-1, 3)
+    codes = d[:, 0] * 36 + d[:, 1] * 6 + d[:, 2]                    # uint8, <= 215
+    escaped = values > DIGIT_ESCAPE
+    over = values[escaped] - (DIGIT_ESCAPE + 1)                      # head by head, in order
+    n_over = torch.bincount(head_of[escaped], minlength=M)
+    # Runs: a point where each run starts (a zero run first, so position 0 twice when it is
+    # non-zero), and N; lengths between points of the same head.
+    starts = torch.zeros(M, N + 2, dtype=torch.bool, device=dev)   # column c: point max(c-1, 0)
+    starts[:, 0] = starts[:, N + 1] = True
+    starts[:, 1] = nonzero[:, 0]
+    starts[:, 2:N + 1] = nonzero[:, 1:] != nonzero[:, :-1]
+    head, col = starts.nonzero(as_tuple=True)                        # head by head, in order
+    point = (col - 1).clamp(min=0)
+    same = head[1:] == head[:-1]
+    runs, run_head = (point[1:] - point[:-1])[same], head[1:][same]
+    width = max(1, -(-N.bit_length() // 7))                         # varint bytes of N
+    shifts = torch.arange(width, device=dev) * 7
+    groups = (runs[:, None] >> shifts) & 0x7F                        # [R, width]
+    used = torch.ones_like(groups, dtype=torch.bool)
+    used[:, 1:] = (runs[:, None] >> shifts[1:]) > 0
+    follows = torch.zeros_like(used)
+    follows[:, :-1] = used[:, 1:]
+    run_bytes = (groups | follows.long() << 7).to(torch.uint8)[used]
+    n_runs = torch.zeros(M, dtype=torch.long, device=dev).index_add_(0, run_head, used.sum(1))
+    sizes = torch.stack([-(-counts // 3), n_over, n_runs]).cpu().numpy()    # [3, M] bytes
+    stream = torch.cat([codes, over, run_bytes]).cpu().numpy()      # all digits, overflow, runs
+    ends = np.cumsum(sizes.reshape(-1)).reshape(3, M)               # each part's end in stream
+    headers = [varint_bytes([c]) for c in counts.cpu().tolist()]
+    parts = [[headers[h]] + [stream[ends[i, h] - sizes[i, h]:ends[i, h]] for i in range(3)]
+             for h in range(M)]
+    out_sizes = [sum(p.size for p in head) for head in parts]
+    parts = [p for head in parts for p in head]
+    return np.concatenate(parts).astype(np.uint8), out_sizes
 
 
 @torch.no_grad()
 def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
                    out_dev: Any) -> list[StoredAttention]:
-    """Each sequence's stored attention, quantized, packed and encoded on the device, then copied
-    to the host once: the bytes of the format (n = its analysed tokens)."""
+    """Each sequence's stored attention, quantized and encoded on the device layer by layer
+    (`encode_on_device`), its bytes copied to the host (n = its analysed tokens)."""
     if passes.stacked is not None:
         # Layer by layer into one uint8 tensor: quantize's float temporary stays one layer big.
         quantized = torch.empty(passes.stacked.shape, dtype=torch.uint8,
@@ -546,10 +580,9 @@ def pack_attention(passes: Passes, starts: list[int], lengths: list[int],
     out = []
     for block, n in zip(blocks, lengths):
         L, H = block.shape[:2]
-        index = _tril_index(n, str(block.device))
-        packed = block.reshape(L, H, n * n).index_select(-1, index)  # [L, H, n(n+1)/2]
-        data, overflow = encode_on_device(packed.reshape(L, -1))
-        out.append(StoredAttention(data, overflow, H, n))
+        encoded = [encode_on_device(layer) for layer in block]       # layer [H, n, n]
+        out.append(StoredAttention(np.concatenate([data for data, _ in encoded]),
+                                   [sizes for _, sizes in encoded], H, n))
     return out
 
 

@@ -49,7 +49,7 @@ EMBED_SCRIPTS = (ATTENTION_CODEC, EMBED_SCRIPT)
 
 # --- data files that pages fetch -----------------------------------------------------------------
 
-LAYER = "{layer}"  # placeholder in `attention_layers`: the page scripts put a layer number there
+LAYER = "{layer}"  # placeholder in `attention_heads`: the page scripts put a layer number there
 HEAD = "{head}"    # placeholder in `attention_heads`: the page scripts put a head number there
 
 
@@ -70,15 +70,6 @@ def prompt_heads(slug: str, key: str) -> str:
 def prompt_dla(slug: str, key: str) -> str:
     """Direct logit attribution of one model on one prompt, every position."""
     return f"data/{slug}/{key}.dla.json"
-
-
-def attention_layers(slug: str, key: str) -> str:
-    """The per-layer attention files of one model on one prompt, `LAYER` standing for the layer."""
-    return f"data/{slug}/{key}/L{LAYER}.json"
-
-
-def attention_layer(slug: str, key: str, layer: int) -> str:
-    return attention_layers(slug, key).replace(LAYER, str(layer))
 
 
 def attention_heads(slug: str, key: str) -> str:
@@ -234,9 +225,6 @@ class Urls:
 
     def prompt_data(self, slug: str, key: str) -> str:
         return self.to(prompt_data(slug, key))
-
-    def attention_layers(self, slug: str, key: str) -> str:
-        return self.to(attention_layers(slug, key))
 
     def artifact(self, slug: str, key: str) -> str:
         return self.to(artifact_copy(slug, key))

@@ -23,7 +23,7 @@ FORMAT = "model-atlas-manifest"
 VERSION = 1
 
 _str_or_null = {"type": ["string", "null"]}
-_PATH_FIELDS = ("page", "data", "layers", "artifact")
+_PATH_FIELDS = ("page", "data", "heads", "artifact")
 MANIFEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -48,7 +48,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {"name": {"type": "string"}, "scope": {"type": "string"},
                            "stem": {"type": "string"}, "page": {"type": "string"},
                            "data": {"type": "string"}, "model": _str_or_null,
-                           "prompt": _str_or_null, "layers": _str_or_null,
+                           "prompt": _str_or_null, "heads": _str_or_null,
                            "artifact": _str_or_null}}},
     },
 }

@@ -30,7 +30,7 @@ from .errors import ArtifactError
 from .manifest import manifest_data
 from .prompts import PromptSet
 from .resources import resource_path
-from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_layer, attention_path, read_artifact
+from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_head, attention_path, read_artifact
 from .store import canonical_json
 from .templating import environment
 
@@ -243,11 +243,13 @@ class _Site:
     def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
         att = a["attention"]
         for layer in range(att["layers"]):
-            # base64 in JSON: web servers compress JSON but often not binary files.
-            self.w.json(layout.attention_layer(slug, key, layer), {
-                "layer": layer, "heads": att["heads"], "length": att["length"],
-                "encoding": att["encoding"], "scale": att["scale"],
-                "data": base64.b64encode(attention_layer(a, layer)).decode("ascii")})
+            for head in range(att["heads"]):
+                # One file per head: switching heads fetches only that head. Base64 in JSON:
+                # web servers compress JSON but often not binary files.
+                self.w.json(layout.attention_head(slug, key, layer, head), {
+                    "layer": layer, "head": head, "length": att["length"],
+                    "encoding": att["encoding"], "scale": att["scale"],
+                    "data": base64.b64encode(attention_head(a, layer, head)).decode("ascii")})
         src, copy = self.catalog.paths[(slug, key)], layout.artifact_copy(slug, key)
         self.w.copy(src, copy)
         self.w.copy(attention_path(src), attention_path(copy).as_posix())

@@ -5,19 +5,19 @@ checked on write (compute) and on read (render), together with the cross-field r
 cannot express (every per-position list has one entry per token). `site_src/artifact-format.md`
 documents it for people who use the JSON directly.
 
-Attention (`base6-tril-by-key`) is stored beside the JSON, in `<prompt>.attention.bin`, as raw
-bytes: JSON would carry them as base64, a third larger and a fifth worse under gzip. For every layer
-and head, the causal lower triangle key by key (key j holds queries j..T-1), each weight as an
-integer q in 0..128 meaning q/128: rounding to the nearest 1/128 keeps every stored weight within
-1/256 of the model's own (`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255). The
-values are written three to a byte, as the digits of a base-6 number (5 and above as 5, the rest,
-q - 5, in an overflow byte): most weights are small (over 80 % below 5/128 in a 72-token Qwen2.5
-prompt), so the file takes about half of one byte per weight, and compresses 7 to 9 % better under
-gzip (which sees triples). The logit lens follows in the same file (`Lens`: int32 ids, float16
-log-probabilities), not in the JSON, where its numbers were half the text and most of the time
-spent writing it. The JSON records the file's name, size, SHA-256, each layer's count of overflow
-bytes and where the lens starts; readers check the file, so an artifact never pairs with another
-build's.
+Attention (`nonzero-runs-base6`, `codec.py`) is stored beside the JSON, in
+`<prompt>.attention.bin`, as raw bytes: JSON would carry them as base64, a third larger and a fifth
+worse under gzip. Each weight is rounded to the nearest 1/128 (an integer q in 0..128 meaning
+q/128), which keeps every weight, stored or rounded to 0, within 1/256 of the model's own
+(`ATTENTION_MAX_ABS_ERROR`, under the format's promise of 1/255). Every head of every layer is one
+self-contained block holding only its non-zero values (base-6 digits three to a byte, with
+overflow bytes) and the runs of zero and non-zero positions between them, so the file grows with
+what is non-zero, not with the square of the prompt's length: a row holds at most 256 non-zero
+weights. The JSON records each block's size (`head_bytes`), so one head can be read, or served,
+alone. The logit lens follows in the same file (`Lens`: int32 ids, float16 log-probabilities),
+not in the JSON, where its numbers were half the text and most of the time spent writing it. The
+JSON records the file's name, size and SHA-256 and where the lens starts; readers check the file,
+so an artifact never pairs with another build's.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from . import codec
+from .codec import byte_planes, from_byte_planes, tril_size
 from .errors import ArtifactError
 from .store import artifact_json, atomic_write_bytes, sha256_bytes
 
@@ -38,11 +40,11 @@ from .store import artifact_json, atomic_write_bytes, sha256_bytes
 # recomputed rather than taken as current.
 # 5: attention as base-6 digits with overflow bytes (`base6-tril-by-key`, `overflow_bytes`); the
 # logit lens in the same binary file, after the attention (`lens`: LENS_ENCODING).
-SCHEMA_VERSION = 5
-ATTENTION_ENCODING = "base6-tril-by-key"
-DIGIT_BASE = 6            # three values a byte: 6**3 = 216 codes
-DIGIT_ESCAPE = 5          # a digit of 5 means 5 + the layer's next overflow byte
-ATTENTION_SCALE = 128
+# 6: sparse attention (`nonzero-runs-base6`): each head a block of its non-zero values and the runs
+# between them (`head_bytes`), row by row; the site serves one file per head.
+SCHEMA_VERSION = 6
+ATTENTION_ENCODING = "nonzero-runs-base6"
+ATTENTION_SCALE = codec.SCALE
 ATTENTION_MAX_ABS_ERROR = 1 / 256    # rounding to the nearest 1/128; the format promises <= 1/255
 ATTENTION_SUFFIX = ".attention.bin"
 LENS_ENCODING = "int32-ids-float16-logprobs-byte-planes"
@@ -141,7 +143,7 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
         "attention": {
             "type": "object",
             "required": ["encoding", "scale", "layers", "heads", "length", "file", "bytes",
-                         "sha256", "overflow_bytes"],
+                         "sha256", "head_bytes"],
             "properties": {
                 "encoding": {"const": ATTENTION_ENCODING},
                 "scale": {"const": ATTENTION_SCALE},
@@ -151,7 +153,8 @@ ARTIFACT_SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "pattern": "^[^/\\\\]+\\.attention\\.bin$"},
                 "bytes": {"type": "integer", "minimum": 1},
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "overflow_bytes": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "head_bytes": {"type": "array", "items": {
+                    "type": "array", "items": {"type": "integer", "minimum": 2}}},
             },
         },
         "generation": {
@@ -247,21 +250,6 @@ class TopK:
     def to_dict(self) -> dict[str, Any]:
         return {"k": self.k, "ids": self.ids, "probs": self.probs,
                 "next_logprob": self.next_logprob, "next_rank": self.next_rank}
-
-
-def byte_planes(values: np.ndarray) -> bytes:
-    """n values of w bytes -> w planes of n bytes, plane j holding byte j of every value (the
-    "shuffle" of HDF5 and Blosc): the high bytes of nearby log-probabilities and ranks repeat,
-    which gzip finds once they sit together (13 % smaller lens sections here)."""
-    flat = np.ascontiguousarray(values).reshape(-1)
-    return np.ascontiguousarray(flat.view(np.uint8).reshape(flat.size, -1).T).tobytes()
-
-
-def from_byte_planes(raw: memoryview, dtype: str, count: int, offset: int) -> np.ndarray:
-    """The `count` values of `dtype` stored as byte planes at `offset` of `raw`."""
-    width = np.dtype(dtype).itemsize
-    planes = np.frombuffer(raw, np.uint8, count * width, offset).reshape(width, count)
-    return np.ascontiguousarray(planes.T).view(dtype).reshape(-1)
 
 
 def lens_bytes(layers: int, length: int, k: int) -> int:
@@ -361,35 +349,36 @@ class PromptInfo:
 
 @dataclass(frozen=True)
 class Attention:
-    """The stored attention: `data` is the `base6-tril-by-key` bytes written beside the JSON,
-    `overflow` each layer's count of overflow bytes (`encode_attention`)."""
+    """The stored attention: `data` is the `nonzero-runs-base6` bytes written beside the JSON,
+    every head's block (`codec.encode_head`) layer by layer, `head_bytes` [L][H] their sizes."""
     layers: int
     heads: int
     length: int
     file: str                           # <prompt id> + ATTENTION_SUFFIX, beside the JSON
     data: bytes | memoryview = field(repr=False)  # the stored bytes (written as they are)
-    overflow: list[int] = field(default_factory=list)
+    head_bytes: list[list[int]] = field(default_factory=list)
     sha256: str | None = None           # of the file (`data`, then the lens), if hashed already
 
     @classmethod
-    def from_encoded(cls, data: np.ndarray, overflow: list[int], heads: int, length: int,
+    def from_encoded(cls, data: np.ndarray, head_bytes: list[list[int]], heads: int, length: int,
                      prompt_id: str, sha256: str | None = None) -> "Attention":
-        """data: uint8, the stored bytes as `extract.pack_attention` encodes them on the device;
+        """data: uint8, the blocks as `extract.encode_on_device` encodes them on the device;
         sha256: the file's hash, if known (`write_binary_file` returns it)."""
         data = memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
-        expected = len(overflow) * digit_bytes(heads * tril_size(length)) + sum(overflow)
-        if data.nbytes != expected:
-            raise ValueError(f"{data.nbytes} attention bytes, expected {expected}")
-        return cls(len(overflow), heads, length, prompt_id + ATTENTION_SUFFIX, data,
-                   list(overflow), sha256)
+        expected = sum(map(sum, head_bytes))
+        if data.nbytes != expected or any(len(layer) != heads for layer in head_bytes):
+            raise ValueError(f"{data.nbytes} attention bytes, expected {expected} in {heads} "
+                             f"blocks a layer")
+        return cls(len(head_bytes), heads, length, prompt_id + ATTENTION_SUFFIX, data,
+                   [list(layer) for layer in head_bytes], sha256)
 
     @classmethod
     def from_quantized(cls, q: np.ndarray, prompt_id: str) -> "Attention":
         """q: uint8 [L, H, T, T], q / ATTENTION_SCALE, zero above the diagonal."""
         L, H, T, _ = q.shape
-        queries, keys = tril_by_key(T)
-        data, overflow = encode_attention(q[:, :, queries, keys])
-        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data, overflow)
+        data, sizes = codec.encode_heads(q)
+        return cls(L, H, T, prompt_id + ATTENTION_SUFFIX, data,
+                   [sizes[l * H:(l + 1) * H] for l in range(L)])
 
     def to_dict(self, *after: bytes) -> dict[str, Any]:
         """The JSON fields; `data`: the attention bytes. The file holds them and then `after`
@@ -398,7 +387,7 @@ class Attention:
         return {"encoding": ATTENTION_ENCODING, "scale": ATTENTION_SCALE, "layers": self.layers,
                 "heads": self.heads, "length": self.length, "file": self.file,
                 "bytes": size, "sha256": self.sha256 or sha256_bytes(self.data, *after),
-                "overflow_bytes": list(self.overflow), "data": self.data}
+                "head_bytes": [list(layer) for layer in self.head_bytes], "data": self.data}
 
 
 @dataclass(frozen=True)
@@ -535,10 +524,6 @@ def _validator() -> Any:
     return _VALIDATOR
 
 
-def tril_size(n: int) -> int:
-    return n * (n + 1) // 2
-
-
 def _is_matrix(x: Any, rows: int, cols: int) -> bool:
     """Whether `x` (an array built in memory, or lists read back) is [rows][cols]."""
     if isinstance(x, np.ndarray):
@@ -551,15 +536,15 @@ def _check_cross_fields(a: dict[str, Any]) -> None:
     att = a["attention"]
     if att["length"] != t:
         raise ValueError(f"attention.length is {att['length']} but there are {t} tokens")
-    over, values = att["overflow_bytes"], att["heads"] * tril_size(t)
-    if len(over) != att["layers"] or any(not 0 <= n <= values for n in over):
-        raise ValueError(f"attention.overflow_bytes must hold one count per layer "
-                         f"({att['layers']}), each at most heads x T(T+1)/2 = {values}")
+    sizes = att["head_bytes"]
+    if len(sizes) != att["layers"] or any(len(layer) != att["heads"] for layer in sizes):
+        raise ValueError(f"attention.head_bytes must hold one size per head ({att['heads']}) "
+                         f"for every layer ({att['layers']})")
     lens = a["lens"]
-    section = att["layers"] * digit_bytes(values) + sum(over)
+    section = sum(map(sum, sizes))
     if lens["offset"] != section:
-        raise ValueError(f"lens.offset is {lens['offset']}, but the attention takes layers x "
-                         f"ceil(heads x T(T+1)/2 / 3) + the overflow bytes = {section}")
+        raise ValueError(f"lens.offset is {lens['offset']}, but the attention takes the sum of "
+                         f"attention.head_bytes = {section}")
     if (lens["layers"], lens["length"]) != (att["layers"], t) \
             or lens["bytes"] != lens_bytes(att["layers"], t, lens["k"]):
         raise ValueError(f"lens must cover {att['layers']} layers x {t} tokens in "
@@ -726,78 +711,41 @@ def write_artifact(path: Path, a: "Artifact | dict[str, Any]") -> None:
     write_artifact_json(path, a)
 
 
-def tril_by_key(t: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query, key) index arrays of the causal lower triangle in stored order: key by key."""
-    keys, queries = np.triu_indices(t)
-    return queries, keys
+def head_block(data: bytes | memoryview | np.ndarray, head_bytes: list[list[int]], layer: int,
+               head: int) -> memoryview:
+    """The block of one head out of a file's attention: it starts after every block before it
+    (layer by layer, head by head) and takes `head_bytes[layer][head]` bytes."""
+    heads = len(head_bytes[0])
+    flat = [n for sizes in head_bytes for n in sizes]
+    start = sum(flat[:layer * heads + head])
+    view = memoryview(data).cast("B")
+    return view[start:start + head_bytes[layer][head]]
 
 
-def digit_bytes(values: int) -> int:
-    """Bytes of the base-6 part of a layer of `values` values: three to a byte."""
-    return -(-values // 3)
+def attention_head(artifact: dict[str, Any], layer: int, head: int) -> bytes:
+    """The stored block of one head of an artifact, as the site's per-head files carry it."""
+    att = artifact["attention"]
+    if not (0 <= layer < att["layers"] and 0 <= head < att["heads"]):
+        raise ArtifactError(f"attention layer {layer}, head {head}: valid layers are 0 to "
+                            f"{att['layers'] - 1}, heads 0 to {att['heads'] - 1}")
+    return bytes(head_block(att["data"], att["head_bytes"], layer, head))
 
 
-def encode_attention(values: np.ndarray) -> tuple[bytes, list[int]]:
-    """uint8 [L, ...] stored values (each layer's heads' lower triangles, key by key) -> the stored
-    bytes and each layer's count of overflow bytes. Every layer's V values, min(value, 5) each,
-    three to a byte as base-6 digits (36 a + 6 b + c; the last byte padded with 0), layer after
-    layer; then every layer's overflow bytes, value - 5 of each value of 5 or more, in order. The
-    reference of `extract.encode_on_device`, which does the same on the device."""
-    v = np.asarray(values, dtype=np.uint8).reshape(len(values), -1)
-    L, V = v.shape
-    d = np.zeros((L, 3 * digit_bytes(V)), dtype=np.uint8)
-    d[:, :V] = np.minimum(v, DIGIT_ESCAPE)
-    d = d.reshape(L, -1, 3)
-    codes = d[..., 0] * 36 + d[..., 1] * 6 + d[..., 2]                  # <= 215
-    escaped = v >= DIGIT_ESCAPE
-    over = v[escaped] - DIGIT_ESCAPE                                     # layer by layer
-    return (np.concatenate([codes.reshape(-1), over]).astype(np.uint8).tobytes(),
-            escaped.sum(1).tolist())
-
-
-def decode_values(block: bytes | memoryview | np.ndarray, count: int) -> np.ndarray:
-    """One layer's bytes (its base-6 part, then its overflow bytes: `attention_layer`) -> its
-    `count` values (uint8)."""
-    raw = np.frombuffer(block, dtype=np.uint8)
-    n = digit_bytes(count)
-    if raw.size < n or (raw[:n] >= DIGIT_BASE ** 3).any():
-        raise ArtifactError(f"an attention layer of {count} values needs {n} bytes below 216 "
-                            f"before its overflow bytes")
-    codes = raw[:n]
-    values = np.stack([codes // 36, codes // 6 % 6, codes % 6], axis=1).reshape(-1)[:count]
-    escaped = values == DIGIT_ESCAPE
-    over = raw[n:]
-    if int(escaped.sum()) != over.size:
-        raise ArtifactError(f"an attention layer has {int(escaped.sum())} values of 5 or more "
-                            f"but {over.size} overflow bytes")
-    values[escaped] += over
-    return values
+def decode_head(artifact: dict[str, Any], layer: int,
+                head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One head's stored weights, sparse (`codec.decode_head`): row_start [T + 1], keys [n],
+    values uint8 [n]; weight = value / ATTENTION_SCALE, every weight not listed 0."""
+    return codec.decode_head(attention_head(artifact, layer, head),
+                             artifact["attention"]["length"])
 
 
 def decode_attention(artifact: dict[str, Any], layer: int) -> np.ndarray:
     """Attention of one layer as float32 [heads, T, T] (zeros above the diagonal)."""
     att = artifact["attention"]
     h, t = att["heads"], att["length"]
-    flat = decode_values(attention_layer(artifact, layer), h * tril_size(t))
     out = np.zeros((h, t, t), dtype=np.float32)
-    queries, keys = tril_by_key(t)
-    out[:, queries, keys] = flat.reshape(h, -1).astype(np.float32) / ATTENTION_SCALE
+    for head in range(h):
+        row_start, keys, values = decode_head(artifact, layer, head)
+        rows = np.repeat(np.arange(t), np.diff(row_start))
+        out[head, rows, keys] = values.astype(np.float32) / ATTENTION_SCALE
     return out
-
-
-def layer_block(data: bytes | memoryview | np.ndarray, overflow: list[int], count: int,
-                layer: int) -> bytes:
-    """The bytes of one layer of `count` values out of a file's attention (`encode_attention`):
-    its base-6 digits, then its overflow bytes, as `decode_values` and the per-layer page files
-    take them."""
-    n = digit_bytes(count)
-    start = len(overflow) * n + sum(overflow[:layer])
-    data = memoryview(data).cast("B")
-    return bytes(data[layer * n:(layer + 1) * n]) + bytes(data[start:start + overflow[layer]])
-
-
-def attention_layer(artifact: dict[str, Any], layer: int) -> bytes:
-    """The bytes of one layer of an artifact (`layer_block`)."""
-    att = artifact["attention"]
-    return layer_block(att["data"], att["overflow_bytes"],
-                       att["heads"] * tril_size(att["length"]), layer)

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, serve_directory
 
+from generator.codec import dense_head
 from generator.overview import read_thumbnails
-from generator.schema import decode_values
 
 pytestmark = pytest.mark.browser
 
@@ -497,13 +497,13 @@ def test_hover_and_focus_highlight_row_column_and_shade_the_chips(long_url, watc
     chips = page.locator(f'[data-tokens-of="{QWEN}"] .atlas-tok')
     cell = page.evaluate("AtlasHeatmap.CELL")
     layer = page.evaluate("(u) => fetch(u).then((r) => r.json())",
-                          box.get_attribute("data-attn").replace("{layer}", "0"))
+                          box.get_attribute("data-attn").replace("{layer}", "0")
+                          .replace("{head}", "0"))
     t = layer["length"]
-    stored = decode_values(base64.b64decode(layer["data"]), layer["heads"] * t * (t + 1) // 2)
+    stored = dense_head(base64.b64decode(layer["data"]), t)          # layer 0, head 0
 
     def weight(q: int, k: int) -> float:
-        # artifact-format, base6-tril-by-key, head 0: key k holds queries k..T-1.
-        return stored[k * t - k * (k - 1) // 2 + (q - k)] / layer["scale"]
+        return stored[q, k] / layer["scale"]
 
     def shown_weights() -> list[float]:
         return chips.evaluate_all("(cs) => cs.map((c) => Number(c.dataset.attn ?? -1))")
@@ -624,10 +624,10 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
     page = watched.page
     page.goto(long_url + LONG_PAGE, wait_until="load")
     wait_heatmaps(page)
-    layer_files = lambda: sorted({u.rsplit("/", 1)[1] for u in watched.requests
-                                  if "/list-64/L" in u})
+    head_files = lambda: sorted({u.rsplit("/", 1)[1] for u in watched.requests
+                                 if "/list-64/L" in u})
     thumb_files = lambda: [u for u in watched.requests if u.endswith(".thumbs.json")]
-    assert layer_files() == ["L0.json"]
+    assert head_files() == ["L0.H0.json"], "the heatmaps fetch their head, nothing else"
     assert not thumb_files(), "thumbnails fetched before they were scrolled to"
     dims = {}
     for model in (QWEN, GPT2):
@@ -664,7 +664,8 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
             let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
         assert blank > 0
     # One small file per model, never the attention itself.
-    assert len(set(thumb_files())) == 2 and layer_files() == ["L0.json"], (thumb_files(), layer_files())
+    assert len(set(thumb_files())) == 2 and head_files() == ["L0.H0.json"], \
+        (thumb_files(), head_files())
     layers, heads = dims[QWEN]
     # A click opens that head in the heatmap and the URL follows.
     target = page.locator(f'.atlas-thumbs[data-model="{QWEN}"] .atlas-thumb'

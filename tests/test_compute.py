@@ -19,15 +19,17 @@ import numpy as np
 import pytest
 import torch
 
+from generator import codec
 from generator.attribution import rank_components
+from generator.codec import tril_size
 from generator.compute import Settings, artifact_path, run_compute
 from generator.errors import ArtifactError, OptionError
 from generator.extract import encode_on_device, quantize_attention, run_batch
 from generator.models import architecture_facts, final_norm
 from generator.prompts import Prompt, PromptSet
 from generator.schema import (ATTENTION_MAX_ABS_ERROR, ATTENTION_SCALE, Attribution, Lens,
-                              attention_path, decode_attention, decode_lens, decode_values,
-                              encode_attention, read_artifact, tril_size, validate_artifact)
+                              attention_path, decode_attention, decode_lens, read_artifact,
+                              validate_artifact)
 from generator.tokens import describe_tokens
 
 SETTINGS = Settings(top_k=10, lens_top_k=5)
@@ -154,9 +156,9 @@ def test_batched_capture_is_causal_complete_and_matches_the_model(request, model
         n = len(res.ids)
         assert res.ids[:len(seq)] == seq and len(seq) < n <= len(seq) + n_new or n == len(seq)
         values = res.attention.values()
-        assert values.dtype == np.uint8 and values.shape == (L, H, n * (n + 1) // 2)
-        assert res.attention.data.size == L * -(-H * n * (n + 1) // 2 // 3) \
-            + sum(res.attention.overflow)
+        assert values.dtype == np.uint8 and values.shape == (L, H, n, n)
+        assert res.attention.data.size == sum(map(sum, res.attention.head_bytes))
+        assert [len(sizes) for sizes in res.attention.head_bytes] == [H] * L
         att = res.square_attention()                                        # [L, H, n, n]
         assert att.any(), "no attention was captured"
         assert att.max() <= ATTENTION_SCALE
@@ -458,16 +460,14 @@ def test_artifacts_validate_and_round_trip(request, computed, model_fixture):
             lm.facts["layers"], lm.facts["query_heads"], len(all_ids))
         bin_path = attention_path(path)
         assert att["file"] == bin_path.name == f"{pid}.attention.bin"
-        # Three weights a byte, and a byte more for each of 5/128 or over.
-        weights = att["heads"] * tril_size(len(all_ids))
-        assert raw["lens"]["offset"] == \
-            att["layers"] * -(-weights // 3) + sum(att["overflow_bytes"])
+        # One block per head, layer by layer.
+        assert [len(sizes) for sizes in att["head_bytes"]] == [att["heads"]] * att["layers"]
+        assert raw["lens"]["offset"] == sum(map(sum, att["head_bytes"]))
         # Then the lens: ids int32 and log-probabilities float16 [L, T, k], the next token's
         # log-probability float16 and rank int32 [L, T].
         k = SETTINGS.lens_top_k
         assert att["bytes"] == bin_path.stat().st_size == \
             raw["lens"]["offset"] + att["layers"] * len(all_ids) * (4 * k + 2 * k + 2 + 4)
-        assert all(0 <= n <= weights for n in att["overflow_bytes"])
 
 
 def test_read_artifact_rejects_damaged_files(computed, tmp_path):
@@ -773,27 +773,52 @@ def test_layers_on_different_devices_give_the_same_results(request, model_fixtur
             np.testing.assert_allclose(x.groups, y.groups, atol=1e-6, equal_nan=True)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 8), (4, 1001)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 7), (4, 40), (2, 300)])
 def test_the_device_encoder_writes_the_formats_bytes(shape):
     """extract.encode_on_device (run on the CPU here, the same torch code as on a GPU) gives the
-    bytes of the reference schema.encode_attention, and decode_values reads every layer back:
-    values at and around the digit escape (5), the largest (128), odd value counts."""
+    bytes of the reference codec.encode_heads, and codec.decode_head reads every head back: values
+    at and around the digit escape (5 + 1), the largest (128), all-zero and all-non-zero heads,
+    rows that start or end with zeros, runs longer than a varint byte (128+), and whatever lies
+    above the diagonal ignored."""
+    heads, t = shape
     rng = np.random.default_rng(sum(shape))
-    values = rng.integers(0, ATTENTION_SCALE + 1, size=shape).astype(np.uint8)
-    values[:, ::3] = rng.integers(0, 7, size=values[:, ::3].shape)      # small, like attention
-    values[0, 0] = ATTENTION_SCALE
-    data, overflow = encode_on_device(torch.from_numpy(values))
-    assert (data.tobytes(), overflow) == encode_attention(values)
-    assert overflow == [int((row >= 5).sum()) for row in values]
-    L, V = shape
-    n = -(-V // 3)                                     # bytes of a layer's digits
-    for layer in range(L):
-        start = L * n + sum(overflow[:layer])
-        block = np.concatenate([data[layer * n:(layer + 1) * n],
-                                data[start:start + overflow[layer]]])
-        np.testing.assert_array_equal(decode_values(block, V), values[layer])
-    with pytest.raises(ArtifactError, match="overflow bytes"):
-        decode_values(data[:n].tobytes() + data[L * n:].tobytes() + b"\0", V)
+    q = rng.integers(1, ATTENTION_SCALE + 1, size=(heads, t, t)).astype(np.uint8)
+    q[:, :, ::3] = rng.integers(0, 8, size=q[:, :, ::3].shape)         # small, like attention
+    density = np.array([0.3, 0.02, 0.6, 0.05][:heads])[:, None, None]  # of non-zero weights
+    q = np.where(rng.random((heads, t, t)) < density, q, 0).astype(np.uint8)
+    q[0, -1, 0] = ATTENTION_SCALE
+    if heads > 2:
+        q[1] = 0                                                         # nothing stored
+        q[2] = np.maximum(q[2], 1)                                       # every weight stored
+    data, sizes = encode_on_device(torch.from_numpy(q))
+    assert (data.tobytes(), sizes) == codec.encode_heads(q)
+    lower = np.tril(q)
+    for head, block in enumerate(codec.split_blocks(data.tobytes(), sizes)):
+        np.testing.assert_array_equal(codec.dense_head(block, t), lower[head])
+        row_start, keys, values = codec.decode_head(block, t)
+        assert row_start[-1] == values.size == np.count_nonzero(lower[head])
+        assert all(np.all(np.diff(keys[a:b]) > 0) for a, b in zip(row_start[:-1], row_start[1:]))
+    # Per layer, as compute calls it, the same bytes.
+    assert encode_on_device(torch.from_numpy(q[None]))[0].tobytes() == data.tobytes()
+    with pytest.raises(ArtifactError, match="runs"):
+        codec.decode_head(bytes(codec.split_blocks(data.tobytes(), sizes)[0]) + b"\1", t)
+
+
+def test_a_heads_storage_grows_with_its_non_zero_weights():
+    """A weight that rounds to 0 costs next to nothing: a long head with a few non-zero weights a
+    row takes a few bytes a row, a quarter of the dense triangle's cost at 64 tokens; a dense one
+    costs what the base-6 digits cost (a third of a byte a weight) and a few bytes of runs."""
+    t = 1024
+    sparse = np.zeros((t, t), dtype=np.uint8)
+    sparse[:, 0] = 100                                                  # a sink
+    rows = np.arange(t)
+    sparse[rows, rows] = 28                                             # the token itself
+    sparse[rows[5:], rows[5:] - 5] = 3                                  # a previous token
+    block = codec.encode_head(sparse)
+    assert len(block) <= 8 * t, len(block)                             # not T(T+1)/2 / 3 = 175 K
+    np.testing.assert_array_equal(codec.dense_head(block, t), sparse)
+    dense = np.tril(np.full((64, 64), 2, dtype=np.uint8))
+    assert len(codec.encode_head(dense)) <= tril_size(64) // 3 + 8
 
 
 def test_the_lens_section_round_trips():

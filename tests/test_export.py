@@ -62,8 +62,9 @@ def spec_of(path: Path) -> dict:
     return json.loads(path.read_text("utf-8"))
 
 
-def attention_layer(built: Path, slug: str, key: str, layer: int) -> dict:
-    return json.loads((built / "docs" / "data" / slug / key / f"L{layer}.json").read_text("utf-8"))
+def attention_head(built: Path, slug: str, key: str, layer: int, head: int) -> dict:
+    return json.loads((built / "docs" / layout.attention_head(slug, key, layer, head))
+                      .read_text("utf-8"))
 
 
 def expected_attention(built: Path, slug: str, key: str, layer: int, head: int) -> list[dict]:
@@ -92,7 +93,7 @@ def test_export_writes_every_format_of_every_chart_of_a_prompt(repeat_export):
 def test_json_spec_has_its_data_inline(built, repeat_export):
     for slug in PROMPT_CHARTS:
         spec = spec_of(repeat_export / slug / "tiny/repeat/attention.vl.json")
-        t = attention_layer(built, slug, "tiny/repeat", 0)["length"]
+        t = attention_head(built, slug, "tiny/repeat", 0, 0)["length"]
         rows = spec["datasets"]["attention"]
         assert len(rows) == t * (t + 1) // 2
         assert rows == expected_attention(built, slug, "tiny/repeat", 0, 0)
@@ -432,7 +433,7 @@ def test_embed_attention_page_takes_layer_and_head(browser, served, built):
             page.locator("#atlas-chart").inner_text()
         title = page.locator("#atlas-chart .role-title-text").first.text_content()
         assert "layer 1, head 3" in title
-        t = attention_layer(built, QWEN2, "tiny/repeat", 1)["length"]
+        t = attention_head(built, QWEN2, "tiny/repeat", 1, 3)["length"]
         assert page.locator("#atlas-chart .mark-rect.role-mark path").count() == t * (t + 1) // 2
         assert not errors and not foreign, (errors, foreign)
     finally:

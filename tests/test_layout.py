@@ -31,7 +31,7 @@ from conftest import REPO
 
 from generator import layout
 from generator.metrics import renormalize_without_first
-from generator.schema import decode_attention, read_artifact
+from generator.schema import decode_attention, decode_head, read_artifact
 
 # Strings that name a file or directory of the generated site, wherever they appear in code.
 SITE_STRINGS = [re.escape(s) for s in (
@@ -39,14 +39,14 @@ SITE_STRINGS = [re.escape(s) for s in (
     ".heads.json", ".dla.json", "atlas.json", "tokenizers.json", "manifest.json", "index.md", "assets/vendor",
     "index.html", "vega-bundle.js", "attention-codec.js", "assets/atlas", "atlas.js", "atlas.css",
     "embed.js")]
-# The per-layer attention files: "/L" followed by a layer number, a placeholder or the string's end.
+# The per-head attention files: "/L" followed by a layer number, a placeholder or the string's end.
 SITE_STRINGS.append(r"/L(?:\d|\{|$|[\"'`])")
 # Page directories: before a value spliced in ({, <, a quote, or the end of a string) or after
 # "../" (so "prompts/s" in a log line is not a path).
 SITE_STRINGS.append(r"(?:\.\./)?\b(?:prompts|models|sets|compare)/(?=[{<\"'`]|$)"
                     r"|\.\./(?:prompts|models|sets|compare)/")
 # In scripts and templates, a file name glued onto a URL ("prefix" + layer + ".json"): the page
-# script derived the per-layer files that way before the layout handed it their URLs.
+# script derived the attention files that way before the layout handed it their URLs.
 DERIVED = [r"[\"'`]\.(?:json|html)[\"'`]"]
 PATTERN = re.compile("|".join(f"(?:{p})" for p in SITE_STRINGS + DERIVED), re.M)
 
@@ -149,7 +149,7 @@ def test_urls_are_relative_to_the_page():
     embed = layout.Urls(layout.embed_page(layout.prompt_scope("gpt2", "facts/moon-landing"),
                                           "attention"))
     assert embed.to(layout.VENDOR_BUNDLE) == "../../../../assets/vendor/vega-bundle.js"
-    assert layout.attention_layer("gpt2", "a/b", 7) == "data/gpt2/a/b/L7.json"
+    assert layout.attention_head("gpt2", "a/b", 7, 2) == "data/gpt2/a/b/L7.H2.json"
     assert not layout.is_docs_path("../x.json") and not layout.is_docs_path("/x.json")
     assert layout.is_docs_path(layout.download("compare/a/b", "cumulative"))
 
@@ -169,8 +169,9 @@ def test_documented_urls_are_the_layouts():
         assert f"`{url}`" in guide, url
     for url in expected[:3]:
         assert url in readme, url
-    layer = layout.attention_layers("<model>", "<set>/<prompt>").replace(layout.LAYER, "<l>")
-    assert f"`{layer}`" in (REPO / "site_src" / "artifact-format.md").read_text("utf-8")
+    head = layout.attention_heads("<model>", "<set>/<prompt>").replace(
+        layout.LAYER, "<l>").replace(layout.HEAD, "<h>")
+    assert f"`{head}`" in (REPO / "site_src" / "artifact-format.md").read_text("utf-8")
 
 
 # --- the artifact format, as written --------------------------------------------------------------
@@ -187,41 +188,65 @@ def artifact_path(demo_build) -> Path:
 
 
 def decode_as_documented(artifact: dict, blob: bytes) -> np.ndarray:
-    """The document's words, in code, one value at a time: V values a layer as base-6 digits,
-    three to a byte (36·d0 + 6·d1 + d2), every layer's digits then every layer's overflow bytes
-    (`overflow_bytes`), a digit 5 taking its layer's next one (+ 5); query q, key k (k <= q) of a
-    head at value k·T − k(k−1)/2 + (q − k); weight = v / 128; zeros above the diagonal."""
+    """The document's words, in code, one byte at a time: every head's block, layer by layer and
+    head by head, of the sizes in `head_bytes`; a block is a varint n (unsigned LEB128), ceil(n/3)
+    bytes of base-6 digits (36·d0 + 6·d1 + d2, value = digit + 1, a digit 5 taking the next
+    overflow byte + 6), the overflow bytes, then varints: alternating zero and non-zero runs
+    over the lower triangle row by row, a zero run first, summing to T(T+1)/2; weight = v / 128."""
     att = artifact["attention"]
     L, H, T = att["layers"], att["heads"], att["length"]
-    per_head = T * (T + 1) // 2
-    V = H * per_head
-    n = -(-V // 3)
     assert len(blob) == att["bytes"] == artifact["lens"]["offset"] + artifact["lens"]["bytes"]
-    assert artifact["lens"]["offset"] == L * n + sum(att["overflow_bytes"])
-    assert len(att["overflow_bytes"]) == L
+    assert artifact["lens"]["offset"] == sum(sum(sizes) for sizes in att["head_bytes"])
+    positions = [(q, k) for q in range(T) for k in range(q + 1)]      # row by row
     out = np.zeros((L, H, T, T))
-    start = L * n
+    start = 0
     for layer in range(L):
-        over = iter(blob[start:start + att["overflow_bytes"][layer]])
-        start += att["overflow_bytes"][layer]
-        values = []
-        for i in range(V):
-            code = blob[layer * n + i // 3]
-            assert code < 216
-            d = (code // 36, code // 6 % 6, code % 6)[i % 3]
-            values.append(d + next(over) if d == 5 else d)
-        assert next(over, None) is None, "overflow bytes left over"
         for head in range(H):
-            base = head * per_head
-            for q in range(T):
-                for k in range(q + 1):
-                    out[layer, head, q, k] = values[base + k * T - k * (k - 1) // 2 + (q - k)] / 128
+            block = blob[start:start + att["head_bytes"][layer][head]]
+            start += att["head_bytes"][layer][head]
+            at = 0
+
+            def varint() -> int:
+                nonlocal at
+                value, shift = 0, 0
+                while True:
+                    byte = block[at]
+                    at += 1
+                    value |= (byte & 127) << shift
+                    shift += 7
+                    if byte < 128:
+                        return value
+
+            n = varint()
+            codes, at = block[at:at + -(-n // 3)], at + -(-n // 3)
+            values = []
+            for i in range(n):
+                assert codes[i // 3] < 216
+                d = (codes[i // 3] // 36, codes[i // 3] // 6 % 6, codes[i // 3] % 6)[i % 3]
+                if d == 5:
+                    values.append(6 + block[at])
+                    at += 1
+                else:
+                    values.append(d + 1)
+            runs = []
+            while at < len(block):
+                runs.append(varint())
+            assert sum(runs) == len(positions) and all(r >= 1 for r in runs[1:])
+            pos, stored = 0, iter(values)
+            for i, run in enumerate(runs):
+                if i % 2:                                            # a non-zero run
+                    for q, k in positions[pos:pos + run]:
+                        out[layer, head, q, k] = next(stored) / 128
+                pos += run
+            assert next(stored, None) is None, "values left over"
+    assert start == artifact["lens"]["offset"]
     return out
 
 
 def test_attention_decodes_as_the_document_says(artifact_path):
     raw = json.loads(artifact_path.read_text("utf-8"))
-    assert raw["attention"]["encoding"] == "base6-tril-by-key" and raw["attention"]["scale"] == 128
+    assert raw["attention"]["encoding"] == "nonzero-runs-base6"
+    assert raw["attention"]["scale"] == 128
     blob = (artifact_path.parent / raw["attention"]["file"]).read_bytes()
     assert hashlib.sha256(blob).hexdigest() == raw["attention"]["sha256"]
     documented = decode_as_documented(raw, blob)
@@ -231,6 +256,7 @@ def test_attention_decodes_as_the_document_says(artifact_path):
     # Rows sum to one within the documented rounding (1/256 per weight).
     sums = documented.sum(-1)
     assert np.all(np.abs(sums - 1) <= documented.shape[-1] / 256)
+    assert (documented == 0).any(), "the artifact has no weight that rounds to 0"
 
 
 def test_the_documents_python_snippets_decode_the_artifact(artifact_path, tmp_path):
@@ -270,36 +296,52 @@ NODE = shutil.which("node")
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's attention "
                                          "codec outside a browser (Debian package 'nodejs').")
 def test_the_browser_codec_decodes_like_python(demo_build, artifact_path):
-    """site_src/assets/attention-codec.js on the site's per-layer file gives the weights of
-    schema.decode_attention, and with "hide first token" those of renormalize_without_first."""
+    """site_src/assets/attention-codec.js on the site's per-head files: decodeHead gives the CSR
+    of schema.decode_head (the contract: layer, head, length, scale, rowStart, keys, values),
+    headRows the weights of schema.decode_attention, and with "hide first token" those of
+    renormalize_without_first; a damaged file is refused with a message."""
     a = read_artifact(artifact_path)
     slug, key, layer = "tiny-random-qwen2", "basics/repeat", 1
-    layer_file = demo_build.root / "docs" / layout.attention_layer(slug, key, layer)
     heads = a["attention"]["heads"]
+    files = [demo_build.root / "docs" / layout.attention_head(slug, key, layer, h)
+             for h in range(heads)]
     script = """
 const fs = require("fs");
 eval(fs.readFileSync(process.argv[1], "utf-8"));
-const layer = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
-const labels = Array.from({length: layer.length}, (_, i) => String(i));
 const out = [];
-for (let h = 0; h < layer.heads; h++) {
-  out.push([AtlasAttention.headRows(layer, h, labels, false),
-            AtlasAttention.headRows(layer, h, labels, true)]);
+for (const path of process.argv.slice(2)) {
+  const file = JSON.parse(fs.readFileSync(path, "utf-8"));
+  const labels = Array.from({length: file.length}, (_, i) => String(i));
+  const csr = AtlasCodec.decodeHead(file);
+  out.push([{layer: csr.layer, head: csr.head, length: csr.length, scale: csr.scale,
+             types: [csr.rowStart, csr.keys, csr.values].map((x) => x.constructor.name),
+             rowStart: Array.from(csr.rowStart), keys: Array.from(csr.keys),
+             values: Array.from(csr.values)},
+            AtlasCodec.headRows(file, labels, false), AtlasCodec.headRows(file, labels, true)]);
 }
-out.push(AtlasAttention.layerUrl("d/L{layer}.json", 3));
+const file = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
+let damaged = "";
+try { AtlasCodec.decodeHead({...file, data: file.data.slice(0, -4)}); } catch (e) { damaged = e.message; }
+out.push(damaged, AtlasCodec.headUrl("d/L{layer}.H{head}.json", 3, 5));
 process.stdout.write(JSON.stringify(out));
 """
     codec = REPO / "site_src" / "assets" / "attention-codec.js"
-    proc = subprocess.run([NODE, "-e", script, str(codec), str(layer_file)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([NODE, "-e", script, str(codec), *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out.pop() == "d/L3.json"
+    assert out.pop() == "d/L3.H5.json"
+    assert out.pop().startswith(f"attention layer {layer} head 0: ")
     weights = decode_attention(a, layer)                   # [H, T, T]
     hidden = renormalize_without_first(weights.astype(np.float64))
     assert len(out) == heads
-    for head, (plain, hide) in enumerate(out):
-        t = weights.shape[-1]
+    t = weights.shape[-1]
+    for head, (csr, plain, hide) in enumerate(out):
+        row_start, keys, values = decode_head(a, layer, head)
+        assert (csr["layer"], csr["head"], csr["length"], csr["scale"]) == (layer, head, t, 128)
+        assert csr["types"] == ["Uint32Array", "Uint16Array", "Uint8Array"]
+        assert (csr["rowStart"], csr["keys"], csr["values"]) == (
+            row_start.tolist(), keys.tolist(), values.tolist())
         assert [(r["q"], r["k"]) for r in plain] == [(q, k) for q in range(t) for k in range(q + 1)]
         assert [r["w"] for r in plain] == [float(weights[head, r["q"], r["k"]]) for r in plain]
         assert all(r["k"] >= 1 for r in hide)

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
-from generator.layout import LAYER
+from generator.layout import HEAD, LAYER
 
 DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
 CDN_HOSTS = ("cdn.jsdelivr", "unpkg", "googleapis", "gstatic")
@@ -119,8 +119,8 @@ def test_every_local_link_resolves(demo_site_full):
             continue
         for attr, value in LINK_RE.findall(page.read_text("utf-8")):
             value = html.unescape(value).split("#")[0].split("?")[0]
-            # A per-layer URL template (generator/layout.py attention_layers): its layer 0 file.
-            value = value.replace(LAYER, "0")
+            # A per-head URL template (generator/layout.py attention_heads): its layer 0 head 0 file.
+            value = value.replace(LAYER, "0").replace(HEAD, "0")
             if not value or re.match(r"^[a-z]+:", value) or not value.endswith(LINKED_SUFFIXES):
                 continue
             target = (page.parent / unquote(value)).resolve()

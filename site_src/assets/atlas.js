@@ -338,7 +338,7 @@
   }
 
   // Draw the attention heatmaps now, which need no Vega, wherever they are on the page: they are
-  // a prompt page's main view, cost one token file and one layer file each, and the token chips
+  // a prompt page's main view, cost one token file and one head file each, and the token chips
   // above them (which can push them below the first screen) work with them. Start the data of
   // the Vega charts on the first screen too. The 900 KB Vega bundle (pages with a Vega chart
   // only) is fetched at once when a Vega chart is on the first screen, else once the heatmaps

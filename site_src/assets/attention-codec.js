@@ -1,16 +1,22 @@
 /* Model Atlas attention codec: the one decoder of the stored attention in the browser, used by the
- * prompt pages (atlas.js) and the embed pages (embed.js). Python's is schema.decode_attention;
- * tests/test_layout.py checks that both give the same weights on a real artifact.
+ * prompt pages (heatmap.js, thumbs.js) and the embed pages (embed.js). Python's is
+ * generator/codec.py decode_head; tests/test_layout.py checks that both give the same weights on
+ * a real artifact.
  *
- * A per-layer data file (generator/layout.py attention_layer) holds one layer of one model on one
- * prompt: {layer, heads, length: T, encoding: "base6-tril-by-key", scale, data}, data = base64 of
- * the layer's stored bytes: its V = heads * T(T+1)/2 values as base-6 digits three to a byte
- * (36 d0 + 6 d1 + d2), a digit 5 meaning 5 + the next of the overflow bytes that follow the
- * ceil(V/3) bytes of digits. Per head the causal lower
- * triangle key by key (key k holds queries k..T-1), so query q, key k (k <= q) is value
- * k*T - k(k-1)/2 + (q - k) of the head; weight = value / scale (site_src/artifact-format.md). */
+ * A per-head data file (generator/layout.py attention_head) holds one head of one layer of one
+ * model on one prompt: {layer, head, length: T, encoding: "nonzero-runs-base6", scale, data},
+ * data = base64 of the head's block (site_src/artifact-format.md):
+ *   1. a varint n, the count of non-zero values;
+ *   2. ceil(n/3) bytes of base-6 digits, 36 d0 + 6 d1 + d2, value = digit + 1, a digit 5 meaning
+ *      6 + the next overflow byte;
+ *   3. the overflow bytes;
+ *   4. varints: lengths of alternating runs of zero and non-zero positions over the lower
+ *      triangle row by row (row q holds keys 0..q), a zero run first, summing to T(T+1)/2.
+ * Varints are unsigned LEB128. weight = value / scale; a position not listed is 0. */
 (function (global) {
   "use strict";
+
+  const ENCODING = "nonzero-runs-base6";
 
   function bytesOf(b64) {
     const bin = atob(b64);
@@ -19,64 +25,108 @@
     return out;
   }
 
-  // A layer's stored bytes -> its `count` values (schema.decode_values in Python).
-  function unpack(bytes, count, layerNo) {
-    const n = Math.ceil(count / 3), values = new Uint8Array(count);
-    let over = n;
-    for (let i = 0, b = 0; b < n; b++) {
-      const code = bytes[b];
-      if (code >= 216) {
-        throw new Error("attention layer " + layerNo + ": byte " + b + " is no triple of digits");
-      }
-      const digits = [(code / 36) | 0, ((code / 6) | 0) % 6, code % 6];
-      for (let j = 0; j < 3 && i < count; j++, i++) {
-        values[i] = digits[j] === 5 ? 5 + bytes[over++] : digits[j];
-      }
+  // One head file -> its stored weights as CSR: {layer, head, length: T, scale,
+  // rowStart: Uint32Array(T + 1), keys: Uint16Array | Uint32Array, values: Uint8Array}, rows =
+  // query positions, keys ascending within a row, weight = values[i] / scale.
+  function decodeHead(file) {
+    const where = "attention layer " + file.layer + " head " + file.head + ": ";
+    if (file.encoding !== ENCODING) {
+      throw new Error(where + "encoding " + file.encoding + " is not " + ENCODING);
     }
-    if (over !== bytes.length) {
-      throw new Error("attention layer " + layerNo + ": " + bytes.length + " bytes, expected "
-                      + over + " for " + count + " values");
+    const bytes = bytesOf(file.data), t = file.length, size = (t * (t + 1)) / 2;
+    let at = 0;
+    function varint() {
+      let value = 0, scale = 1, b;
+      do {
+        if (at >= bytes.length) throw new Error(where + "the block ends inside a varint");
+        b = bytes[at++];
+        value += (b & 127) * scale;
+        scale *= 128;
+      } while (b >= 128);
+      return value;
     }
-    return values;
+    const n = varint();
+    if (n > size) throw new Error(where + n + " non-zero values of " + size + " positions");
+    const values = new Uint8Array(n);
+    let over = at + Math.ceil(n / 3);
+    for (let i = 0; i < n; i++) {
+      const code = bytes[at + ((i / 3) | 0)];
+      if (!(code < 216)) throw new Error(where + "byte " + (at + ((i / 3) | 0)) + " is no triple");
+      const d = i % 3 === 0 ? (code / 36) | 0 : i % 3 === 1 ? ((code / 6) | 0) % 6 : code % 6;
+      values[i] = d === 5 ? 6 + bytes[over++] : d + 1;
+    }
+    if (over > bytes.length) throw new Error(where + "the overflow bytes are cut short");
+    at = over;
+    const keys = t <= 65536 ? new Uint16Array(n) : new Uint32Array(n);
+    const rowStart = new Uint32Array(t + 1);
+    let pos = 0, row = 0, rowEnd = 1, filled = 0, zeros = true;
+    while (pos < size) {
+      const len = varint();
+      if (len < 1 && pos > 0) throw new Error(where + "a run of length 0 after the first");
+      if (!zeros) {
+        if (filled + len > n) throw new Error(where + "the runs list more than " + n + " values");
+        for (let p = pos; p < pos + len; p++) {
+          while (p >= rowEnd) { row++; rowStart[row] = filled; rowEnd += row + 1; }
+          keys[filled++] = p - (rowEnd - row - 1);
+        }
+      }
+      pos += len;
+      zeros = !zeros;
+    }
+    while (row < t) rowStart[++row] = filled;
+    if (pos !== size || filled !== n || at !== bytes.length) {
+      throw new Error(where + "the runs cover " + pos + " of " + size + " positions and " + filled
+                      + " of " + n + " values, " + (bytes.length - at) + " bytes left over");
+    }
+    return { layer: file.layer, head: file.head, length: t, scale: file.scale,
+             rowStart: rowStart, keys: keys, values: values };
   }
 
-  // One layer file -> weight(head, q, k), the stored weight of query q on key k (k <= q).
-  function decodeLayer(layer) {
-    if (layer.encoding !== "base6-tril-by-key") {
-      throw new Error("attention encoding " + layer.encoding + " is not base6-tril-by-key");
-    }
-    const t = layer.length, tri = (t * (t + 1)) / 2;
-    const values = unpack(bytesOf(layer.data), layer.heads * tri, layer.layer);
-    return function weight(head, q, k) {
-      return values[head * tri + k * t - (k * (k - 1)) / 2 + (q - k)] / layer.scale;
-    };
-  }
-
-  // One head of one layer as heatmap rows {q, k, w, ql, kl}, k <= q. With hideFirst, key 0 is
-  // dropped and each row re-normalized over the rest (row 0 then has nothing left to show):
+  // A decoded head as a dense [T, T] row-major Float32Array (query q, key k at q * T + k; zero
+  // above the diagonal and wherever nothing is stored). With hideFirst, key 0 is dropped and each
+  // row re-normalized over the rest (row 0 then has nothing left to show):
   // metrics.renormalize_without_first in Python.
-  function headRows(layer, head, labels, hideFirst) {
-    const weight = decodeLayer(layer);
-    if (!(head >= 0 && head < layer.heads)) {
-      throw new Error("head " + head + ": valid values are 0 to " + (layer.heads - 1));
+  function denseHead(csr, hideFirst) {
+    const t = csr.length, m = new Float32Array(t * t);
+    for (let q = 0; q < t; q++) {
+      let total = 0;
+      for (let i = csr.rowStart[q]; i < csr.rowStart[q + 1]; i++) {
+        const k = csr.keys[i], w = csr.values[i] / csr.scale;
+        if (hideFirst && k === 0) continue;
+        m[q * t + k] = w;
+        total += w;
+      }
+      if (hideFirst) {
+        for (let k = 1; k <= q; k++) m[q * t + k] = total > 0 ? m[q * t + k] / total : 0;
+      }
     }
-    const rows = [];
-    for (let q = 0; q < layer.length; q++) {
+    return m;
+  }
+
+  // One head file as heatmap rows {q, k, w, ql, kl}, every k <= q (hideFirst: k >= 1, each row
+  // re-normalized in double precision, as denseHead does in single).
+  function headRows(file, labels, hideFirst) {
+    const csr = decodeHead(file), t = csr.length, rows = [], w = new Float64Array(t);
+    for (let q = 0; q < t; q++) {
+      w.fill(0, 0, q + 1);
+      for (let i = csr.rowStart[q]; i < csr.rowStart[q + 1]; i++) {
+        w[csr.keys[i]] = csr.values[i] / csr.scale;
+      }
       let total = 1;
-      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += weight(head, q, k); }
+      if (hideFirst) { total = 0; for (let k = 1; k <= q; k++) total += w[k]; }
       for (let k = hideFirst ? 1 : 0; k <= q; k++) {
-        const w = weight(head, q, k);
-        rows.push({ q: q, k: k, w: total > 0 ? w / total : 0, ql: labels[q], kl: labels[k] });
+        rows.push({ q: q, k: k, w: total > 0 ? w[k] / total : 0, ql: labels[q], kl: labels[k] });
       }
     }
     return rows;
   }
 
-  // The URL of one layer's file, from the template render writes into the page (the layer number
-  // stands where generator/layout.py LAYER is).
-  function layerUrl(template, layer) {
-    return template.replace("{layer}", String(layer));
+  // The URL of one head's file, from the template render writes into the page (the layer and
+  // head numbers stand where generator/layout.py LAYER and HEAD are).
+  function headUrl(template, layer, head) {
+    return template.replace("{layer}", String(layer)).replace("{head}", String(head));
   }
 
-  global.AtlasAttention = { decodeLayer: decodeLayer, headRows: headRows, layerUrl: layerUrl };
+  global.AtlasCodec = { decodeHead: decodeHead, denseHead: denseHead, headRows: headRows,
+                       headUrl: headUrl };
 })(globalThis);

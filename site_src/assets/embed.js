@@ -28,17 +28,17 @@
     return n;
   }
 
-  // ?layer=L&head=H: another head of the attention chart, from the site's layer files.
+  // ?layer=L&head=H: another head of the attention chart, from the site's per-head files.
   async function otherHead(spec) {
-    if (!el.dataset.layers || (params.get("layer") === null && params.get("head") === null)) {
+    if (!el.dataset.heads || (params.get("layer") === null && params.get("head") === null)) {
       return;
     }
     var layer = choice("layer", Number(el.dataset.nlayers));
     var head = choice("head", Number(el.dataset.nheads));
     var both = await Promise.all([getJSON(el.dataset.tokens),
-                                  getJSON(AtlasAttention.layerUrl(el.dataset.layers, layer))]);
+                                  getJSON(AtlasCodec.headUrl(el.dataset.heads, layer, head))]);
     var labels = both[0].tokens.map(function (t) { return t.label; });
-    spec.datasets.attention = AtlasAttention.headRows(both[1], head, labels, false);
+    spec.datasets.attention = AtlasCodec.headRows(both[1], labels, false);
     spec.title.text = spec.title.text.replace(/layer \d+, head \d+$/,
                                               "layer " + layer + ", head " + head);
     OPTIONS.downloadFileName = el.dataset.filename + "-L" + layer + "-H" + head;

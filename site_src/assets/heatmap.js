@@ -17,7 +17,7 @@
  *
  * Loaded after attention-codec.js and before atlas.js (generator/layout.py PAGE_SCRIPTS); atlas.js
  * calls AtlasHeatmap.draw(box, page) at load. `page` is what atlas.js shares: getJSON, showError,
- * markFirstChart, theme, onTheme, openHead. One head's data is fetched at a time (`loadHead`). */
+ * markFirstChart, theme, onTheme, openHead. One head's file is fetched at a time (`loadHead`). */
 (function () {
   "use strict";
   const CELL = 16;            // px per token: labels of 11 px type on 16 px lines never overlap
@@ -29,48 +29,15 @@
   // rowStart: Uint32Array(T + 1), keys, values}: the stored non-zero weights of each query row q at
   // rowStart[q] .. rowStart[q + 1] - 1, keys ascending, weight = value / scale.
 
-  // Today's per-layer files (every head of a layer in one file) as that contract: the one adapter
-  // until the per-head files exist. Decoding the layer is cached on the file object.
-  function csrFromLayer(layer, head) {
-    if (!(head >= 0 && head < layer.heads)) {
-      throw new Error("head " + head + ": valid values are 0 to " + (layer.heads - 1));
-    }
-    const weight = layer._weight || (layer._weight = AtlasAttention.decodeLayer(layer));
-    const t = layer.length, scale = layer.scale;
-    const rowStart = new Uint32Array(t + 1);
-    let keys = new Uint32Array(1024), values = new Uint16Array(1024), n = 0;
-    for (let q = 0; q < t; q++) {
-      rowStart[q] = n;
-      for (let k = 0; k <= q; k++) {
-        const v = Math.round(weight(head, q, k) * scale);
-        if (v === 0) continue;
-        if (n === keys.length) {
-          const k2 = new Uint32Array(n * 2), v2 = new Uint16Array(n * 2);
-          k2.set(keys); v2.set(values);
-          keys = k2; values = v2;
-        }
-        keys[n] = k; values[n] = v; n++;
-      }
-    }
-    rowStart[t] = n;
-    return { layer: layer.layer, head: head, length: t, scale: scale, rowStart: rowStart,
-             keys: keys.subarray(0, n), values: values.subarray(0, n) };
-  }
-
-  // Fetch and decode one head: its own file where the site has per-head files and the codec reads
-  // them (data-attn-heads, AtlasCodec.decodeHead), else its layer's file (data-attn).
+  // Fetch and decode one head: its own file (the box's data-attn is the URL template of the
+  // per-head files, AtlasCodec.headUrl), the only attention the heatmap fetches.
   async function loadHead(box, page, layer, head) {
-    const codec = window.AtlasCodec;
-    if (codec && codec.decodeHead && box.dataset.attnHeads) {
-      const url = box.dataset.attnHeads.replace("{layer}", String(layer))
-        .replace("{head}", String(head));
-      return codec.decodeHead(await page.getJSON(url));
-    }
-    return csrFromLayer(await page.getJSON(AtlasAttention.layerUrl(box.dataset.attn, layer)), head);
+    const file = await page.getJSON(AtlasCodec.headUrl(box.dataset.attn, layer, head));
+    return file._csr || (file._csr = AtlasCodec.decodeHead(file));
   }
 
   // A head as shown: with hideFirst, key 0 is dropped and each row re-normalized over the rest
-  // (row 0 then has nothing left to show), as AtlasAttention.headRows does.
+  // (row 0 then has nothing left to show), as AtlasCodec.headRows does.
   class Pattern {
     constructor(csr, hideFirst) {
       const t = this.t = csr.length;
@@ -661,5 +628,5 @@
   }
 
   window.AtlasHeatmap = { draw: draw, CELL: CELL, OVERVIEW_FROM: OVERVIEW_FROM, Pattern: Pattern,
-                          csrFromLayer: csrFromLayer, rampOf: rampOf, colour: colour };
+                          rampOf: rampOf, colour: colour };
 })();
