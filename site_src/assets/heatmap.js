@@ -82,19 +82,26 @@
       return out;
     }
 
-    // The whole pattern as size x size pixels, each the largest weight of its block of tokens
-    // (block i covers tokens floor(i T / size) .. floor((i + 1) T / size) - 1, as
-    // generator/overview.py pools the thumbnails).
+    // The whole pattern as size x size pixels, as generator/overview.py makes the thumbnails:
+    // each row scaled to its largest weight (a head that spreads its attention thin over 2,000
+    // keys would otherwise be a blank square), then each pixel the largest value of its block of
+    // tokens (block i covers tokens floor(i T / size) .. floor((i + 1) T / size) - 1), so that
+    // one strong key stays visible.
     pooled(size) {
       const t = this.t, out = new Float32Array(size * size);
       const { keys, values, rowStart } = this.csr;
       const block = new Uint32Array(t);
       for (let k = 0; k < t; k++) block[k] = Math.floor((k * size) / t);
       for (let q = 0; q < t; q++) {
-        const row = block[q] * size, f = this.factor[q];
+        let top = 0;
+        for (let i = rowStart[q]; i < rowStart[q + 1]; i++) {
+          if (!(this.hideFirst && keys[i] === 0) && values[i] > top) top = values[i];
+        }
+        if (top === 0) continue;
+        const row = block[q] * size;
         for (let i = rowStart[q]; i < rowStart[q + 1]; i++) {
           if (this.hideFirst && keys[i] === 0) continue;
-          const p = row + block[keys[i]], w = values[i] * f;
+          const p = row + block[keys[i]], w = values[i] / top;
           if (w > out[p]) out[p] = w;
         }
       }
@@ -488,15 +495,17 @@
     placeWindowMark(w) {
       const o = this.overview, s = o.side / this.t;
       if (!o.side) return;
-      o.mark.style.left = w.k0 * s + "px";
-      o.mark.style.top = w.q0 * s + "px";
-      o.mark.style.width = Math.max(3, (w.k1 - w.k0) * s) + "px";
-      o.mark.style.height = Math.max(3, (w.q1 - w.q0) * s) + "px";
+      // Never smaller than 8 px, so that it can be seen and grabbed at any length.
+      const width = Math.max(8, (w.k1 - w.k0) * s), height = Math.max(8, (w.q1 - w.q0) * s);
+      o.mark.style.left = Math.min(o.side - width, w.k0 * s) + "px";
+      o.mark.style.top = Math.min(o.side - height, w.q0 * s) + "px";
+      o.mark.style.width = width + "px";
+      o.mark.style.height = height + "px";
       const per = this.t / o.canvas.width;
-      o.caption.textContent = "The whole pattern, " + count(this.t) + " tokens" +
-        (per > 1.05 ? ": each pixel the strongest weight of the ~" + per.toFixed(1) + " × " +
-         per.toFixed(1) + " token pairs it covers. " : ". ") +
-        "The frame on it is the window shown below: queries " + w.q0 + "–" +
+      o.caption.textContent = "The whole pattern, " + count(this.t) + " tokens: each row " +
+        "scaled to its strongest weight" + (per > 1.05 ? ", each pixel the strongest of the ~" +
+        per.toFixed(1) + " × " + per.toFixed(1) + " token pairs it covers" : "") + ". " +
+        "The frame marks the window shown below: queries " + w.q0 + "–" +
         Math.max(w.q0, w.q1 - 1) + ", keys " + w.k0 + "–" + Math.max(w.k0, w.k1 - 1) + ".";
     }
 
