@@ -229,24 +229,31 @@
         h.title = v.title = "generated tokens follow";
         plot.append(h, v);
       }
-      this.qLabels = [];
-      this.kLabels = [];
-      const qFrag = document.createDocumentFragment(), kFrag = document.createDocumentFragment();
-      this.tokens.forEach((tok, i) => {
-        for (const [list, holder, axis] of [[this.qLabels, qFrag, "query"],
-                                            [this.kLabels, kFrag, "key"]]) {
-          const label = el("span", "atlas-heat-label" + (tok.generated ? " atlas-heat-gen" : ""),
-                           tok.label);
-          label.dataset.i = String(i);
-          label.title = tok.label + (tok.generated ? " (generated)" : "") + " · " + axis;
-          label.setAttribute("role", "button");
-          if (i === this.nPrompt && i > 0) label.classList.add("atlas-heat-first-gen");
-          list.push(label);
-          holder.append(label);
+      // The labels: every one of a short pattern; of a long one only those of the window and a
+      // margin around it (4,096 labels took a second to lay out at 2,048 tokens), placed at their
+      // rows and columns and renewed as the window moves (`syncLabels`).
+      this.virtual = t >= OVERVIEW_FROM;
+      this.axes = { query: queries, key: keys };
+      this.labels = { query: new Map(), key: new Map() };
+      this.stop = { query: 0, key: 0 };     // the one tab stop of each axis (roving tabindex)
+      this.lit = { query: null, key: null };
+      if (this.virtual) {
+        // Room for the longest label, at most 10em as a label of a short pattern.
+        const longest = Math.max(...this.tokens.map((x) => x.label.length));
+        const room = "min(10em, " + (longest + 1) + "ch)";
+        queries.classList.add("atlas-heat-virtual");
+        keys.classList.add("atlas-heat-virtual");
+        queries.style.width = "calc(" + room + " + 6px)";
+        queries.style.height = size;
+        keys.style.height = "calc(" + room + " + 4px)";
+        keys.style.width = size;
+      } else {
+        for (const axis of ["query", "key"]) {
+          const frag = document.createDocumentFragment();
+          this.tokens.forEach((tok, i) => frag.append(this.makeLabel(axis, i)));
+          this.axes[axis].append(frag);
         }
-      });
-      queries.append(qFrag);
-      keys.append(kFrag);
+      }
       grid.append(corner, keys, queries, plot);
       frame.append(grid, this.tip);
       const legend = el("div", "atlas-heat-legend");
@@ -260,16 +267,7 @@
       this.overview = t >= OVERVIEW_FROM ? this.buildOverview() : null;
       this.chart.replaceChildren(...(this.overview ? [this.overview.holder] : []), frame, legend);
 
-      roving(this.qLabels, (i) => this.select(i, i));
-      roving(this.kLabels, (i) => this.select(i, i));
-      for (const list of [this.qLabels, this.kLabels]) {
-        list.forEach((label, i) => label.addEventListener("mouseenter", () => this.select(i, i)));
-      }
-      // Clicking a query row, or Enter on its label, chooses that token for the whole page.
-      this.qLabels.forEach((label, i) => {
-        label.addEventListener("click", () => this.choose(i));
-        label.addEventListener("keydown", (e) => { if (e.key === "Enter") this.choose(i); });
-      });
+      for (const axis of ["query", "key"]) this.labelEvents(axis);
       this.chips.forEach((chip, i) => {
         if (!chip || chip.dataset.heatBound) return;
         chip.dataset.heatBound = "true";
@@ -316,6 +314,97 @@
       document.addEventListener("atlas:position", (e) => this.onPosition(e.detail || {}));
     }
 
+    // --- the labels ----------------------------------------------------------------------------
+    makeLabel(axis, i) {
+      const tok = this.tokens[i];
+      const label = el("span", "atlas-heat-label" + (tok.generated ? " atlas-heat-gen" : ""),
+                       tok.label);
+      label.dataset.i = String(i);
+      label.title = tok.label + (tok.generated ? " (generated)" : "") + " · " + axis;
+      label.setAttribute("role", "button");
+      label.tabIndex = i === this.stop[axis] ? 0 : -1;
+      if (i === this.nPrompt && i > 0) label.classList.add("atlas-heat-first-gen");
+      if (i === this.lit[axis]) label.classList.add("atlas-heat-on");
+      if (this.virtual) label.style[axis === "query" ? "top" : "left"] = i * CELL + "px";
+      this.labels[axis].set(i, label);
+      return label;
+    }
+
+    // The labels of the window and MARGIN more each side; the others go, except one that has
+    // the focus.
+    syncLabels(w) {
+      const MARGIN = 16;
+      for (const [axis, a, b] of [["query", w.q0, w.q1], ["key", w.k0, w.k1]]) {
+        const from = Math.max(0, a - MARGIN), to = Math.min(this.t, b + MARGIN);
+        const have = this.labels[axis], holder = this.axes[axis];
+        for (const [i, label] of have) {
+          if ((i < from || i >= to) && label !== document.activeElement) {
+            label.remove();
+            have.delete(i);
+          }
+        }
+        const frag = document.createDocumentFragment();
+        for (let i = from; i < to; i++) if (!have.has(i)) frag.append(this.makeLabel(axis, i));
+        holder.append(frag);
+      }
+    }
+
+    light(axis, i) {
+      const was = this.labels[axis].get(this.lit[axis]);
+      if (was) was.classList.remove("atlas-heat-on");
+      this.lit[axis] = i;
+      const now = i === null ? null : this.labels[axis].get(i);
+      if (now) now.classList.add("atlas-heat-on");
+    }
+
+    // One axis's labels, through their holder: pointing or focusing lights a token; the arrow
+    // keys, Home and End move along the axis (one tab stop per axis); a click or Enter on a query
+    // label chooses that token for the whole page.
+    labelEvents(axis) {
+      const holder = this.axes[axis];
+      const index = (e) => {
+        const label = e.target.closest(".atlas-heat-label");
+        return label && holder.contains(label) ? Number(label.dataset.i) : null;
+      };
+      holder.addEventListener("mouseover", (e) => {
+        const i = index(e);
+        if (i !== null) this.select(i, i);
+      });
+      holder.addEventListener("focusin", (e) => {
+        const i = index(e);
+        if (i === null) return;
+        const old = this.labels[axis].get(this.stop[axis]);
+        if (old) old.tabIndex = -1;
+        this.stop[axis] = i;
+        e.target.tabIndex = 0;
+        this.select(i, i);
+      });
+      holder.addEventListener("keydown", (e) => {
+        const i = index(e);
+        if (i === null) return;
+        if (e.key === "Enter" && axis === "query") { this.choose(i); return; }
+        const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1,
+                       Home: -this.t, End: this.t }[e.key];
+        if (step === undefined) return;
+        e.preventDefault();
+        const j = Math.max(0, Math.min(this.t - 1, i + step));
+        if (this.virtual) {
+          // Bring the label into the window first: only the window's labels exist.
+          const w = this.windowNow();
+          if (axis === "query") this.reveal(j, w.k0, false); else this.reveal(w.q0, j, false);
+          this.syncLabels(this.windowNow());
+        }
+        const next = this.labels[axis].get(j);
+        if (next) next.focus({ preventScroll: this.virtual });
+      });
+      if (axis === "query") {
+        holder.addEventListener("click", (e) => {
+          const i = index(e);
+          if (i !== null) this.choose(i);
+        });
+      }
+    }
+
     // --- the window ----------------------------------------------------------------------------
     // Where the plot starts inside the frame's content (after the sticky query and key labels).
     plotOrigin() { return [this.plot.offsetLeft, this.plot.offsetTop]; }
@@ -343,14 +432,18 @@
       this.moveWindow(q - (w.q1 - w.q0) / 2 + 0.5, k - (w.k1 - w.k0) / 2 + 0.5);
     }
 
-    // Bring query q (and key k) into the window, moving it only if they are outside.
-    reveal(q, k) {
-      const w = this.windowNow();
-      const qIn = q >= w.q0 && q < w.q1 - 1 || (q === w.q0 && w.q1 - w.q0 <= 1);
-      const kIn = k >= w.k0 && k < w.k1 - 1 || (k === w.k0 && w.k1 - w.k0 <= 1);
-      if (qIn && kIn) return;
-      this.moveWindow(qIn ? w.q0 : q - (w.q1 - w.q0) / 2 + 0.5,
-                      kIn ? w.k0 : k - (w.k1 - w.k0) / 2 + 0.5);
+    // Bring query q and key k into the window (its last row and column, cut by the frame, do not
+    // count), moving it only if they are outside: to centre them, or (step by step, as the arrow
+    // keys along an axis) by as little as it takes.
+    reveal(q, k, centre = true) {
+      const w = this.windowNow(), rows = w.q1 - w.q0, cols = w.k1 - w.k0;
+      const place = (i, from, n) => {
+        if (i >= from && (i < from + n - 1 || n <= 1)) return from;
+        if (centre) return i - n / 2 + 0.5;
+        return i < from ? i : i - n + 2;
+      };
+      const q0 = place(q, w.q0, rows), k0 = place(k, w.k0, cols);
+      if (q0 !== w.q0 || k0 !== w.k0) this.moveWindow(q0, k0);
     }
 
     // Paint the cells on screen (never more: the canvas is the window's size) and the window's
@@ -358,6 +451,7 @@
     drawWindow() {
       const w = this.windowNow(), c = this.canvas;
       this.box.dataset.window = [w.q0, w.k0, w.q1, w.k1].join(",");
+      if (this.virtual) this.syncLabels(w);
       if (this.overview) this.placeWindowMark(w);
       if (!this.pattern) return;
       const ratio = window.devicePixelRatio || 1;
@@ -537,9 +631,8 @@
       this.col.style.display = "block";
       this.box.dataset.activeQuery = String(q);
       this.box.dataset.activeKey = String(k);
-      if (this.lit) this.lit.forEach((x) => x.classList.remove("atlas-heat-on"));
-      this.lit = [this.qLabels[q], this.kLabels[k]];
-      this.lit.forEach((x) => x.classList.add("atlas-heat-on"));
+      this.light("query", q);
+      this.light("key", k);
       const weights = this.pattern.rowInto(q, this.rowBuf, 0, q + 1);
       let top = 0;
       for (let j = 0; j <= q; j++) top = Math.max(top, weights[j]);
@@ -569,8 +662,8 @@
       this.row.style.display = this.col.style.display = this.tip.style.display = "none";
       delete this.box.dataset.activeQuery;
       delete this.box.dataset.activeKey;
-      if (this.lit) this.lit.forEach((x) => x.classList.remove("atlas-heat-on"));
-      this.lit = null;
+      this.light("query", null);
+      this.light("key", null);
       this.chips.forEach((chip) => {
         if (!chip) return;
         chip.style.removeProperty("--attn");
