@@ -225,6 +225,8 @@ class _Site:
             self.w.json(layout.prompt_dla(m.slug, p.key), dla)
             self._attention_files(m.slug, p.key, a)
             self.w.json(layout.attention_thumbs(m.slug, p.key), overview.thumbnails(a))
+            self.w.json(layout.attention_labels(m.slug, p.key), {"tokens": [
+                {"label": t["label"], "generated": t["generated"]} for t in tokens]})
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
                 if name == "attention":
@@ -237,6 +239,7 @@ class _Site:
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
                               "thumbs": layout.attention_thumbs(m.slug, p.key),
+                              "labels": layout.attention_labels(m.slug, p.key),
                               "dla_list": pd.dla_list(dla, dla["default"], "top1")})
         return per_model
 
