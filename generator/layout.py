@@ -83,8 +83,9 @@ def attention_head(slug: str, key: str, layer: int, head: int) -> str:
 
 
 def attention_labels(slug: str, key: str) -> str:
-    """The token labels of one model on one prompt, all the heatmap needs besides the attention
-    (the prompt's data file also holds every position's predictions: 1.3 MB at 2,048 tokens)."""
+    """The token labels of one model on one prompt, `{labels, prompt_tokens}`: all the heatmap
+    needs besides the attention (the prompt's data file also holds every position's predictions:
+    1.3 MB at 2,048 tokens, against about 40 kB)."""
     return f"data/{slug}/{key}.labels.json"
 
 

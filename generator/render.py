@@ -225,8 +225,9 @@ class _Site:
             self.w.json(layout.prompt_dla(m.slug, p.key), dla)
             self._attention_files(m.slug, p.key, a)
             self.w.json(layout.attention_thumbs(m.slug, p.key), overview.thumbnails(a))
-            self.w.json(layout.attention_labels(m.slug, p.key), {"tokens": [
-                {"label": t["label"], "generated": t["generated"]} for t in tokens]})
+            self.w.json(layout.attention_labels(m.slug, p.key), {
+                "labels": [t["label"] for t in tokens],
+                "prompt_tokens": sum(not t["generated"] for t in tokens)})
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
                 if name == "attention":

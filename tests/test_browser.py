@@ -458,7 +458,7 @@ def test_heatmap_shows_every_label_legibly_at_72_tokens(long_url, watched):
     for model, tokens in ((QWEN, 72), (GPT2, 74)):
         box = page.locator(f'.atlas-attention[data-model="{model}"]')
         data = page.evaluate("(u) => fetch(u).then((r) => r.json())",
-                             box.get_attribute("data-src"))
+                             box.get_attribute("data-src").replace(".labels.json", ".json"))
         assert len(data["tokens"]) == tokens, f"{model}: the prompt is not {tokens} tokens long"
         queries, keys = box.evaluate(LABEL_BOXES)
         for axis, labels in (("query", queries), ("key", keys)):
@@ -938,7 +938,7 @@ def test_long_heatmap_draws_overview_and_detail(context_url, browser, ratio, wid
             box = page.locator(f'.atlas-attention[data-model="{model}"]')
             box.scroll_into_view_if_needed()
             t = len(page.evaluate("(u) => fetch(u).then((r) => r.json())",
-                                  box.get_attribute("data-src"))["tokens"])
+                                  box.get_attribute("data-src"))["labels"])
             assert t >= 2000, f"{model}: the prompt is only {t} tokens long"
             over = box.locator("canvas.atlas-heat-over-canvas").evaluate(CANVAS_STATS)
             side = over["cssWidth"]
