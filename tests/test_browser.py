@@ -1014,6 +1014,7 @@ def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, w
                      {detail: {pos: 300, source: "test"}}))""")
     q0, k0, q1, k1 = window_of(box)
     assert q0 <= 300 < q1 and k0 <= 300 < k1, window_of(box)
+    assert k1 - 300 <= 3, "the keys after the token (empty) fill the window"
     assert box.get_attribute("data-active-query") == "300"
     # Choosing a query row in the heatmap tells the page.
     page.evaluate("""window.chosen = [];

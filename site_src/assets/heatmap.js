@@ -446,6 +446,15 @@
       if (q0 !== w.q0 || k0 !== w.k0) this.moveWindow(q0, k0);
     }
 
+    // Bring the row of token q into the window as a chosen token: the row in the middle, its own
+    // key at the right edge with the keys before it (none after it: they would be empty).
+    revealRow(q) {
+      const w = this.windowNow(), rows = w.q1 - w.q0, cols = w.k1 - w.k0;
+      const rowIn = q >= w.q0 && q < w.q1 - 1, keyIn = q >= w.k0 && q < w.k1 - 1;
+      if (rowIn && keyIn) return;
+      this.moveWindow(rowIn ? w.q0 : q - rows / 2 + 0.5, keyIn ? w.k0 : q - cols + 2);
+    }
+
     // Paint the cells on screen (never more: the canvas is the window's size) and the window's
     // frame on the overview.
     drawWindow() {
@@ -617,7 +626,7 @@
       if (!(pos >= 0)) return;
       const q = Math.min(this.t - 1, Math.floor(pos));
       this.active = [q, q];
-      if (detail.source !== "heatmap") this.reveal(q, q);
+      if (detail.source !== "heatmap") this.revealRow(q);
       if (this.pattern) this.select(q, q);
     }
 
@@ -685,7 +694,7 @@
       if (layerNo !== this.layerSel.value || head !== Number(this.headSel.value) ||
           hideFirst !== this.sink.checked) return;
       this.pattern = new Pattern(csr, hideFirst);
-      if (this.active) this.reveal(this.active[0], this.active[1]);
+      if (this.active) this.revealRow(this.active[0]);
       this.repaint();
       this.chart.dataset.layer = layerNo;
       this.chart.dataset.head = String(head);
