@@ -542,7 +542,8 @@
         box.addEventListener(end, () => { dragging = false; });
       }
       // Arrows move by a quarter of the window, with Shift by a whole window; Page Up and Page
-      // Down by a window of rows; Home and End to the first and the last rows.
+      // Down by a window of rows; Home and End to the two ends of the diagonal (the first tokens,
+      // the last tokens with the keys just before them).
       box.addEventListener("keydown", (e) => {
         const w = this.windowNow(), rows = w.q1 - w.q0, cols = w.k1 - w.k0;
         const by = (n) => Math.max(1, Math.floor(e.shiftKey ? n : n / 4));
@@ -550,7 +551,7 @@
           ArrowDown: [by(rows), 0], ArrowUp: [-by(rows), 0],
           ArrowRight: [0, by(cols)], ArrowLeft: [0, -by(cols)],
           PageDown: [rows, 0], PageUp: [-rows, 0],
-          Home: [-this.t, -this.t], End: [this.t, 0],
+          Home: [-this.t, -this.t], End: [this.t, this.t],
         };
         const m = moves[e.key];
         if (!m) return;
