@@ -616,15 +616,22 @@
     // --- choosing and highlighting -------------------------------------------------------------
     // The reader picked query row q here: every view of the page follows (atlas.js, the contract
     // of generator/layout.py head_query's pos).
+    // The page's own `choose` (atlas.js) records the position, writes it into the URL and
+    // dispatches the event; a page without it gets the event alone.
     choose(q) {
+      if (this.page.choose) { this.page.choose(this.model, q, "heatmap"); return; }
       document.dispatchEvent(new CustomEvent("atlas:position",
         { detail: { pos: q, source: "heatmap", model: this.model } }));
     }
 
+    // A position of another model's tokens becomes the token of this model that covers the same
+    // text (atlas.js positionFor); without that mapping it is left to that model's views.
     onPosition(detail) {
-      if (detail.model && detail.model !== this.model) return;
-      const pos = Number(detail.pos);
-      if (!(pos >= 0)) return;
+      let pos = Number(detail.pos);
+      if (detail.model && detail.model !== this.model) {
+        pos = this.page.positionFor ? this.page.positionFor(this.model) : null;
+      }
+      if (pos === null || !(pos >= 0)) return;
       const q = Math.min(this.t - 1, Math.floor(pos));
       this.active = [q, q];
       if (detail.source !== "heatmap") this.revealRow(q);
