@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import ArtifactError
-from .schema import decode_attention
+from .schema import decode_head
 
 THUMB_SIZE = 32   # px per side: the thumbnails are 32 CSS px (charts.css), the pattern is what shows
 LEVELS = 15       # 4 bits per pixel: a thumbnail is a sketch, not a measurement
@@ -61,32 +61,55 @@ def head_images(weights: np.ndarray, size: int) -> np.ndarray:
     return np.maximum.reduceat(scaled, starts, axis=-2)
 
 
+def sparse_head_image(row_start: np.ndarray, keys: np.ndarray, values: np.ndarray, length: int,
+                      size: int) -> np.ndarray:
+    """`head_images` of one head from its stored non-zero weights (`schema.decode_head`'s CSR),
+    never making the [T, T] pattern: the same image, in time linear in what is stored."""
+    rows = np.repeat(np.arange(length), np.diff(row_start))
+    top = np.zeros(length, dtype=np.float32)
+    np.maximum.at(top, rows, values.astype(np.float32))
+    block = np.searchsorted(block_edges(length, size), np.arange(length), side="right") - 1
+    image = np.zeros(size * size, dtype=np.float32)
+    np.maximum.at(image, block[rows] * size + block[keys], values / top[rows])
+    return image.reshape(size, size)
+
+
 def thumbnails(artifact: dict[str, Any]) -> dict[str, Any]:
     """The thumbnail file of one model on one prompt (its content, for `Writer.json`)."""
     att = artifact["attention"]
-    layers = (decode_attention(artifact, layer) for layer in range(att["layers"]))
-    return thumbnail_file(layers, att["layers"], att["heads"], att["length"])
+    layers, heads, t = att["layers"], att["heads"], att["length"]
+    size = min(t, THUMB_SIZE)
+    images = np.stack([np.stack([sparse_head_image(*decode_head(artifact, layer, head), t, size)
+                                 for head in range(heads)]) for layer in range(layers)])
+    return image_file(images, t)
 
 
 def thumbnail_file(layers: Iterable[np.ndarray], count: int, heads: int,
                    length: int) -> dict[str, Any]:
-    """The thumbnail file of `count` layers given one by one as [heads, T, T] weights."""
+    """The thumbnail file of `count` layers given one by one as dense [heads, T, T] weights (the
+    reference of `thumbnails`, which pools the stored sparse weights)."""
     size = min(length, THUMB_SIZE)
-    rows, cols = np.tril_indices(size)
-    nibbles = []
+    images = []
     for weights in layers:
         if weights.shape != (heads, length, length):
-            raise ArtifactError(f"attention layer {len(nibbles)}: shape {weights.shape}, expected "
+            raise ArtifactError(f"attention layer {len(images)}: shape {weights.shape}, expected "
                                 f"{(heads, length, length)}")
-        images = head_images(weights, size)
-        nibbles.append(np.rint(images[:, rows, cols] * LEVELS).astype(np.uint8).reshape(-1))
-    if len(nibbles) != count:
-        raise ArtifactError(f"{len(nibbles)} attention layers, expected {count}")
-    flat = np.concatenate(nibbles)
+        images.append(head_images(weights, size))
+    if len(images) != count:
+        raise ArtifactError(f"{len(images)} attention layers, expected {count}")
+    return image_file(np.stack(images), length)
+
+
+def image_file(images: np.ndarray, length: int) -> dict[str, Any]:
+    """[layers, heads, size, size] images in 0..1 -> the file: 4-bit levels of each lower
+    triangle, two to a byte."""
+    layers, heads, size, _ = images.shape
+    rows, cols = np.tril_indices(size)
+    flat = np.rint(images[:, :, rows, cols] * LEVELS).astype(np.uint8).reshape(-1)
     if flat.size % 2:
         flat = np.append(flat, np.uint8(0))
     packed = (flat[0::2] << 4) | flat[1::2]
-    return {"layers": count, "heads": heads, "length": length, "size": size, "levels": LEVELS,
+    return {"layers": layers, "heads": heads, "length": length, "size": size, "levels": LEVELS,
             "encoding": ENCODING, "data": base64.b64encode(packed.tobytes()).decode("ascii")}
 
 

@@ -98,3 +98,19 @@ def test_bad_files_name_the_problem():
         overview.read_thumbnails(dict(content, encoding="other"))
     with pytest.raises(ArtifactError, match="bytes"):
         overview.read_thumbnails(dict(content, layers=2))
+
+
+@pytest.mark.parametrize("t", [9, 50, 300])
+def test_sparse_pooling_matches_the_dense_reference(t):
+    """`thumbnails` pools the stored non-zero weights (CSR) without making the [T, T] pattern;
+    it gives the dense reference's image, zeros (weights rounded away) included."""
+    rng = np.random.default_rng(t)
+    w = causal_softmax(rng, 1, t)[0]
+    stored = np.rint(w * 128).astype(np.uint8)                 # as the artifact stores them
+    stored[5 % t] = 0                                            # a row with nothing stored
+    rows, keys = np.nonzero(stored)
+    row_start = np.searchsorted(rows, np.arange(t + 1))
+    size = min(t, overview.THUMB_SIZE)
+    sparse = overview.sparse_head_image(row_start, keys, stored[rows, keys], t, size)
+    dense = overview.head_images(stored[None].astype(np.float32), size)[0]
+    assert np.allclose(sparse, dense, atol=1e-6)

@@ -85,13 +85,16 @@
     // The whole pattern as size x size pixels, as generator/overview.py makes the thumbnails:
     // each row scaled to its largest weight (a head that spreads its attention thin over 2,000
     // keys would otherwise be a blank square), then each pixel the largest value of its block of
-    // tokens (block i covers tokens floor(i T / size) .. floor((i + 1) T / size) - 1), so that
+    // tokens (block b covers tokens floor(b T / size) .. floor((b + 1) T / size) - 1), so that
     // one strong key stays visible.
     pooled(size) {
       const t = this.t, out = new Float32Array(size * size);
       const { keys, values, rowStart } = this.csr;
       const block = new Uint32Array(t);
-      for (let k = 0; k < t; k++) block[k] = Math.floor((k * size) / t);
+      for (let b = 0, k = 0; b < size; b++) {
+        const end = Math.floor(((b + 1) * t) / size);
+        for (; k < end; k++) block[k] = b;
+      }
       for (let q = 0; q < t; q++) {
         let top = 0;
         for (let i = rowStart[q]; i < rowStart[q + 1]; i++) {
