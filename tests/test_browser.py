@@ -994,6 +994,7 @@ def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, w
     stats = canvas.evaluate(CANVAS_STATS)
     # Its cells on and below the diagonal: about half the window, less the gaps between cells.
     assert stats["drawn"] > 0.3 * stats["width"] * stats["height"], stats
+    box.locator(".atlas-heat-frame").evaluate("(f) => f.scrollIntoView({block: 'center'})")
     plot = box.locator(".atlas-heat-plot").bounding_box()
     q, k = q1 - 3, k0 + 2
     page.mouse.move(plot["x"] + k * cell + cell / 2, plot["y"] + q * cell + cell / 2)
