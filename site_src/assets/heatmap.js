@@ -509,7 +509,9 @@
       q.set("head", this.headSel.value);
       if (win === "0,0") q.delete("win"); else q.set("win", win);
       const hash = /(^|&)(layer|head|model|win)=/.test(location.hash.slice(1)) ? "" : location.hash;
-      history.replaceState(history.state, "", location.pathname + "?" + q.toString() + hash);
+      // win=Q0,K0 with its comma as such (URLSearchParams writes %2C; a comma is fine in a query).
+      history.replaceState(history.state, "",
+                           location.pathname + "?" + q.toString().replace(/%2C/g, ",") + hash);
     }
 
     // --- the overview --------------------------------------------------------------------------
