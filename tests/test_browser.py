@@ -1002,7 +1002,7 @@ def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, w
         (str(q), str(k))
     assert box.locator(".atlas-heat-tip").is_visible()
     # The address carries the window, with the model, layer and head it belongs to.
-    page.wait_for_function("(w) => location.search.includes('win=' + w)", arg=f"{q0},{k0}",
+    page.wait_for_function("(w) => new URLSearchParams(location.search).get('win') === w", arg=f"{q0},{k0}",
                            timeout=CHART_TIMEOUT_MS)
     assert f"model={QWEN}" in page.url and "layer=0" in page.url and "head=0" in page.url
 
@@ -1027,7 +1027,7 @@ def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, w
     assert page.evaluate("window.chosen") == [{"pos": 305, "source": "heatmap", "model": QWEN}]
 
     # The address opens the same window again.
-    page.wait_for_function("(w) => location.search.includes('win=' + w)",
+    page.wait_for_function("(w) => new URLSearchParams(location.search).get('win') === w",
                            arg=",".join(map(str, window_of(box)[:2])), timeout=CHART_TIMEOUT_MS)
     shown = window_of(box)
     page.goto(page.url, wait_until="load")
