@@ -1007,6 +1007,7 @@ def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, w
     assert f"model={QWEN}" in page.url and "layer=0" in page.url and "head=0" in page.url
 
     # A click on the overview centres the window there.
+    over.evaluate("(o) => o.scrollIntoView({block: 'center'})")
     r = over.bounding_box()
     page.mouse.click(r["x"] + r["width"] * 0.5, r["y"] + r["height"] * 0.75)
     q0, k0, q1, k1 = window_of(box)
