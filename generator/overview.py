@@ -14,6 +14,9 @@ Each head's [T, T] pattern becomes an N x N image, N = min(T, THUMB_SIZE):
   weak ones share its pixel;
 - then quantized to LEVELS + 1 grey levels (4 bits).
 
+`thumbnails` pools each head's stored non-zero weights (`schema.decode_head`) directly, in time
+linear in what is stored; `thumbnail_file` does the same from dense layers and is its reference.
+
 Only the lower triangle with its diagonal is stored (a pixel above the diagonal pools queries
 that all come before its keys, so it is 0): N(N+1)/2 values per head, in the order layer, head,
 row, column (column <= row), two to a byte, the first in the high nibble; `data` is their base64.
