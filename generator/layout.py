@@ -111,6 +111,19 @@ def attention_head(slug: str, key: str, layer: int, head: int) -> str:
     return attention_heads(slug, key).replace(LAYER, str(layer)).replace(HEAD, str(head))
 
 
+def attention_labels(slug: str, key: str) -> str:
+    """The token labels of one model on one prompt, `{labels, prompt_tokens}`: all the heatmap
+    needs besides the attention (the prompt's data file also holds every position's predictions:
+    1.3 MB at 2,048 tokens, against about 40 kB)."""
+    return f"data/{slug}/{key}.labels.json"
+
+
+def attention_thumbs(slug: str, key: str) -> str:
+    """Every head's pattern of one model on one prompt as small max-pooled images
+    (generator/overview.py): what "All heads at a glance" fetches instead of the attention."""
+    return f"data/{slug}/{key}.thumbs.json"
+
+
 def compare_data(key: str) -> str:
     """Every model on one prompt (cumulative surprisal)."""
     return f"data/compare/{key}.json"

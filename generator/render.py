@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, head_pages, layout, tokenize_page
+from . import embed, head_pages, layout, overview, tokenize_page
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -259,6 +259,10 @@ class _Site:
             dla = pd.attribution_data(a)
             self.w.json(layout.prompt_dla(m.slug, p.key), dla)
             self._attention_files(m.slug, p.key, a)
+            self.w.json(layout.attention_thumbs(m.slug, p.key), overview.thumbnails(a))
+            self.w.json(layout.attention_labels(m.slug, p.key), {
+                "labels": [t["label"] for t in tokens],
+                "prompt_tokens": sum(not t["generated"] for t in tokens)})
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
                 if name == "attention":
@@ -270,6 +274,8 @@ class _Site:
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
+                              "thumbs": layout.attention_thumbs(m.slug, p.key),
+                              "labels": layout.attention_labels(m.slug, p.key),
                               "dla_list": pd.dla_list(dla, dla["default"], "top1"),
                               # The position every position-indexed view opens at, and its window.
                               "selected": dla["default"],

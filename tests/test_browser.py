@@ -9,11 +9,13 @@ import base64
 import re
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
 from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, serve_directory
 
 from generator.codec import dense_head
+from generator.overview import read_thumbnails
 
 pytestmark = pytest.mark.browser
 
@@ -469,7 +471,7 @@ def test_heatmap_shows_every_label_legibly_at_72_tokens(long_url, watched):
     for model, tokens in ((QWEN, 72), (GPT2, 74)):
         box = page.locator(f'.atlas-attention[data-model="{model}"]')
         data = page.evaluate("(u) => fetch(u).then((r) => r.json())",
-                             box.get_attribute("data-src"))
+                             box.get_attribute("data-src").replace(".labels.json", ".json"))
         assert len(data["tokens"]) == tokens, f"{model}: the prompt is not {tokens} tokens long"
         queries, keys = box.evaluate(LABEL_BOXES)
         for axis, labels in (("query", queries), ("key", keys)):
@@ -481,6 +483,8 @@ def test_heatmap_shows_every_label_legibly_at_72_tokens(long_url, watched):
             clash = overlaps(labels)
             assert not clash, f"{model}: overlapping {axis} labels: {clash[:5]}"
         # The heatmap grows with the sequence and scrolls inside its own frame; the page does not.
+        # A pattern this short has no overview: the frame holds it in a scroll or two.
+        assert box.locator(".atlas-heat-over").count() == 0
         frame = box.locator(".atlas-heat-frame")
         assert frame.evaluate("(f) => f.scrollWidth > f.clientWidth + 100"), \
             f"{model}: 72 tokens fit the column only if the heatmap was shrunk"
@@ -635,9 +639,11 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
     page = watched.page
     page.goto(long_url + LONG_PAGE, wait_until="load")
     wait_heatmaps(page)
-    layer_files = lambda: sorted({u.rsplit("/", 1)[1].split(".")[0] for u in watched.requests
-                                  if "/list-64/L" in u})
-    assert layer_files() == ["L0"], "thumbnails fetched before they were scrolled to"
+    head_files = lambda: sorted({u.rsplit("/", 1)[1] for u in watched.requests
+                                 if "/list-64/L" in u})
+    thumb_files = lambda: [u for u in watched.requests if u.endswith(".thumbs.json")]
+    assert head_files() == ["L0.H0.json"], "the heatmaps fetch their head, nothing else"
+    assert not thumb_files(), "thumbnails fetched before they were scrolled to"
     dims = {}
     for model in (QWEN, GPT2):
         holder = page.locator(f'.atlas-thumbs[data-model="{model}"]')
@@ -649,14 +655,32 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
         page.wait_for_function(
             "(h) => [...h.querySelectorAll('.atlas-thumb')].every((b) => b.dataset.drawn)",
             arg=holder.element_handle(), timeout=CHART_TIMEOUT_MS)
-        # Each thumbnail is drawn from its own head: pixels differ between heads.
+        # Each thumbnail is drawn from its own head's pooled image (generator/overview.py): two
+        # thumbnails look alike exactly where the file's images of their heads are alike (the
+        # demo's Qwen2 has two planted previous-token heads in one key/value group), and the page
+        # decodes the same levels as Python.
+        content = page.evaluate("(u) => fetch(u).then((r) => r.json())",
+                                holder.get_attribute("data-thumbs"))
+        images = read_thumbnails(content)
+        size = content["size"]
+        decoded = page.evaluate("""([c, l, h]) => { const d = AtlasThumbs.decode(c, l, h), out = [];
+            for (let i = 0; i < l; i++) for (let j = 0; j < h; j++) out.push(Array.from(d.at(i, j)));
+            return out; }""", [content, layers, heads])
+        assert np.allclose(np.array(decoded) / content["levels"],
+                           images.reshape(layers * heads, size * size)), "JS and Python disagree"
         drawn = thumbs.evaluate_all("(bs) => bs.map((b) => b.querySelector('canvas').toDataURL())")
-        assert len(set(drawn)) == len(drawn), "two heads drew the same thumbnail"
+        same_drawn = [[i for i in range(len(drawn)) if drawn[i] == d] for d in drawn]
+        flat = images.reshape(layers * heads, -1)
+        same_file = [[i for i in range(len(flat)) if (flat[i] == f).all()] for f in flat]
+        assert same_drawn == same_file, "thumbnails do not follow their heads' images"
+        assert len(set(drawn)) > len(drawn) // 2, "most heads drew the same thumbnail"
         blank = thumbs.first.evaluate("""(b) => { const c = b.querySelector('canvas');
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
         assert blank > 0
-    assert f"L{layers - 1}" in layer_files()
+    # One small file per model, never the attention itself.
+    assert len(set(thumb_files())) == 2 and head_files() == ["L0.H0.json"], \
+        (thumb_files(), head_files())
     layers, heads = dims[QWEN]
     # A click opens that head in the heatmap and the URL follows.
     target = page.locator(f'.atlas-thumbs[data-model="{QWEN}"] .atlas-thumb'
@@ -855,3 +879,192 @@ def test_heatmaps_draw_without_scrolling_and_before_the_vega_bundle(long_url, br
         assert not errors, errors
     finally:
         context.close()
+
+
+# --- issue 16: the attention of a 2,048-token prompt ----------------------------------------------
+
+# Words that are one token each in both tokenizers: a list of 1,015 of them, then the same list
+# again (an induction pattern over 1,000 tokens): 2,039 prompt tokens for Qwen2.5, and with the 8
+# generated ones a 2,047-token pattern.
+CONTEXT_WORDS = ("red blue green cat dog sun sea map key box cup hat pen car bus tree fish bird "
+                 "milk rain snow wind book door road ship star moon gold iron salt").split()
+CONTEXT_LIST = " ".join(CONTEXT_WORDS[(i * 7 + i * i // 3) % len(CONTEXT_WORDS)] for i in range(1015))
+CONTEXT_TEXT = f"Memorize this list: {CONTEXT_LIST}. Again: {CONTEXT_LIST}"
+CONTEXT_PAGE = "prompts/long2k/repeat-2048.html"
+
+
+@pytest.fixture(scope="module")
+def context_url(scratch, demo_dirs):
+    """A demo site of one prompt of about 2,048 tokens (its own build)."""
+    from conftest import run_demo_build, write_prompt_sets
+    root = scratch("context-build")
+    prompts = write_prompt_sets(root / "prompt-sets", {"long2k": {
+        "title": "Long context", "description": "One prompt of about 2,048 tokens.",
+        "prompts": [{"id": "repeat-2048", "text": CONTEXT_TEXT, "note": "A list repeated."}]}})
+    build = run_demo_build(root, demo_dirs, prompts)
+    with serve_directory(build.site) as url:
+        yield url
+
+
+def window_of(box) -> list[int]:
+    """The heatmap's window: first query row, first key column, and the ends (exclusive)."""
+    return [int(x) for x in box.get_attribute("data-window").split(",")]
+
+
+CANVAS_STATS = """(c) => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data, seen = new Set();
+    let drawn = 0;
+    for (let i = 0; i < d.length; i += 4) {
+        if (d[i + 3] === 0) continue;
+        drawn++;
+        seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+    }
+    return {width: c.width, height: c.height, drawn: drawn, colours: seen.size,
+            cssWidth: c.getBoundingClientRect().width, cssHeight: c.getBoundingClientRect().height};
+}"""
+
+VISIBLE_LABELS = """(box) => {
+    const f = box.querySelector(".atlas-heat-frame").getBoundingClientRect();
+    return [".atlas-heat-queries", ".atlas-heat-keys"].map((axis) =>
+        [...box.querySelectorAll(axis + " .atlas-heat-label")].map((el) => {
+            const r = el.getBoundingClientRect();
+            return {text: el.textContent, font: parseFloat(getComputedStyle(el).fontSize),
+                    x0: r.left, y0: r.top, x1: r.right, y1: r.bottom};
+        }).filter((r) => r.x1 > f.left && r.x0 < f.right && r.y1 > f.top && r.y0 < f.bottom));
+}"""
+
+
+@pytest.mark.parametrize("ratio,width", [(1, 1400), (2, 1400), (2, 390)])
+def test_long_heatmap_draws_overview_and_detail(context_url, browser, ratio, width):
+    """At 2,048 tokens: an overview of the whole pattern and a detail window, both drawn at a
+    pixel ratio of 1 and of 2 (a canvas of T x 16 px per side was blank past Chromium's limits),
+    neither canvas larger than what it shows; legible labels that do not overlap; no console error
+    and no sideways scroll, on a phone too."""
+    context = browser.new_context(viewport={"width": width, "height": 900},
+                                  device_scale_factor=ratio)
+    errors = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(context_url + CONTEXT_PAGE, wait_until="load")
+        wait_heatmaps(page)
+        assert page.evaluate("window.devicePixelRatio") == ratio
+        for model in (QWEN, GPT2):
+            box = page.locator(f'.atlas-attention[data-model="{model}"]')
+            box.scroll_into_view_if_needed()
+            t = len(page.evaluate("(u) => fetch(u).then((r) => r.json())",
+                                  box.get_attribute("data-src"))["labels"])
+            assert t >= 2000, f"{model}: the prompt is only {t} tokens long"
+            over = box.locator("canvas.atlas-heat-over-canvas").evaluate(CANVAS_STATS)
+            side = over["cssWidth"]
+            assert over["width"] == over["height"] == min(t, round(side * ratio)), over
+            assert over["drawn"] > over["width"] * over["height"] * 0.4, f"{model}: overview blank"
+            assert over["colours"] > 5, f"{model}: overview flat: {over}"
+            detail = box.locator("canvas.atlas-heat-canvas").evaluate(CANVAS_STATS)
+            frame = box.locator(".atlas-heat-frame").evaluate(
+                "(f) => ({w: f.clientWidth, h: f.clientHeight})")
+            assert detail["drawn"] > 0 and detail["colours"] > 3, f"{model}: detail blank"
+            assert detail["width"] <= (frame["w"] + 16) * ratio, (detail, frame)
+            assert detail["height"] <= (frame["h"] + 16) * ratio, (detail, frame)
+            assert detail["width"] == round(detail["cssWidth"] * ratio), detail
+            queries, keys = box.evaluate(VISIBLE_LABELS)
+            for axis, labels in (("query", queries), ("key", keys)):
+                assert len(labels) >= (5 if width < 500 else 15), f"{model}: {axis} labels hidden"
+                small = [(x["text"], x["font"]) for x in labels if x["font"] < 10]
+                assert not small, f"{model}: {axis} labels under 10 px: {small[:5]}"
+                clash = overlaps(labels)
+                assert not clash, f"{model}: overlapping {axis} labels: {clash[:5]}"
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), \
+            f"the page scrolls sideways at {width} px"
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_long_heatmap_window_moves_by_keyboard_overview_and_token(context_url, watched):
+    page = watched.page
+    page.goto(context_url + CONTEXT_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    box = page.locator(f'.atlas-attention[data-model="{QWEN}"]')
+    canvas = box.locator("canvas.atlas-heat-canvas")
+    over = box.locator(".atlas-heat-over-box")
+    t = int(page.evaluate("(b) => b.atlasHeatmap.t", box.element_handle()))
+    cell = page.evaluate("AtlasHeatmap.CELL")
+    assert window_of(box)[:2] == [0, 0]
+    assert "win=" not in page.url, "a page opened plainly writes no window"
+
+    # Keyboard: the overview takes the focus; the arrows move the window down and right.
+    over.focus()
+    page.keyboard.press("ArrowDown")
+    q0, k0, q1, k1 = window_of(box)
+    assert q0 > 0 and k0 == 0
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert window_of(box)[0] == q0 and window_of(box)[1] > 0
+    page.keyboard.press("End")
+    q0, k0, q1, k1 = window_of(box)
+    assert q1 == t and k1 == t, window_of(box)
+    # The detail canvas follows the window, and a cell there answers the pointer.
+    assert canvas.get_attribute("data-window") == box.get_attribute("data-window")
+    stats = canvas.evaluate(CANVAS_STATS)
+    # Its cells on and below the diagonal: about half the window, less the gaps between cells.
+    assert stats["drawn"] > 0.3 * stats["width"] * stats["height"], stats
+    box.locator(".atlas-heat-frame").evaluate("(f) => f.scrollIntoView({block: 'center'})")
+    plot = box.locator(".atlas-heat-plot").bounding_box()
+    q, k = q1 - 3, k0 + 2
+    page.mouse.move(plot["x"] + k * cell + cell / 2, plot["y"] + q * cell + cell / 2)
+    assert (box.get_attribute("data-active-query"), box.get_attribute("data-active-key")) == \
+        (str(q), str(k))
+    assert box.locator(".atlas-heat-tip").is_visible()
+    # The address carries the window, with the model, layer and head it belongs to.
+    page.wait_for_function("(w) => new URLSearchParams(location.search).get('win') === w", arg=f"{q0},{k0}",
+                           timeout=CHART_TIMEOUT_MS)
+    assert f"model={QWEN}" in page.url and "layer=0" in page.url and "head=0" in page.url
+
+    # A click on the overview centres the window there.
+    over.evaluate("(o) => o.scrollIntoView({block: 'center'})")
+    r = over.bounding_box()
+    page.mouse.click(r["x"] + r["width"] * 0.5, r["y"] + r["height"] * 0.75)
+    q0, k0, q1, k1 = window_of(box)
+    assert q0 <= 0.75 * t < q1 and k0 <= 0.5 * t < k1, (window_of(box), t)
+
+    # Choosing a token elsewhere on the page ("atlas:position") brings its row into the window.
+    page.evaluate("""document.dispatchEvent(new CustomEvent("atlas:position",
+                     {detail: {pos: 300, source: "test"}}))""")
+    q0, k0, q1, k1 = window_of(box)
+    assert q0 <= 300 < q1 and k0 <= 300 < k1, window_of(box)
+    assert k1 - 300 <= 3, "the keys after the token (empty) fill the window"
+    assert box.get_attribute("data-active-query") == "300"
+    # Choosing a query row in the heatmap tells the page.
+    page.evaluate("""window.chosen = [];
+        document.addEventListener("atlas:position", (e) => window.chosen.push(e.detail))""")
+    label = box.locator('.atlas-heat-queries .atlas-heat-label[data-i="305"]')
+    label.click()
+    assert page.evaluate("window.chosen") == [{"pos": 305, "source": "heatmap", "model": QWEN}]
+
+    # The address opens the same window again.
+    page.wait_for_function("(w) => new URLSearchParams(location.search).get('win') === w",
+                           arg=",".join(map(str, window_of(box)[:2])), timeout=CHART_TIMEOUT_MS)
+    shown = window_of(box)
+    page.goto(page.url, wait_until="load")
+    wait_heatmaps(page)
+    assert window_of(box) == shown
+    assert not watched.errors, watched.errors
+
+
+def test_long_heatmap_switches_heads_with_one_file(context_url, watched):
+    """Another head fetches that head's file and nothing else of the attention."""
+    page = watched.page
+    page.goto(context_url + CONTEXT_PAGE, wait_until="load")
+    wait_heatmaps(page)
+    attention = lambda: [u.rsplit("/", 1)[1] for u in watched.requests if "/repeat-2048/L" in u]
+    assert sorted(attention()) == ["L0.H0.json", "L0.H0.json"]   # one per model
+    box = page.locator(f'.atlas-attention[data-model="{QWEN}"]')
+    chart = box.locator(".atlas-chart")
+    before = canvas_pixels_of(chart)
+    box.locator(".atlas-head").select_option("2")
+    wait_redrawn(page, chart, "head", "2", watched)
+    assert attention()[2:] == ["L0.H2.json"]
+    assert canvas_pixels_of(chart) != before
+    assert not watched.errors, watched.errors

@@ -36,7 +36,8 @@ from generator.schema import decode_attention, decode_head, read_artifact
 # Strings that name a file or directory of the generated site, wherever they appear in code.
 SITE_STRINGS = [re.escape(s) for s in (
     "data/", "embed/", "downloads/", "charts/", "artifacts/", ".vl.json", ".lens.json",
-    ".heads.json", ".dla.json", "atlas.json", "tokenizers.json", "manifest.json", "index.md", "assets/vendor",
+    ".heads.json", ".dla.json", ".thumbs.json", ".labels.json", "atlas.json", "tokenizers.json",
+    "manifest.json", "index.md", "assets/vendor",
     "index.html", "vega-bundle.js", "attention-codec.js", "assets/atlas", "atlas.js", "atlas.css",
     "embed.js", "tokenize.js", "tokenize-worker.js", "tokenize.css", "tokenize.html")]
 # The per-head attention files: "/L" followed by a layer number, a placeholder or the string's end.

@@ -1,6 +1,8 @@
 /* Model Atlas "every head at a glance": small multiples of every layer x head of one model on a
- * prompt page, each drawn from the stored attention of that head (the same files and decoder as
- * the heatmap). A layer's row fetches its heads' files only when it scrolls near the viewport; clicking a
+ * prompt page, drawn from the small max-pooled images render makes at build time
+ * (generator/overview.py; one file per model and prompt, the holder's data-thumbs), never from the
+ * attention itself: at 2,048 tokens Qwen2.5's 336 heads cost about 120 KB, where its layer files
+ * cost megabytes. The file is fetched once the grid scrolls near the viewport; clicking a
  * thumbnail opens that head in the page's heatmap. Loaded before atlas.js, which calls
  * AtlasThumbs.mount(holder, page) for every .atlas-thumbs holder. */
 (function () {
@@ -22,13 +24,13 @@
       s.textContent = String(h);
       grid.append(s);
     }
-    const rows = [];
+    const buttons = [];
     for (let l = 0; l < layers; l++) {
       const name = document.createElement("span");
       name.className = "atlas-thumb-axis atlas-thumb-layer";
       name.textContent = String(l);
       grid.append(name);
-      const row = { layer: l, buttons: [], anchor: name };
+      const row = [];
       for (let h = 0; h < heads; h++) {
         const b = document.createElement("button");
         b.type = "button";
@@ -39,19 +41,21 @@
         b.setAttribute("aria-label", "open layer " + l + " head " + h + " in the heatmap");
         b.append(document.createElement("canvas"));
         b.addEventListener("click", () => page.openHead(model, l, h));
+        const link = headPage(holder, l, h);
+        if (link) b.dataset.headPage = link;
         grid.append(b);
-        row.buttons.push(b);
+        row.push(b);
       }
-      rows.push(row);
+      buttons.push(row);
     }
     holder.replaceChildren(grid);
     // One tab stop for the whole grid; the arrow keys move by head (left/right) and layer (up/down).
-    const at = (l, h) => rows[Math.max(0, Math.min(layers - 1, l))]
-      .buttons[Math.max(0, Math.min(heads - 1, h))];
-    rows.forEach((row) => row.buttons.forEach((b, h) => {
-      b.tabIndex = row.layer === 0 && h === 0 ? 0 : -1;
+    const at = (l, h) => buttons[Math.max(0, Math.min(layers - 1, l))]
+      [Math.max(0, Math.min(heads - 1, h))];
+    buttons.forEach((row, l) => row.forEach((b, h) => {
+      b.tabIndex = l === 0 && h === 0 ? 0 : -1;
       b.addEventListener("focus", () => {
-        rows.forEach((r) => r.buttons.forEach((x) => { x.tabIndex = -1; }));
+        buttons.forEach((r) => r.forEach((x) => { x.tabIndex = -1; }));
         b.tabIndex = 0;
       });
       b.addEventListener("keydown", (event) => {
@@ -59,54 +63,86 @@
                        ArrowDown: [1, 0] }[event.key];
         if (!move) return;
         event.preventDefault();
-        at(row.layer + move[0], h + move[1]).focus();
+        at(l + move[0], h + move[1]).focus();
       });
     }));
 
-    const drawRow = async (row) => {
+    let images = null;
+    const drawAll = async () => {
       try {
-        // One file per head (attention-codec.js); all of the row's heads, side by side.
-        row.files = await Promise.all(row.buttons.map((b, h) => page.getJSON(
-          AtlasCodec.headUrl(holder.dataset.attn, row.layer, h))));
-        paintRow(row, page);
+        images = images || decode(await page.getJSON(holder.dataset.thumbs), layers, heads);
+        paintAll(buttons, images, page.theme());
       } catch (err) {
-        row.anchor.classList.add("atlas-error");
-        row.anchor.title = "could not draw layer " + row.layer + ": " + err.message;
+        holder.classList.add("atlas-error");
+        holder.title = "could not draw the thumbnails: " + err.message;
       }
     };
-    page.onTheme(() => rows.forEach((row) => { if (row.files) paintRow(row, page); }));
-    if (!("IntersectionObserver" in window)) { rows.forEach(drawRow); return; }
+    page.onTheme(() => { if (images) paintAll(buttons, images, page.theme()); });
+    if (!("IntersectionObserver" in window)) { drawAll(); return; }
     const seen = new IntersectionObserver((entries) => {
-      for (const entry of entries) {
-        if (!entry.isIntersecting) continue;
-        seen.unobserve(entry.target);
-        drawRow(rows[Number(entry.target.dataset.layer)]);
-      }
+      if (!entries.some((e) => e.isIntersecting)) return;
+      seen.disconnect();
+      drawAll();
     }, { rootMargin: "200px 0px" });
-    rows.forEach((row) => seen.observe(row.buttons[0]));
+    seen.observe(holder);
   }
 
-  // Each row scaled to its largest weight: at thumbnail size a pattern is what matters, and a head
-  // that spreads its attention (weights ~1/q) would otherwise be a blank square.
-  function rowScaled(m, t) {
-    for (let q = 0; q < t; q++) {
-      let top = 0;
-      for (let k = 0; k <= q; k++) top = Math.max(top, m[q * t + k]);
-      if (top > 0) for (let k = 0; k <= q; k++) m[q * t + k] /= top;
+  // The address of one head's own page, from the holder's data-head-page template (issue 18 puts
+  // it there; {layer} and {head} stand for the numbers); null while there is none.
+  function headPage(holder, layer, head) {
+    const template = holder.dataset.headPage;
+    if (!template) return null;
+    return template.replace("{layer}", String(layer)).replace("{head}", String(head));
+  }
+
+  // A thumbnail file (generator/overview.py) -> {size, levels, at(layer, head) -> Uint8Array of
+  // size * size levels, row-major, zero above the diagonal}. Two 4-bit levels to a byte, the first
+  // in the high nibble; per head the lower triangle row by row.
+  function decode(file, layers, heads) {
+    if (file.encoding !== "maxpool-rowscaled-nibble-tril") {
+      throw new Error("thumbnail encoding " + file.encoding + " is not maxpool-rowscaled-nibble-tril");
     }
-    return m;
+    if (file.layers !== layers || file.heads !== heads) {
+      throw new Error("thumbnail file has " + file.layers + " x " + file.heads + " heads, the page " +
+                      layers + " x " + heads);
+    }
+    const bin = atob(file.data), n = file.size, tri = (n * (n + 1)) / 2;
+    if (bin.length !== Math.ceil((layers * heads * tri) / 2)) {
+      throw new Error("thumbnail file: " + bin.length + " bytes for " + layers * heads + " heads of "
+                      + n + " px");
+    }
+    const nibble = (i) => (i % 2 ? bin.charCodeAt(i >> 1) & 15 : bin.charCodeAt(i >> 1) >> 4);
+    return {
+      size: n, levels: file.levels,
+      at(layer, head) {
+        const out = new Uint8Array(n * n);
+        let i = (layer * heads + head) * tri;
+        for (let q = 0; q < n; q++) for (let k = 0; k <= q; k++) out[q * n + k] = nibble(i++);
+        return out;
+      },
+    };
   }
 
-  function paintRow(row, page) {
-    const H = window.AtlasHeatmap;
-    row.buttons.forEach((b, h) => {
-      // One canvas pixel per token pair; CSS scales it to the thumbnail's size.
-      const t = row.files[h].length;
-      H.paint(b.querySelector("canvas"), rowScaled(H.headMatrix(row.files[h], false), t), t, 1,
-              page.theme());
+  function paintAll(buttons, images, theme) {
+    const n = images.size, ramp = AtlasHeatmap.rampOf(theme);
+    const colours = [];
+    for (let v = 0; v <= images.levels; v++) colours.push(AtlasHeatmap.colour(ramp, v / images.levels));
+    buttons.forEach((row, l) => row.forEach((b, h) => {
+      // One canvas pixel per pooled pixel; CSS scales it to the thumbnail's size.
+      const canvas = b.querySelector("canvas");
+      canvas.width = canvas.height = n;
+      const ctx = canvas.getContext("2d"), img = ctx.createImageData(n, n);
+      const levels = images.at(l, h);
+      for (let q = 0; q < n; q++) {
+        for (let k = 0; k <= q; k++) {
+          const c = colours[levels[q * n + k]], p = 4 * (q * n + k);
+          img.data[p] = c[0]; img.data[p + 1] = c[1]; img.data[p + 2] = c[2]; img.data[p + 3] = 255;
+        }
+      }
+      ctx.putImageData(img, 0, 0);
       b.dataset.drawn = "true";
-    });
+    }));
   }
 
-  window.AtlasThumbs = { mount: mount };
+  window.AtlasThumbs = { mount: mount, decode: decode };
 })();
