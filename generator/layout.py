@@ -129,6 +129,13 @@ def compare_data(key: str) -> str:
     return f"data/compare/{key}.json"
 
 
+def prompt_part(key: str, part: str) -> str:
+    """A long prompt page's per-position bulk, fetched by the page script when the reader comes
+    near it (issue 16): {"html": the markup of that part} ("aligned": the aligned text of the
+    comparison, "agreement": every row of its agreement table)."""
+    return f"data/compare/{key}.{part}.json"
+
+
 def tokenizers_data() -> str:
     return "data/compare/tokenizers.json"
 

@@ -33,10 +33,17 @@ from .resources import resource_path
 from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_head, attention_path, read_artifact
 from .skips import SkipRecord, read_skip
 from .store import canonical_json, sha256_bytes
-from .templating import environment
+from .templating import environment, surprisal_style
 
 Log = Callable[[str], None]
 AGREEMENT_WINDOW = 12     # rows of the comparison table around the selected position (atlas.js)
+# A comparison with more segments than this keeps its aligned text and its agreement table's rows
+# (but the first window) out of the page, in files of their own (layout.prompt_part) that the page
+# script loads when the reader comes near: a 2,048-token page's HTML stays small (issue 16).
+INLINE_SEGMENTS = 400
+# A prompt with more tokens than this has compact chips in its page (templates/_macros.j2 chip):
+# the page script completes them, their titles made from the token file it fetches anyway.
+FULL_CHIPS = 400
 
 
 def build_date() -> str:
@@ -272,6 +279,8 @@ class _Site:
                     self.chart(ref, data=files[ref.data])
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,
                               "charts": charts, "chips": pd.chip_groups(a, tokens),
+                              "full_chips": len(tokens) <= FULL_CHIPS,
+                              "chip_heat": chip_heat(tokens) if len(tokens) > FULL_CHIPS else "",
                               "generation": a["generation"],
                               "dla": layout.prompt_dla(m.slug, p.key),
                               "thumbs": layout.attention_thumbs(m.slug, p.key),
@@ -310,8 +319,26 @@ class _Site:
             # position-indexed view opens (atlas.js moves it with the selected position).
             n = len(agreement["rows"])
             agreement["window"] = pd.position_window(n, n - 1, AGREEMENT_WINDOW)
-        return {"segments": pd.aligned_segments(p.text, arts), "names": names,
-                "agreement": agreement, "chart": ref}
+        compare = {"segments": pd.aligned_segments(p.text, arts), "names": names,
+                   "agreement": agreement, "chart": ref}
+        compare["parts"] = self.prompt_parts(p.key, compare)
+        return compare
+
+    def prompt_parts(self, key: str, compare: dict[str, Any]) -> dict[str, Any]:
+        """Where a long comparison's aligned text and agreement rows went (layout.prompt_part),
+        written here, and the agreement rows the page holds itself ("first", inclusive)."""
+        ag = compare["agreement"]
+        n = len(ag["rows"]) if ag else 0
+        if len(compare["segments"]) <= INLINE_SEGMENTS:
+            return {"aligned": None, "agreement": None, "first": (0, n - 1)}
+        macros = self.env.get_template("_positions.j2").module
+        aligned = layout.prompt_part(key, "aligned")
+        self.w.json(aligned, {"html": str(macros.aligned_rows(compare))})
+        if not ag:
+            return {"aligned": aligned, "agreement": None, "first": (0, -1)}
+        rows = layout.prompt_part(key, "agreement")
+        self.w.json(rows, {"html": str(macros.agreement_rows(compare, 0, n - 1, ag["window"]))})
+        return {"aligned": aligned, "agreement": rows, "first": ag["window"]}
 
     def prompt_pages(self) -> list[dict[str, Any]]:
         """Every set page and prompt page; returns the tokenizer rows of every prompt that every
@@ -374,6 +401,16 @@ class _Site:
     def manifest(self) -> None:
         self.w.json(layout.MANIFEST, manifest_data(list(self.models.values()), list(self.specs),
                                                    self.charts))
+
+
+def chip_heat(tokens: list[dict[str, Any]]) -> str:
+    """The heat of every compact chip, in token order, comma-separated (a holder's data-heat):
+    surprisal_style's --atlas-s value in fewer characters (".87" for 0.87, "1" for 1.00), empty
+    for a token without surprisal. atlas.js fullChips sets it on each chip."""
+    def one(bits: float | None) -> str:
+        value = surprisal_style(bits).partition(": ")[2]
+        return "1" if value == "1.00" else value.removeprefix("0")
+    return ",".join(one(t["surprisal"]) for t in tokens)
 
 
 def shared_domains(per_model: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

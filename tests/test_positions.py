@@ -162,7 +162,10 @@ def test_the_window_follows_a_token_chosen_anywhere(long_site, reader):
     expect_views_at(page, GPT2, 100, len(gpt))
     expect_views_at(page, QWEN, mapped(site, 100), len(qwen))
     assert re.search(rf"\?model={GPT2}&layer=\d+&head=\d+&pos=100$", page.url), page.url
-    # The comparison table shows its rows around that token's end.
+    # The comparison table shows its rows around that token's end (its rows load on the way).
+    page.wait_for_function(
+        "() => !document.querySelector('table.atlas-agreement').hasAttribute('data-part')",
+        timeout=TIMEOUT_MS)
     rows = page.locator("table.atlas-agreement tr[data-char]:not([hidden])")
     chars = [int(c) for c in rows.evaluate_all("(rs) => rs.map((r) => r.dataset.char)")]
     assert 0 < len(chars) <= AGREEMENT_WINDOW
@@ -272,17 +275,77 @@ def test_attribution_head_names_link_to_their_head_pages(long_site, reader):
             assert href == f"../../heads/{slug}/L{layer}.H{head}.html", (name, href)
 
 
-def test_chips_show_the_datas_surprisal_without_rounding_it_again(long_site):
-    """Issue 18: 31.7354 is stored as 31.735 and must not show as 31.73."""
-    site, _ = long_site
-    page = (site / LONG).read_text("utf-8")
+def test_chips_show_the_datas_surprisal_without_rounding_it_again(long_site, reader):
+    """Issue 18: 31.7354 is stored as 31.735 and must not show as 31.73. A 72-token page writes the
+    titles into its chips; a long page's compact chips get theirs from the page script."""
+    site, url = long_site
+    page = (site / SHORT).read_text("utf-8")
     for slug in (GPT2, QWEN):
         col = page.split(f'data-tokens-of="{slug}"')[1].split("</div>\n</div>")[0]
         shown = re.findall(r'data-i="(\d+)"[^>]*title="[^"]*surprisal ([\d.]+) bits', col)
-        tokens = tokens_of(site, slug)
+        tokens = tokens_of(site, slug, "long/list-72")
         assert len(shown) == sum(1 for t in tokens if t["surprisal"] is not None)
         for i, value in shown:
             assert value == f"{tokens[int(i)]['surprisal']:.3f}", (slug, i, value)
+    reader.open(url + LONG)
+    for slug in (GPT2, QWEN):
+        titles = reader.page.evaluate("""async (slug) => {
+            await AtlasPage.getJSON(document.querySelector(
+                '[data-tokens-of="' + slug + '"]').dataset.tokens);
+            await new Promise((r) => setTimeout(r, 100));
+            return [...document.querySelectorAll('[data-tokens-of="' + slug + '"] .atlas-tok')]
+                .map((c) => { c.dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));
+                              return [c.dataset.i, c.title]; });
+        }""", slug)
+        tokens = tokens_of(site, slug)
+        assert [int(i) for i, _ in titles] == list(range(len(tokens)))
+        for (i, title), t in zip(titles, tokens):
+            want = f"#{t['i']} · id {t['id']}" + (" · generated" if t["generated"] else "")
+            if t["surprisal"] is not None:
+                want += f" · surprisal {t['surprisal']:.3f} bits (rank {t['rank']})"
+            assert title == want, (slug, i, title, want)
+    assert not reader.errors, reader.errors
+
+
+def test_a_long_pages_html_is_small_and_its_parts_load(long_site, reader):
+    """Issue 16: the per-position bulk of a 2,048-token page (the comparison's aligned text and
+    agreement rows) is in files of its own, loaded when the reader comes near; its chips are
+    compact in the HTML and complete in the page (class, index, heat and text of every token)."""
+    from generator.templating import surprisal_style
+    site, url = long_site
+    long_bytes = (site / LONG).stat().st_size
+    short_bytes = (site / SHORT).stat().st_size
+    assert long_bytes <= 200_000, f"{LONG}: {long_bytes} bytes of HTML"
+    assert long_bytes <= 2 * short_bytes, (long_bytes, short_bytes)
+    assert "data-part=" not in (site / SHORT).read_text("utf-8")
+    reader.open(url + LONG)
+    page = reader.page
+    for slug in (GPT2, QWEN):
+        chips = page.locator(f'[data-tokens-of="{slug}"] .atlas-tok').evaluate_all(
+            """(cs) => cs.map((c) => [Number(c.dataset.i), c.textContent,
+                                      c.style.getPropertyValue('--atlas-s').trim(),
+                                      c.classList.contains('atlas-gen')])""")
+        tokens = tokens_of(site, slug)
+        assert [c[0] for c in chips] == list(range(len(tokens)))
+        for (i, text, heat, gen), t in zip(chips, tokens):
+            style = surprisal_style(t["surprisal"]).partition(": ")[2]
+            assert (text, gen) == (t["text"], t["generated"]), (slug, i)
+            assert (float(heat) if heat else None) == (float(style) if style else None), (slug, i)
+    assert page.locator("[data-part]").count() == 2
+    page.locator("table.atlas-agreement").scroll_into_view_if_needed()
+    page.wait_for_function("() => !document.querySelector('[data-part]')", timeout=TIMEOUT_MS)
+    assert page.locator(".atlas-aligned-row").count() == 2
+    rows = page.locator("table.atlas-agreement tr[data-char]")
+    assert rows.count() > 500
+    assert 0 < page.locator("table.atlas-agreement tr[data-char]:not([hidden])").count() \
+        <= AGREEMENT_WINDOW
+    # A click on a segment of the aligned text selects that token.
+    seg = page.locator(".atlas-aligned-row").nth(0).locator("[data-char]").nth(40)
+    seg.scroll_into_view_if_needed()
+    seg.click()
+    page.wait_for_function("() => /[?&]pos=\\d+/.test(location.search)", timeout=TIMEOUT_MS)
+    assert seg.evaluate("(s) => s.classList.contains('atlas-pos-on')")
+    assert not reader.errors, reader.errors
 
 
 def test_prompt_template_reads_like_the_page():

@@ -439,20 +439,84 @@
       }
       return n - 1;
     };
-    document.querySelectorAll(".atlas-aligned-row").forEach((row, r) => {
-      row.addEventListener("click", async (event) => {
-        const seg = event.target.closest("[data-char]");
-        if (!seg || !names[r]) return;
+    // Delegated: a long prompt's aligned text and table rows arrive later (loadPart).
+    document.addEventListener("click", async (event) => {
+      const seg = event.target.closest(".atlas-aligned-row [data-char]");
+      const tr = event.target.closest("table.atlas-agreement tr[data-char]");
+      if (seg) {
+        const row = seg.closest(".atlas-aligned-row");
+        const r = [...row.parentElement.querySelectorAll(".atlas-aligned-row")].indexOf(row);
+        if (!names[r]) return;
         await tokensReady();
         choose(names[r], byChar(names[r], Number(seg.dataset.char), false), "comparison");
-      });
-    });
-    document.querySelectorAll("table.atlas-agreement tr[data-char]").forEach((tr) => {
-      tr.addEventListener("click", async () => {
+      } else if (tr) {
         await tokensReady();
         choose(names[0], byChar(names[0], Number(tr.dataset.char), true), "comparison");
-      });
+      }
     });
+    mountParts();
+  }
+
+  // A long prompt's page keeps the bulk of its comparison (the aligned text, the agreement rows
+  // outside the first window) in files of their own (generator/layout.py prompt_part), marked
+  // data-part="URL" here: each is put in place when the reader comes near it, or, for the table,
+  // when the selected position moves.
+  const partsLoading = new Map();
+  function loadPart(el) {
+    if (!el.dataset.part) return Promise.resolve();
+    if (!partsLoading.has(el)) {
+      partsLoading.set(el, getJSON(el.dataset.part).then((data) => {
+        el.innerHTML = data.html;   // markup rendered and escaped by the generator's templates
+        delete el.dataset.part;
+        followComparison();
+      }).catch((err) => console.warn(err)));
+    }
+    return partsLoading.get(el);
+  }
+
+  function mountParts() {
+    const parts = document.querySelectorAll("[data-part]");
+    if (!("IntersectionObserver" in window)) { parts.forEach(loadPart); return; }
+    const near = new IntersectionObserver((entries) => {
+      for (const entry of entries) {
+        if (!entry.isIntersecting) continue;
+        near.unobserve(entry.target);
+        loadPart(entry.target);
+      }
+    }, { rootMargin: "600px 0px" });
+    parts.forEach((el) => near.observe(el));
+  }
+
+  // A long prompt's chips come compact (render.py FULL_CHIPS, templates/_macros.j2 chip): bare
+  // spans in token order. Each becomes a full chip (class atlas-tok, data-i) before any view
+  // reads the chips (heatmap.js binds them once drawn), and gets its title from its token row
+  // when pointed at or focused (chipTitle).
+  function fullChips() {
+    document.querySelectorAll(".atlas-tokens[data-compact]").forEach((holder) => {
+      const chips = holder.querySelectorAll(
+        ":scope > span:not(.atlas-char), :scope > .atlas-char > .atlas-char-pieces > span");
+      const heat = (holder.dataset.heat || "").split(",");
+      chips.forEach((chip, i) => {
+        chip.classList.add("atlas-tok");
+        chip.dataset.i = String(i);
+        if (heat[i]) chip.style.setProperty("--atlas-s", heat[i]);
+      });
+      delete holder.dataset.compact;
+      delete holder.dataset.heat;
+    });
+  }
+
+  // A chip without a title in the markup (a compact one) gets the one templates/_macros.j2 chip
+  // writes, made from its token row.
+  function chipTitle(event) {
+    const chip = event.target.closest && event.target.closest(".atlas-tok[data-i]");
+    const col = chip && chip.closest("[data-tokens-of]");
+    if (!col || chip.hasAttribute("title")) return;
+    const t = (tokensOf.get(col.dataset.tokensOf) || [])[Number(chip.dataset.i)];
+    if (!t) return;
+    chip.title = "#" + t.i + " · id " + t.id + (t.generated ? " · generated" : "") +
+      (t.surprisal === null ? "" : " · surprisal " + t.surprisal.toFixed(3) + " bits (rank " +
+        t.rank + ")");
   }
 
   function followComparison() {
@@ -464,8 +528,10 @@
     document.querySelectorAll(".atlas-aligned-text").forEach((frame) => {
       reveal(frame, frame.querySelector(".atlas-pos-on"));
     });
+    const table = document.querySelector("table.atlas-agreement");
+    if (table && table.dataset.part && selection.model !== null) { loadPart(table); return; }
     const rows = [...document.querySelectorAll("table.atlas-agreement tr[data-char]")];
-    if (!rows.length) return;
+    if (!rows.length || (table && table.dataset.part)) return;
     // The row at the selected token's end, or the first after it (a generated token: the last).
     let at = rows.length - 1;
     if (chars !== null) {
@@ -483,6 +549,10 @@
     if (!columns().length) return;
     mountChips();
     mountComparison();
+    for (const col of columns()) {
+      col.addEventListener("mouseover", chipTitle);
+      col.addEventListener("focusin", chipTitle);
+    }
     document.addEventListener("atlas:position", () => { followChips(); followComparison(); });
     tokensReady().then(() => { followChips(); followComparison(); })
       .catch((err) => console.warn(err));
@@ -577,6 +647,7 @@
   function onScreen(box) { return box.getBoundingClientRect().top < window.innerHeight + 400; }
 
   function drawAll() {
+    fullChips();
     watchTheme();
     followURL();
     mountPositions();
@@ -621,6 +692,7 @@
   }
 
   fromURL();
+  fullChips();
   early();
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", drawAll);
