@@ -199,7 +199,7 @@
       if (head) {
         // The head's own page (generator/layout.py head_page, placeholders LAYER and HEAD).
         const a = document.createElement("a");
-        a.href = box.dataset.headPage.replace("LAYER", head[1]).replace("HEAD", head[2]);
+        a.href = box.dataset.headPage.replace("{layer}", head[1]).replace("{head}", head[2]);
         a.textContent = name;
         li.appendChild(a);
       } else li.appendChild(document.createTextNode(name));
