@@ -161,16 +161,23 @@ def resolve_model(model_id: str, revision: str = "main") -> ModelRef:
                     random_weights=False)
 
 
-def load_tokenizer(ref: ModelRef) -> Any:
-    """Only the tokenizer of a model, as `load_model` loads it (no weights): for a build whose
-    artifacts are all current but whose tokenizer was not saved yet."""
-    from transformers import AutoTokenizer
+def _from_pretrained_args(ref: ModelRef) -> tuple[str, dict[str, Any]]:
+    """Where `from_pretrained` reads a model (its directory or hub id) and the arguments it gets:
+    never remote code; a hub model at its resolved revision, from the cache when offline."""
     source = str(ref.local_dir) if ref.local_dir else ref.model_id
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if ref.local_dir is None:
         kwargs["revision"] = ref.revision
         if not _hub_reachable():
             kwargs["local_files_only"] = True
+    return source, kwargs
+
+
+def load_tokenizer(ref: ModelRef) -> Any:
+    """Only the tokenizer of a model, as `load_model` loads it (no weights): for a build whose
+    artifacts are all current but whose tokenizer was not saved yet."""
+    from transformers import AutoTokenizer
+    source, kwargs = _from_pretrained_args(ref)
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
@@ -192,12 +199,7 @@ def load_model(ref: ModelRef, device: str, dtype: torch.dtype | None,
     """Load weights and tokenizer with eager attention, ready for capture. dtype None: `--dtype
     auto` on a GPU, decided here from the model's size (`auto_dtype`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    source = str(ref.local_dir) if ref.local_dir else ref.model_id
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
-    if ref.local_dir is None:
-        kwargs["revision"] = ref.revision
-        if not _hub_reachable():
-            kwargs["local_files_only"] = True
+    source, kwargs = _from_pretrained_args(ref)
     t0 = time.perf_counter()
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
