@@ -207,6 +207,7 @@ def compute(prompt_paths, models, demo, build_dir, no_wait, **kw) -> None:
 
     Unchanged prompts are not recomputed. Needs torch.
     """
+    _prompt_sets(prompt_paths)  # bad prompt sets fail before the build directory is touched
     with holding(build_dir, no_wait):
         do_compute(prompt_paths, models, demo, build_dir, **kw)
 
@@ -218,6 +219,7 @@ def compute(prompt_paths, models, demo, build_dir, no_wait, **kw) -> None:
 @domain_errors
 def render(prompt_paths, models, demo, build_dir, out, no_wait) -> None:
     """Render the artifacts into pages and build the static site with MkDocs. No torch needed."""
+    _prompt_sets(prompt_paths)  # bad prompt sets fail before the build directory is touched
     check_dirs(build_dir, out)
     with holding(build_dir, no_wait):
         do_render(prompt_paths, models, demo, build_dir, out)
@@ -231,6 +233,7 @@ def render(prompt_paths, models, demo, build_dir, out, no_wait) -> None:
 @domain_errors
 def build(prompt_paths, models, demo, build_dir, out, no_wait, **kw) -> None:
     """compute + render + mkdocs build: the whole site into --out (default site/)."""
+    _prompt_sets(prompt_paths)  # bad prompt sets fail before the build directory is touched
     check_dirs(build_dir, out)
     with holding(build_dir, no_wait):
         do_compute(prompt_paths, models, demo, build_dir, out=out, **kw)
@@ -251,6 +254,7 @@ def serve(prompt_paths, models, demo, build_dir, out, port, no_build, no_wait, *
     """Build the site, then serve it on http://127.0.0.1:PORT/ until interrupted."""
     import http.server
     if not no_build:
+        _prompt_sets(prompt_paths)  # bad prompt sets fail before the build directory is touched
         check_dirs(build_dir, out)
         with holding(build_dir, no_wait):  # while it builds; serving writes nothing there
             do_compute(prompt_paths, models, demo, build_dir, out=out, **kw)

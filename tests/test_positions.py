@@ -161,7 +161,9 @@ def test_the_window_follows_a_token_chosen_anywhere(long_site, reader):
     chip.click()
     expect_views_at(page, GPT2, 100, len(gpt))
     expect_views_at(page, QWEN, mapped(site, 100), len(qwen))
-    assert re.search(rf"\?model={GPT2}&layer=\d+&head=\d+&pos=100$", page.url), page.url
+    # (the heatmap adds the window it moved to: &win=Q0,K0)
+    assert re.search(rf"\?model={GPT2}&layer=\d+&head=\d+&pos=100(&win=\d+,\d+)?$",
+                     page.url), page.url
     # The comparison table shows its rows around that token's end (its rows load on the way).
     page.wait_for_function(
         "() => !document.querySelector('table.atlas-agreement').hasAttribute('data-part')",

@@ -190,6 +190,7 @@
       this.page = page;
       this.model = box.dataset.model;
       this.tokens = tokens;
+      this.followedAt = -Infinity;   // when the window last followed a token chosen elsewhere
       this.t = tokens.length;
       this.nPrompt = tokens.filter((x) => !x.generated).length;
       this.chart = box.querySelector(".atlas-chart");
@@ -301,7 +302,9 @@
         if (pending) return;
         pending = true;
         requestAnimationFrame(() => { pending = false; this.drawWindow(); });
-        this.urlLater();
+        // A scroll that follows a token chosen elsewhere names this model in the address only
+        // if it is already the address's model (the reader chose in the other model's views).
+        this.urlLater(performance.now() - this.followedAt > 200);
       }, { passive: true });
       if ("ResizeObserver" in window) {
         let width = 0;
@@ -493,9 +496,9 @@
     // The window in the address (win=Q0,K0), written a moment after it stops moving, with the
     // model, layer and head it belongs to. The window of an address that opened the page is
     // not written again.
-    urlLater() {
+    urlLater(mine = true) {
       clearTimeout(this.urlTimer);
-      this.urlTimer = setTimeout(() => this.writeURL(true), 250);
+      this.urlTimer = setTimeout(() => this.writeURL(mine), 250);
     }
 
     writeURL(mine) {
@@ -639,7 +642,10 @@
       if (pos === null || !(pos >= 0)) return;
       const q = Math.min(this.t - 1, Math.floor(pos));
       this.active = [q, q];
-      if (detail.source !== "heatmap") this.revealRow(q);
+      if (detail.source !== "heatmap") {
+        this.followedAt = performance.now();
+        this.revealRow(q);
+      }
       if (this.pattern) this.select(q, q);
     }
 
