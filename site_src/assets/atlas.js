@@ -289,7 +289,9 @@
     return [lo, Math.min(length, lo + size) - 1];
   }
 
-  function columns() { return [...document.querySelectorAll("[data-tokens-of]")]; }
+  // The prompt pages' model columns (the tokenize page has data-tokens-of columns too, but no
+  // token file: its tokens are made in the page).
+  function columns() { return [...document.querySelectorAll("[data-tokens-of][data-tokens]")]; }
 
   function tokensReady() {
     if (!tokensLoaded) {
