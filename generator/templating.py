@@ -30,6 +30,7 @@ def environment() -> jinja2.Environment:
     env.filters["char_style"] = lambda b: surprisal_style(None if b is None else 4 * b)
     env.filters["prompt_title"] = lambda p: pd.prompt_title(p.text)
     env.filters["front_matter"] = front_matter_string
+    env.filters["excerpt"] = excerpt
     env.filters["typeset"] = typeset.formula_html
     env.globals["token_counts"] = pd.token_counts
     return env
@@ -51,3 +52,14 @@ def surprisal_style(bits: float | None) -> str:
         return ""
     level = min(max(bits, 0.0) / 16.0, 1.0)
     return f"--atlas-s: {0.06 + 0.94 * level:.2f}"
+
+
+EXCERPT_CHARS = 300   # a set page's table shows a long prompt's first characters (its page has all)
+
+
+def excerpt(text: str) -> str:
+    """A long prompt's opening for the set page's table (the long-context set's run to thousands
+    of characters), with how long the whole is; a short prompt whole."""
+    if len(text) <= EXCERPT_CHARS + 100:
+        return text
+    return f"{text[:EXCERPT_CHARS]}… ({len(text):,} characters)"

@@ -179,7 +179,7 @@ def test_the_window_follows_a_token_chosen_anywhere(long_site, reader):
     target = int(options[-1])
     dla.select_option(str(target))
     expect_views_at(page, QWEN, target, len(qwen))
-    assert page.url.endswith(f"&pos={target}") and f"model={QWEN}" in page.url
+    assert re.search(rf"&pos={target}(&win=\d+(,|%2C)\d+)?$", page.url) and f"model={QWEN}" in page.url
 
     # The keyboard: a focused chip, the arrow keys, Enter.
     chip = page.locator(f'[data-tokens-of="{GPT2}"] .atlas-tok[data-i="200"]')
