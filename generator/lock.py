@@ -95,7 +95,7 @@ def build_dir_lock(build_dir: Path, command: str, *, wait: bool = True,
         raise AtlasError(f"--build-dir {build_dir}: cannot write there ({e.strerror}); give a "
                          f"directory you can write to.") from None
     except Timeout:
-        message = describe(build_dir, holder(build_dir))
+        message = describe(build_dir, _named_holder(build_dir))
         if not wait:
             raise BuildDirBusy(f"{message}. Run the command again when it has finished, leave "
                                f"out --no-wait to wait for it, or give another --build-dir.") \
@@ -113,6 +113,15 @@ def build_dir_lock(build_dir: Path, command: str, *, wait: bool = True,
         # The name goes first: a waiter that gets the lock must not find this process's name.
         (build_dir / HOLDER_FILE).unlink(missing_ok=True)
         lock.release()
+
+
+def _named_holder(build_dir: Path, patience: float = 2.0) -> dict[str, Any] | None:
+    """The holder's name, waiting a moment for it: a holder writes it just after it takes the
+    lock, so a command that meets the lock in between would otherwise name no one."""
+    deadline = time.monotonic() + patience
+    while (info := holder(build_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return info
 
 
 def _wait(lock: FileLock, build_dir: Path, message: str, log: Log) -> None:
