@@ -258,24 +258,28 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                   device: str, dtype: torch.dtype | None, log: Log, report: ComputeReport,
                   revision: str = "main", budget_bytes: int | None = None,
                   device_map: str | None = None, model: LoadedModel | None = None,
-                  batch_size: int | None = None) -> None:
+                  batch_size: int | None = None,
+                  all_prompts: Sequence[Prompt] | None = None) -> None:
     """Compute the artifacts of `prompts` that are missing or stale for one model.
 
     `model`: an already loaded model (then `model_id`, `revision`, `device`, `dtype` and
     `device_map` are not used to find or load one; its `ref` names the artifacts). The benchmark
     hands in full-size models it built itself this way. `batch_size`: batches of exactly this many
-    prompts instead of batches sized to `budget_bytes`.
+    prompts instead of batches sized to `budget_bytes`. `all_prompts`: every prompt of the build
+    when `prompts` is one shard's share (the OV circuit's source tokens come from all of them).
     """
     ref = model.ref if model is not None else resolve_model(model_id, revision)
     todo = _stale(ref, prompts, out_dir, settings, report)
-    paths = [artifact_path(out_dir, ref.slug, p) for p in prompts]
-    if not todo and ov.current(layout.ov_path(out_dir, ref.slug), ref.model_id, ref.revision,
-                               ov.artifact_tokens(paths)):
-        log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
-        if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
-            save_tokenizer(load_tokenizer(ref), out_dir, ref.slug)  # for the tokenize page
-            log(f"{ref.model_id}: tokenizer saved for the tokenize page")
-        return
+    texts = [p.text for p in (prompts if all_prompts is None else all_prompts)]
+    if not todo:
+        tokenizer = load_tokenizer(ref) if model is None else model.tokenizer
+        if ov.current(layout.ov_path(out_dir, ref.slug), ref.model_id, ref.revision,
+                      ov.prompt_tokens(tokenizer, texts)):
+            log(f"{ref.model_id}: all {len(prompts)} artifacts are current; model not loaded")
+            if not layout.tokenizer_artifact(out_dir, ref.slug).is_file():
+                save_tokenizer(tokenizer, out_dir, ref.slug)  # for the tokenize page
+                log(f"{ref.model_id}: tokenizer saved for the tokenize page")
+            return
     lm = model if model is not None else load_model(ref, device, dtype, log, device_map=device_map)
     save_tokenizer(lm.tokenizer, out_dir, ref.slug)  # the tokenize page's copy (tokenize_page.py)
     t_vocab = time.perf_counter()
@@ -314,7 +318,7 @@ def compute_model(model_id: str, prompts: Sequence[Prompt], out_dir: Path, setti
                 pending = None
         if pending is not None:
             written(pending)
-    ov.ensure_for_model(lm, out_dir, ov.artifact_tokens(paths), log)  # after the prompts: their tokens
+    ov.ensure_for_model(lm, out_dir, ov.prompt_tokens(lm.tokenizer, texts), log)
 
 
 def _store_batch(lm: LoadedModel, results: list, tokens_of: dict, settings: Settings,
@@ -447,7 +451,8 @@ def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir
     (`batch_size`: prompts per batch; default, as many as the memory budget holds)."""
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    prompts = shard.take([p for s in prompt_sets for p in s.prompts])
+    everything = [p for s in prompt_sets for p in s.prompts]
+    prompts = shard.take(everything)
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temporaries(out_dir)
     if removed:
@@ -458,7 +463,8 @@ def run_compute(models: Sequence[str], prompt_sets: Sequence[PromptSet], out_dir
         + (f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""))
     for model_id in models:
         compute_model(model_id, prompts, out_dir, settings, dev, torch_dtype, log, report,
-                      revision=revision, device_map=device_map, batch_size=batch_size)
+                      revision=revision, device_map=device_map, batch_size=batch_size,
+                      all_prompts=everything)
     report.seconds = time.perf_counter() - t0
     log(f"compute: {report.computed} computed, {report.reused} reused, "
         + (f"{len(report.skipped)} skipped (longer than a model's context), "

@@ -40,6 +40,7 @@ LABELS = {"predictions": "top next-token predictions", "surprisal": "surprisal p
           "groups": "key/value groups", "cumulative": "cumulative surprisal",
           "tokenizers": "tokens per character by script"}
 TEMPLATE = "embed.html.j2"
+CONSTRUCTED = "constructed weights"   # a title's subtitle on the demo's models
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,31 @@ def tokenizers_chart() -> ChartRef:
 # --- complete specs ------------------------------------------------------------------------------
 
 
+# A standalone attention chart has at most this many rows and columns of cells. A longer prompt's
+# chart pools blocks of tokens by their maximum, as the page's overview does: a chart of a
+# 2,048-token prompt cell by cell would hold two million cells (about 100 MB of JSON), and its
+# labels could not be read.
+ATTENTION_SIDE = 128
+
+
+def attention_block(length: int) -> int:
+    """Tokens per row and column of a standalone attention chart of `length` tokens (1: each
+    token its own). The same rule as attention-codec.js `blockOf`."""
+    return max(1, -(-length // ATTENTION_SIDE))
+
+
+def block_label(labels: Sequence[str], start: int, stop: int) -> str:
+    """Axis label of tokens start..stop-1: their positions and the first token's label."""
+    return f"{start}–{stop - 1} {labels[start]}"
+
+
 def attention_rows(artifact: dict[str, Any], layer: int, head: int,
                    labels: Sequence[str]) -> list[dict[str, Any]]:
     """One head of one layer as heatmap rows (q, k, weight, their labels), k <= q, as the page's
-    codec (site_src/assets/attention-codec.js) draws it with "hide first token" off."""
+    codec (site_src/assets/attention-codec.js `chartRows`) draws it with "hide first token" off.
+
+    Past ATTENTION_SIDE tokens, q and k number blocks of `attention_block(T)` tokens, w is the
+    largest weight in the block and the labels are `block_label`'s."""
     t = artifact["attention"]["length"]
     if not 0 <= head < artifact["attention"]["heads"]:
         raise ArtifactError(f"attention layer {layer}: no head {head} of "
@@ -128,8 +150,25 @@ def attention_rows(artifact: dict[str, Any], layer: int, head: int,
     row_start, keys, values = decode_head(artifact, layer, head)
     w = np.zeros((t, t), dtype=np.float32)                 # [T, T]
     w[np.repeat(np.arange(t), np.diff(row_start)), keys] = values.astype(np.float32) / ATTENTION_SCALE
+    b = attention_block(t)
+    if b > 1:
+        n = -(-t // b)
+        padded = np.zeros((n * b, n * b), dtype=np.float32)
+        padded[:t, :t] = w
+        w = padded.reshape(n, b, n, b).max(axis=(1, 3))    # [n, n]
+        labels = [block_label(labels, i * b, min(t, (i + 1) * b)) for i in range(n)]
+        t = n
     return [{"q": q, "k": k, "w": float(w[q, k]), "ql": labels[q], "kl": labels[k]}
             for q in range(t) for k in range(q + 1)]
+
+
+def pooled_note(length: int) -> str | None:
+    """The subtitle line of a pooled attention chart (None when each token has its own cells)."""
+    b = attention_block(length)
+    if b == 1:
+        return None
+    return (f"{length:,} tokens in blocks of {b}: each cell is the largest weight of a block "
+            f"of queries on a block of keys")
 
 
 def dataset_names(spec: Any) -> list[str]:
@@ -184,9 +223,10 @@ def _label(name: str, layer: int, head: int) -> str:
 
 
 def chart_title(models: Mapping[str, ModelInfo], ref: ChartRef, layer: int = 0,
-                head: int = 0) -> dict[str, Any]:
+                head: int = 0, note: str | None = None) -> dict[str, Any]:
     """Title naming model, prompt and chart (layer and head for attention); subtitle
-    "constructed weights" when it shows the demo's models (weights constructed in code, not learned)."""
+    "constructed weights" when it shows the demo's models (weights constructed in code, not
+    learned), and `note` (a pooled attention chart's `pooled_note`) as a line of its own."""
     parts = [models[ref.model].model_id] if ref.model else []
     parts += [ref.prompt] if ref.prompt else []
     parts.append(_label(ref.name, layer, head))
@@ -195,10 +235,18 @@ def chart_title(models: Mapping[str, ModelInfo], ref: ChartRef, layer: int = 0,
                                            if ref.prompt is None or ref.prompt in m.prompts]
     random = [s for s in slugs if models[s].random_weights]
     if random and (ref.model or len(random) == len(slugs)):
-        title["subtitle"] = "constructed weights"
+        title["subtitle"] = CONSTRUCTED
     elif random:
-        title["subtitle"] = "constructed weights: " + ", ".join(models[s].model_id for s in random)
+        title["subtitle"] = f"{CONSTRUCTED}: " + ", ".join(models[s].model_id for s in random)
+    if note:
+        title["subtitle"] = [title["subtitle"], note] if "subtitle" in title else note
     return title
+
+
+def constructed(title: dict[str, Any]) -> bool:
+    """Whether a chart title (`chart_title`) says its weights are constructed."""
+    sub = title.get("subtitle", [])
+    return any(line.startswith(CONSTRUCTED) for line in ([sub] if isinstance(sub, str) else sub))
 
 
 def complete_spec(spec: dict[str, Any], datasets: dict[str, Any],
@@ -233,7 +281,7 @@ def standalone_html(env: jinja2.Environment, spec: dict[str, Any], bundle: str,
     file://, offline. `scripts` are the sources of `layout.EMBED_SCRIPTS`."""
     return env.get_template(TEMPLATE).render(
         mode="standalone", title=spec["title"]["text"], filename=filename,
-        random="subtitle" in spec["title"], bundle=_inline_script(bundle),
+        random=constructed(spec["title"]), bundle=_inline_script(bundle),
         script=_inline_script("\n".join(scripts)), spec_json=Markup(script_json(spec)))
 
 
@@ -243,11 +291,11 @@ def embed_page(env: jinja2.Environment, models: Mapping[str, ModelInfo], ref: Ch
     urls = layout.Urls(layout.embed_page(ref.scope, ref.stem))
     model = models.get(ref.model or "")
     attention = {"tokens": urls.to(ref.data), "heads": urls.to(ref.heads),
-                 "nlayers": model.layers, "nheads": model.query_heads} \
+                 "nlayers": model.layers, "nheads": model.query_heads, "side": ATTENTION_SIDE} \
         if ref.name == "attention" and model and ref.heads else None
     return env.get_template(TEMPLATE).render(
         mode="embed", title=spec["title"]["text"], filename=ref.file.replace("/", "-"),
-        random="subtitle" in spec["title"], attention=attention,
+        random=constructed(spec["title"]), attention=attention,
         bundle_url=urls.to(layout.VENDOR_BUNDLE),
         script_urls=[urls.to(s) for s in layout.EMBED_SCRIPTS],
         spec_url=urls.download(ref.scope, ref.stem), page_url=urls.to(ref.page))
@@ -255,8 +303,8 @@ def embed_page(env: jinja2.Environment, models: Mapping[str, ModelInfo], ref: Ch
 
 def write_chart(write: Callable[[str, str], None], env: jinja2.Environment,
                 models: Mapping[str, ModelInfo], ref: ChartRef, spec: dict[str, Any],
-                datasets: dict[str, Any]) -> None:
+                datasets: dict[str, Any], note: str | None = None) -> None:
     """Write one chart's download and embed page through `write(docs_path, text)`."""
-    full = complete_spec(spec, datasets, chart_title(models, ref))
+    full = complete_spec(spec, datasets, chart_title(models, ref, note=note))
     write(layout.download(ref.scope, ref.stem), canonical_json(full) + "\n")
     write(layout.embed_page(ref.scope, ref.stem), embed_page(env, models, ref, full))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import layout
 from .embed import (ChartRef, ModelInfo, attention_rows, chart_title, complete_spec, datasets_from,
-                    standalone_html)
+                    pooled_note, standalone_html)
 from .errors import ArtifactError, AtlasError, OptionError
 from .manifest import Manifest, read_manifest
 from .schema import read_artifact
@@ -175,9 +175,11 @@ def chart_spec(inv: Inventory, ref: ChartRef, layer: int = 0, head: int = 0) -> 
                                 f"no artifact. Run `model-atlas render` again.")
         labels = [t["label"] for t in inv.data(ref.data)["tokens"]]
         datasets = {"attention": attention_rows(inv.artifact(ref.artifact), layer, head, labels)}
+        note = pooled_note(len(labels))
     else:
         datasets = datasets_from(spec, inv.data(ref.data), str(inv.docs / ref.data), ref.name)
-    return complete_spec(spec, datasets, chart_title(inv.models, ref, layer, head))
+        note = None
+    return complete_spec(spec, datasets, chart_title(inv.models, ref, layer, head, note))
 
 
 # --- files ---------------------------------------------------------------------------------------

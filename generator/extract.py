@@ -115,6 +115,15 @@ def quantize_attention(p: torch.Tensor) -> torch.Tensor:
     return (p.float() * ATTENTION_SCALE).round_().clamp_(0, ATTENTION_SCALE).to(torch.uint8)
 
 
+def quantize_rows(p: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """`quantize_attention` of maps p [..., S, S], `rows` rows at a time: the same bytes, with a
+    float temporary of a block of rows instead of one the size of the maps."""
+    out = torch.empty(p.shape, dtype=torch.uint8, device=p.device)
+    for r0 in range(0, p.shape[-2], rows):
+        out[..., r0:r0 + rows, :] = quantize_attention(p[..., r0:r0 + rows, :])
+    return out
+
+
 def lens_tiles(rows: int, device: torch.device | str) -> tuple[int, int]:
     """(row tile, vocabulary tile) of the lens's logits for `rows` rows on `device`."""
     if torch.device(device).type == "cpu":
@@ -414,7 +423,9 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
     The steps' rows are written into one [B, H, n_new, S] tensor per layer as they come. The
     prefill's [B, H, P, P] attention of each layer is kept only with `keep_prefill` (all layers
     at once: the caller checks `prefill_bytes` against its budget); without it every layer's is
-    dropped as soon as it is made, and `replay_prefill` runs the prefill again afterwards.
+    dropped as soon as it is made, and `reduce_attention` makes them again afterwards, from this
+    prefill's hidden states (`attention_only`). (A prefill in SDPA instead, its weights never
+    made, was slower on the CPU: 47.6 s against 39.2 for the passes of a 2,048-token Qwen2.5.)
 
     Every forward pass of the batch happens here (a recorder of per-layer activations wraps this
     function's model calls). Positions count from each row's first real token. The last step
@@ -605,11 +616,11 @@ class AttentionReduction:
     """What is measured and stored of a batch's attention, reduced one layer at a time.
 
     `layer(l, prefill, rows)` takes layer l's prefill attention [B, H, P, P] and its steps' rows
-    [B, H, n_new, S], puts them in one float32 [B, H, S, S] (the only one held), and reduces it
-    on its device to every head metric (`device_metrics.head_metrics`), the grouped-query
-    comparison where kv_heads < H, and each sequence's stored bytes (quantized, encoded); then
-    it is dropped. So memory holds one layer's attention at a time, whatever the prompt's length;
-    `results` gives what the layers left, on the host.
+    [B, H, n_new, S], puts them in one float32 [B, H, S, S] (the only one held: the next layer
+    overwrites it), and reduces it on its device to every head metric
+    (`device_metrics.head_metrics`), the grouped-query comparison where kv_heads < H, and each
+    sequence's stored bytes (quantized, encoded). So memory holds one layer's attention at a time,
+    whatever the prompt's length; `results` gives what the layers left, on the host.
     """
 
     def __init__(self, at: device_metrics.Positions, starts: list[int], lengths: list[int],
@@ -619,26 +630,32 @@ class AttentionReduction:
         self.metrics: list[torch.Tensor | None] = [None] * layers      # [5, B, H] each
         self.groups: list[torch.Tensor | None] = [None] * layers       # [B, 1 + 2G] each
         self.encoded: list[list[Any]] = [[None] * layers for _ in lengths]
+        self._full: torch.Tensor | None = None   # one layer's maps, the same buffer every layer
 
     @torch.no_grad()
     def layer(self, l: int, prefill: torch.Tensor, rows: torch.Tensor) -> None:
         B, H, P, _ = prefill.shape
-        full = rows.new_zeros((B, H, rows.shape[-1], rows.shape[-1]))  # float32 [B, H, S, S]
+        S = rows.shape[-1]
+        full = self._full                                              # float32 [B, H, S, S]
+        if full is None or full.shape != (B, H, S, S) or full.device != rows.device:
+            # Zero once: no layer writes above the steps' rows ([:P, P:], the future).
+            full = self._full = rows.new_zeros((B, H, S, S))
         full[:, :, :P, :P] = prefill
         full[:, :, P:, :] = rows
         at = self.at.to(full.device)
         self.metrics[l] = device_metrics.head_metrics(full[None], at)[:, 0].to(self.out_dev)
-        if self.kv_heads < H:
-            self.groups[l] = device_metrics.group_metrics(full[None], at,
-                                                          self.kv_heads)[0].to(self.out_dev)
-        quantized = quantize_attention(full)                           # uint8 [B, H, S, S]
-        del full
+        quantized = quantize_rows(full)                                # uint8 [B, H, S, S]
+        if self.kv_heads < H:   # full is done with but for this: its rows masked in place
+            self.groups[l] = device_metrics.group_metrics(
+                device_metrics.mask_queries(full, at)[None], at, self.kv_heads,
+                masked=True)[0].to(self.out_dev)
         for b, (st, n) in enumerate(zip(self.starts, self.lengths)):
             self.encoded[b][l] = encode_on_device(quantized[b, :, st:st + n, st:st + n])  # [H]
 
     def results(self) -> tuple[np.ndarray, np.ndarray | None, list[StoredAttention]]:
         """float32 [len(HEAD_METRICS), L, B, H] and [L, B, 1 + 2G] (or None) on the host, and each
         sequence's stored attention."""
+        self._full = None
         metrics = torch.stack(self.metrics, dim=1).cpu().numpy()       # [5, L, B, H]
         groups = (torch.stack(self.groups).cpu().numpy()
                   if self.groups[0] is not None else None)             # [L, B, 1 + 2G]
@@ -648,12 +665,54 @@ class AttentionReduction:
         return metrics, groups, stored
 
 
+@contextlib.contextmanager
+def attention_only(model: Any, outputs: tuple[torch.Tensor, ...] | None):
+    """While the prefill runs again (`reduce_attention`), run each layer's attention but not its
+    MLP: every MLP returns zeros without computing anything, and every layer's output but the
+    last is replaced by `outputs[l]`, that layer's output in the first prefill (its hidden
+    state). So each layer's attention sees, bit for bit, the input it saw in the first prefill,
+    at the cost of the attention alone (an MLP is most of a layer's work: two thirds of
+    Qwen2.5-0.5B's at 2,048 tokens). `outputs` None: the full layers run, as the first time."""
+    if outputs is None:
+        yield
+        return
+    found = DlaRecorder(model)              # finds the decoder layers and their MLPs
+    saved: list[tuple[Any, Any]] = []
+    handles = []
+
+    def skipped(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    def replaced(out: Any, stored: torch.Tensor) -> Any:
+        return (stored, *out[1:]) if isinstance(out, tuple) else stored
+
+    try:
+        for l, (layer, mlp) in enumerate(zip(found.layers, found.mlps)):
+            saved.append((mlp, mlp.__dict__.get("forward")))   # an accelerate wrapper, if any
+            mlp.forward = skipped
+            if l < len(found.layers) - 1:  # the last entry has the final norm applied
+                handles.append(layer.register_forward_hook(
+                    lambda m, args, out, l=l: replaced(out, outputs[l])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for mlp, own in saved:
+            if own is None:
+                del mlp.forward
+            else:
+                mlp.forward = own
+
+
 @torch.no_grad()
-def reduce_attention(model: Any, passes: Passes, reduction: AttentionReduction) -> None:
+def reduce_attention(model: Any, passes: Passes, reduction: AttentionReduction,
+                     outputs: tuple[torch.Tensor, ...] | None = None) -> None:
     """Every layer of the batch's attention through `reduction`, one layer at a time: from the
     kept prefill, or (none kept) by running the prefill again with an `AttentionTap` that reduces
-    each layer inside the forward, as soon as it is made. The same inputs give the same
-    attention, so both ways store the same bytes."""
+    each layer inside the forward, as soon as it is made; given the first prefill's layer
+    `outputs` (`Passes.hidden[0]`), only the attention of each layer runs again
+    (`attention_only`). The same inputs give the same attention, so every way stores the same
+    bytes."""
     if passes.prefill is not None:
         for l, rows in enumerate(passes.rows):
             reduction.layer(l, passes.prefill[l], rows)
@@ -664,7 +723,7 @@ def reduce_attention(model: Any, passes: Passes, reduction: AttentionReduction) 
         reduction.layer(l, a, passes.rows[l])
         passes.rows[l] = None
 
-    with AttentionTap(model, sink):
+    with AttentionTap(model, sink), attention_only(model, outputs):
         model(**passes.prefill_inputs)
 
 
@@ -708,14 +767,16 @@ def run_batch(model: Any, seqs: list[list[int]], n_new: int, eos_id: int | None,
     attr, attr_err, ranked = (logit_attribution(rec, passes, all_ids, valid, top_ids[:, 0])
                               if dla else (None, None, None))
     del rec                           # the recorded activations, on the device
+    # The prefill's layer outputs, when the prefill runs again: its MLPs need not.
+    outputs = passes.hidden[0] if passes.prefill is None else None
     passes.hidden = []
     out_dev = model.get_output_embeddings().weight.device
     dev0 = passes.rows[0].device
     at = device_metrics.Positions(torch.tensor(starts), valid.to(dev0), all_ids.to(dev0))
     kv = getattr(model.config, "num_key_value_heads", None) or passes.rows[0].shape[1]
     reduction = AttentionReduction(at, starts, analysed, kv, len(passes.rows), out_dev)
-    reduce_attention(model, passes, reduction)
-    del passes
+    reduce_attention(model, passes, reduction, outputs)
+    del passes, outputs
     metrics, groups, packed = reduction.results()
     results, offset = [], 0
     for b, n in enumerate(analysed):

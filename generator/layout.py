@@ -40,9 +40,11 @@ def tokenizer_artifact(root: Path, slug: str) -> Path:
 
 
 def ov_path(root: Path, slug: str) -> Path:
-    """`<root>/../ov/<slug>.json` (root: `build/artifacts`): the OV circuits of every head of one
-    model (generator/ov.py), beside the artifacts directory, which holds prompt artifacts only."""
-    return root.parent / "ov" / f"{slug}.json"
+    """`<root>/<slug>/ov.json` (root: `build/artifacts`): the OV circuits of every head of one
+    model (generator/ov.py), beside its prompt artifacts (which lie one level deeper, by set), so
+    that whatever carries the artifacts (a CI cache, a sharded build's gathering, a render job that
+    only downloads them) carries it too; every shard writes the same one (`ov.prompt_tokens`)."""
+    return root / slug / "ov.json"
 
 
 # --- files every page needs ----------------------------------------------------------------------

@@ -203,17 +203,16 @@ def ensure_ov(model: Any, model_id: str, revision: str, facts: dict[str, Any], p
     return len(todo)
 
 
-def artifact_tokens(paths: Iterable[Path], count: int = FREQUENT) -> list[int]:
-    """The `count` most frequent prompt tokens (not the generated ones; ties by id) of the prompt
-    artifacts at `paths` that exist: the OV circuit's source tokens besides the sample."""
+def prompt_tokens(tokenizer: Any, texts: Iterable[str], count: int = FREQUENT) -> list[int]:
+    """The `count` most frequent tokens (ties by id) of the prompt texts as the model's tokenizer
+    splits them (`tokens.describe_tokens`: no special tokens added): the OV circuit's source
+    tokens besides the sample. Every prompt of the build counts, whether this shard computes it
+    or not and whether it fits the model's context or not, so every shard of a sharded build
+    (`compute --shard`) writes the same OV artifact, and any one of them can be gathered."""
     from collections import Counter
     found: Counter[int] = Counter()
-    for p in paths:
-        try:
-            a = json.loads(Path(p).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found.update(int(t["id"]) for t in a.get("tokens", []) if not t.get("generated"))
+    for text in texts:
+        found.update(int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"])
     return sorted(found, key=lambda t: (-found[t], t))[:count]
 
 

@@ -212,13 +212,13 @@ class _Site:
             urls=layout.Urls(rel), **self.common, **ctx))
 
     def chart(self, ref: ChartRef, datasets: dict[str, Any] | None = None,
-              data: dict[str, Any] | None = None) -> None:
+              data: dict[str, Any] | None = None, note: str | None = None) -> None:
         """Write one chart's download and embed page, its datasets given or taken from `data`
-        (the content of its data file)."""
+        (the content of its data file); `note`: a line of its subtitle (`embed.chart_title`)."""
         spec = self.specs[ref.name]
         if datasets is None:
             datasets = embed.datasets_from(spec, data or {}, ref.data, ref.name)
-        embed.write_chart(self.w.text, self.env, self.models, ref, spec, datasets)
+        embed.write_chart(self.w.text, self.env, self.models, ref, spec, datasets, note)
         self.charts.append(ref)
 
     def static_files(self, vendor_js: Path) -> None:
@@ -274,7 +274,8 @@ class _Site:
             for name, ref in charts.items():
                 if name == "attention":
                     labels = [t["label"] for t in tokens]
-                    self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, labels)})
+                    self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, labels)},
+                               note=embed.pooled_note(len(labels)))
                 else:
                     self.chart(ref, data=files[ref.data])
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,

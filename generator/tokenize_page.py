@@ -92,7 +92,8 @@ def save_tokenizer(tokenizer: Any, artifacts_dir: Path, slug: str) -> Path:
     path = layout.tokenizer_artifact(artifacts_dir, slug)
     text = tokenizer_json(tokenizer)
     if not path.is_file() or read_saved(path) != text:
-        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+        # Level 6: 3 % larger than level 9 and four times faster (Qwen2.5's: 0.3 s, not 1.3).
+        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
     return path
 
 

@@ -493,12 +493,11 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     out = tmp_path / "artifacts"
     shutil.copytree(computed[0], out)
     models = [str(d) for d in demo_dirs]
+    per_model = ("tokenizer.json.gz", "ov.json")  # one a model: its tokenizer, its OV circuits
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    before = {p: b for p, b in before.items() if p.name != "tokenizer.json.gz"}  # one a model
+    before = {p: b for p, b in before.items() if p.name not in per_model}
     assert len(before) == 2 * 2 * len(TEXTS)  # JSON and attention file
-    ov_dir = tmp_path / "ov"                  # one OV artifact per model (generator/ov.py)
-    shutil.copytree(computed[0].parent / "ov", ov_dir)
-    ov_before = {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")}
+    ov_before = {p: json.loads(p.read_bytes()) for p in out.glob("*/ov.json")}
     assert len(ov_before) == 2
 
     lines: list[str] = []
@@ -507,8 +506,8 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     assert (again.computed, again.reused, again.failures) == (0, 2 * len(TEXTS), [])
     assert sum("model not loaded" in line for line in lines) == 2, lines
     assert {p: p.read_bytes() for p in out.rglob("*")
-            if p.is_file() and p.name != "tokenizer.json.gz"} == before
-    assert {p: json.loads(p.read_bytes()) for p in ov_dir.glob("*.json")} == ov_before
+            if p.is_file() and p.name not in per_model} == before
+    assert {p: json.loads(p.read_bytes()) for p in out.glob("*/ov.json")} == ov_before
 
     changed = dict(TEXTS, two="Hello there, world")
     lines = []
@@ -819,9 +818,10 @@ def all_layers_at_once(lm, seqs: list[list[int]], n_new: int):
 
 @pytest.mark.parametrize("model_fixture", MODELS)
 def test_layer_by_layer_stores_what_all_layers_at_once_stored(request, model_fixture):
-    """Reducing the attention one layer at a time (kept prefill, or the prefill run again) stores
-    the same bytes as the capture that held every layer at once: the same quantized values and
-    bit for bit the same metrics, so artifacts of short prompts do not change."""
+    """Reducing the attention one layer at a time (kept prefill, or the prefill run again, each
+    layer's attention alone from the first prefill's hidden states) stores the same bytes as the
+    capture that held every layer at once: the same quantized values and bit for bit the same
+    metrics, so artifacts of short prompts do not change."""
     lm = request.getfixturevalue(model_fixture)
     seqs = token_ids(lm, TEXTS.values())
     before = all_layers_at_once(lm, seqs, SETTINGS.continuation)
@@ -866,6 +866,12 @@ def test_a_long_batch_reduces_each_layer_inside_the_forward(gpt2_model, monkeypa
     lm = gpt2_model
     seqs = token_ids(lm, [TEXTS["induction"]])
     L, H = lm.facts["layers"], lm.facts["query_heads"]
+    # The MLPs run in the first passes only: the prefill runs again for its attention alone.
+    mlp_class = type(X.DlaRecorder(lm.model).mlps[0])
+    mlp_runs: list[int] = []
+    real_mlp = mlp_class.forward
+    monkeypatch.setattr(mlp_class, "forward",
+                        lambda self, *a, **k: (mlp_runs.append(1), real_mlp(self, *a, **k))[1])
     handles = [m.register_forward_pre_hook(lambda m, a, l=l: events.append(("run", l)))
                for l, m in enumerate(X.AttentionTap(lm.model, None).modules)]
     try:
@@ -878,6 +884,8 @@ def test_a_long_batch_reduces_each_layer_inside_the_forward(gpt2_model, monkeypa
         for h in handles:
             h.remove()
     assert kept_prefill == [None]
+    assert len(mlp_runs) == L * (1 + 2), "an MLP ran while the prefill ran again"  # prefill, 2 steps
+    assert all("forward" not in vars(m) for m in X.DlaRecorder(lm.model).mlps)      # put back
     reduced = [i for i, e in enumerate(events) if e[0] == "reduce"]
     assert [events[i][1] for i in reduced] == list(range(L))
     for i in reduced:                 # the layer just run is the one reduced, inside the forward

@@ -599,14 +599,15 @@ def test_shards_compute_disjoint_shares_that_combine_into_one_site(reference, pr
                                            "--shard", f"{k}/2"])
         assert result.exit_code == 0, result.output
         share = {p.id for p in Shard(k, 2).take(every)}
-        # Every shard also saves each model's tokenizer (the tokenize page's): the same bytes.
+        # Every shard also saves each model's tokenizer (the tokenize page's) and its OV circuits
+        # (for the source tokens of every prompt, not only its share's): the same bytes.
         for slug in SLUGS:
-            saved = layout.tokenizer_artifact(root / "artifacts", slug)
-            copy = layout.tokenizer_artifact(gathered / "artifacts", slug)
-            if copy.is_file():
-                assert copy.read_bytes() == saved.read_bytes(), f"shards saved two {saved.name}"
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(saved, copy)
+            for where in (layout.tokenizer_artifact, layout.ov_path):
+                saved, copy = where(root / "artifacts", slug), where(gathered / "artifacts", slug)
+                if copy.is_file():
+                    assert copy.read_bytes() == saved.read_bytes(), f"shards wrote two {saved}"
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(saved, copy)
         files = sorted(f.relative_to(root / "artifacts") for f in (root / "artifacts").rglob("*")
                        if f.is_file())
         assert {f.name.split(".", 1)[0] for f in files} == share, (k, files)
@@ -622,6 +623,11 @@ def test_shards_compute_disjoint_shares_that_combine_into_one_site(reference, pr
                                        str(gathered / "site")])
     assert result.exit_code == 0, result.output
     assert sorted(tree_digest(gathered / "site")) == sorted(tree_digest(reference / "site"))
+    # The gathered OV circuits are those of an unsharded build (they come from the weights and
+    # every prompt's text, not from the batches), so the head pages show the same circuits.
+    for slug in SLUGS:
+        ours = layout.ov_path(gathered / "artifacts", slug)
+        assert ours.read_bytes() == layout.ov_path(reference / "artifacts", slug).read_bytes()
     for path in assert_artifacts_valid(gathered):
         ref = read_artifact(reference / path.relative_to(gathered))
         ours = read_artifact(path)

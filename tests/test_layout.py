@@ -342,6 +342,45 @@ process.stdout.write(JSON.stringify(out));
                                    [hidden[head, r["q"], r["k"]] for r in hide], rtol=1e-12)
 
 
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's attention "
+                                         "codec outside a browser (Debian package 'nodejs').")
+@pytest.mark.parametrize("side", [4, 7, 1000])
+def test_a_long_prompts_chart_pools_blocks_as_python_does(demo_build, artifact_path, side,
+                                                           monkeypatch):
+    """An embed page's other head (attention-codec.js chartRows) gives the rows of the download
+    (embed.attention_rows): past `side` tokens, blocks of tokens pooled by their maximum, each
+    block's largest weight, labelled by its positions and first token."""
+    from generator import embed
+    monkeypatch.setattr(embed, "ATTENTION_SIDE", side)
+    a = read_artifact(artifact_path)
+    slug, key, layer, head = "tiny-random-qwen2", "basics/repeat", 1, 2
+    path = demo_build.root / "docs" / layout.attention_head(slug, key, layer, head)
+    labels = [f"t{i}<&" for i in range(a["attention"]["length"])]
+    script = """
+const fs = require("fs");
+eval(fs.readFileSync(process.argv[1], "utf-8"));
+const file = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
+const out = AtlasCodec.chartRows(file, JSON.parse(process.argv[3]), Number(process.argv[4]));
+process.stdout.write(JSON.stringify(out));
+"""
+    codec = REPO / "site_src" / "assets" / "attention-codec.js"
+    proc = subprocess.run([NODE, "-e", script, str(codec), str(path), json.dumps(labels),
+                           str(side)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = embed.attention_rows(a, layer, head, labels)
+    assert json.loads(proc.stdout) == rows
+    t, b = len(labels), embed.attention_block(len(labels))
+    n = -(-t // b)
+    assert len(rows) == n * (n + 1) // 2 and (b == 1) == (side >= t)
+    weights = decode_attention(a, layer)[head]
+    for r in rows:
+        cell = weights[r["q"] * b:(r["q"] + 1) * b, r["k"] * b:(r["k"] + 1) * b]
+        assert r["w"] == float(cell.max())
+        assert r["ql"] == (labels[r["q"]] if b == 1
+                           else f"{r['q'] * b}–{min(t, r['q'] * b + b) - 1} {labels[r['q'] * b]}")
+    assert (embed.pooled_note(t) is None) == (b == 1)
+
+
 def test_key_and_revision_follow_the_document(demo_build, artifact_path):
     a = json.loads(artifact_path.read_text("utf-8"))
     prov = a["provenance"]

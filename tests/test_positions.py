@@ -200,6 +200,13 @@ def test_the_window_follows_a_token_chosen_anywhere(long_site, reader):
     reader.open(url + LONG + f"?model={QWEN}&pos=150")
     reader.draw_all()
     expect_views_at(page, QWEN, 150, len(qwen))
+    # Both heatmaps select that token: Qwen2's at 150, GPT-2's (drawn after it, the address
+    # naming the other model) at its token that covers the same text.
+    back = next(j for j, t in enumerate(gpt) if t["end"] >= qwen[150]["end"])
+    for slug, q in ((QWEN, 150), (GPT2, back)):
+        page.wait_for_function(
+            "([s, q]) => (document.querySelector(`.atlas-attention[data-model='${s}']`)"
+            "  || {dataset: {}}).dataset.activeQuery === q", arg=[slug, str(q)], timeout=TIMEOUT_MS)
     assert not reader.errors, reader.errors
 
 

@@ -55,11 +55,22 @@
     el.classList.add("atlas-error");
   }
 
+  // The first chart drawn: what may wait until then (the token files, for a selection nobody has
+  // made yet) does, so that it does not compete with the first view for the network and the CPU.
+  let firstChartDrawn;
+  const firstChart = new Promise((resolve) => { firstChartDrawn = resolve; });
+
   function markFirstChart() {
     // For benchmarks/page_bench.py: when the page first showed a chart.
     if (!performance.getEntriesByName("atlas-first-chart").length) {
       performance.mark("atlas-first-chart");
     }
+    firstChartDrawn();
+  }
+
+  // The first chart, or a few seconds if none is drawn (a page whose charts all failed).
+  function afterFirstChart() {
+    return Promise.race([firstChart, new Promise((resolve) => setTimeout(resolve, 3000))]);
   }
 
   // --- light and dark ---------------------------------------------------------------------------
@@ -556,7 +567,9 @@
       col.addEventListener("focusin", chipTitle);
     }
     document.addEventListener("atlas:position", () => { followChips(); followComparison(); });
-    tokensReady().then(() => { followChips(); followComparison(); })
+    // Until a token is chosen the views show each column's data-selected: the token files (a
+    // long prompt's are hundreds of kB) can wait for the first chart.
+    afterFirstChart().then(tokensReady).then(() => { followChips(); followComparison(); })
       .catch((err) => console.warn(err));
   }
 
@@ -629,8 +642,10 @@
     });
   }
 
+  // Whether a position has been chosen (by the reader or the address), not the default one.
+  function chosen() { return selection.model !== null; }
   const page = { getJSON, showError, markFirstChart, theme, onTheme, openHead, choose,
-                 positionFor, windowAround };
+                 chosen, positionFor, windowAround };
   window.AtlasPage = page;
 
   const started = new WeakSet();

@@ -133,6 +133,37 @@
     return rows;
   }
 
+  // Tokens per row and column of a standalone attention chart of t tokens: at most `side` rows
+  // (generator/embed.py ATTENTION_SIDE and attention_block).
+  function blockOf(t, side) {
+    return Math.max(1, Math.ceil(t / side));
+  }
+
+  // The rows of a standalone attention chart (generator/embed.py attention_rows): headRows up to
+  // `side` tokens; past it, q and k number blocks of blockOf(t, side) tokens, w is the largest
+  // weight of the block and the labels are "first–last label of the first".
+  function chartRows(file, labels, side) {
+    const csr = decodeHead(file), t = csr.length, b = blockOf(t, side);
+    if (b === 1) return headRows(file, labels, false);
+    const n = Math.ceil(t / b), w = new Float64Array(n * n), names = [], rows = [];
+    for (let q = 0; q < t; q++) {
+      const row = Math.floor(q / b) * n;
+      for (let i = csr.rowStart[q]; i < csr.rowStart[q + 1]; i++) {
+        const cell = row + Math.floor(csr.keys[i] / b), v = csr.values[i] / csr.scale;
+        if (v > w[cell]) w[cell] = v;
+      }
+    }
+    for (let i = 0; i < n; i++) {
+      names.push(i * b + "\u2013" + (Math.min(t, (i + 1) * b) - 1) + " " + labels[i * b]);
+    }
+    for (let q = 0; q < n; q++) {
+      for (let k = 0; k <= q; k++) {
+        rows.push({ q: q, k: k, w: w[q * n + k], ql: names[q], kl: names[k] });
+      }
+    }
+    return rows;
+  }
+
   // The URL of one head's file, from the template render writes into the page (the layer and
   // head numbers stand where generator/layout.py LAYER and HEAD are).
   function headUrl(template, layer, head) {
@@ -140,5 +171,5 @@
   }
 
   global.AtlasCodec = { decodeHead: decodeHead, denseHead: denseHead, headRows: headRows,
-                       headUrl: headUrl };
+                       blockOf: blockOf, chartRows: chartRows, headUrl: headUrl };
 })(globalThis);

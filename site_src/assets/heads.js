@@ -15,7 +15,8 @@
 
   // A head page's charts are in its HTML: they are drawn with the page's first paint, which
   // is when the first chart appears (this script itself runs later, after the theme's bundle).
-  if (document.querySelector("[data-head-page]") && window.performance && performance.mark) {
+  // (Only a head page's title: prompt pages carry data-head-page on their links to head pages.)
+  if (document.querySelector("h1.atlas-head-title") && window.performance && performance.mark) {
     const paint = performance.getEntriesByName("first-contentful-paint")[0];
     try {
       performance.mark("atlas-first-chart", paint ? { startTime: paint.startTime } : undefined);
@@ -97,6 +98,15 @@
     axes).textContent = label("y");
     // Points: the planted ones last, so they are drawn on top.
     const order = rows.slice().sort((a, b) => planted.has(a.name) - planted.has(b.name));
+    // The planted heads' labels: one drawn where another already is moves down a line.
+    const placed = [];   // [left, right, baseline] of each label drawn
+    const labelY = (left, right, y) => {
+      let at = y;
+      for (let tries = 0; tries < 8 && placed.some(([l, r, b]) => l < right && left < r &&
+                                                   Math.abs(b - at) < 13); tries++) at += 14;
+      placed.push([left, right, at]);
+      return at;
+    };
     for (const r of order) {
       if (r[xm] === null || r[ym] === null) continue;
       const href = box.dataset.headUrl.replace("{layer}", r.layer).replace("{head}", r.head);
@@ -113,11 +123,14 @@
         el("circle", { cx: sx(r[xm]), cy: sy(r[ym]), r: 10, fill: "none",
           stroke: "var(--md-accent-fg-color, #ff6e40)", "stroke-width": 2.5 }, link);
         const right = sx(r[xm]) > W / 2;   // the label on the side with room for it
+        const text = r.name + " (planted)", x = sx(r[xm]) + (right ? -13 : 13);
+        const width = text.length * 6.6;   // 11 px bold, about
+        const y = labelY(right ? x - width : x, right ? x : x + width, sy(r[ym]) - 8);
         // A halo in the page's colour keeps the label legible over other points.
-        el("text", { x: sx(r[xm]) + (right ? -13 : 13), y: sy(r[ym]) - 8, fill: "currentColor",
+        el("text", { x: x, y: y, fill: "currentColor",
           "font-size": 11, "font-weight": "bold", "text-anchor": right ? "end" : "start",
           style: "paint-order: stroke; stroke: var(--md-default-bg-color); stroke-width: 3px" },
-        link).textContent = r.name + " (planted)";
+        link).textContent = text;
       }
     }
     const legend = document.createElement("p");

@@ -756,7 +756,13 @@
     const chart = box.querySelector(".atlas-chart");
     const heat = new Heatmap(box, page, tokensOf(await page.getJSON(box.dataset.src)));
     box.atlasHeatmap = heat;
-    const asked = windowFromURL(heat.model);
+    let asked = windowFromURL(heat.model);
+    // A position chosen before this heatmap listened (the address's pos for the other model, or
+    // a token chosen while the heatmaps before it drew): this model's token for the same text.
+    if (!asked && page.chosen && page.chosen()) {
+      const pos = page.positionFor(heat.model);
+      if (pos !== null && pos >= 0) asked = { pos: pos };
+    }
     if (asked && asked.pos !== undefined) {
       const q = Math.min(heat.t - 1, asked.pos);
       heat.active = heat.active || [q, q];

@@ -42,6 +42,7 @@
     chips: el.querySelector(".atlas-tokens"), counts: el.querySelector(".atlas-tokenize-counts"),
     detail: el.querySelector(".atlas-tokenize-detail"), worker: null, ready: false, busy: false,
     next: null, shown: -1, result: null, failed: false, drawn: { keys: [], els: [] },
+    texts: new Map(),
   }));
 
   function say(message, isError) {
@@ -77,7 +78,9 @@
 
   /* Tokens grouped under the character(s) their bytes form together (pagedata.chip_groups):
    * [{char: null | string, codepoints, tokens: [{i, id, bytes, text}]}]. */
-  function chipGroups(res) {
+  // `texts`: a column's token id -> its bytes decoded (null: not whole characters). A token's
+  // bytes are the same wherever it stands, so a keystroke decodes only ids it has not seen.
+  function chipGroups(res, texts) {
     const groups = [];
     let pending = [];
     let at = 0;
@@ -85,7 +88,9 @@
     for (let i = 0; i < res.ids.length; i++) {
       const bytes = res.bytes.subarray(at, at + res.lens[i]);
       at += res.lens[i];
-      const t = { i, id: res.ids[i], bytes, text: decode(bytes) };
+      const id = res.ids[i];
+      if (!texts.has(id)) texts.set(id, decode(bytes));
+      const t = { i, id, bytes, text: texts.get(id) };
       if (!pending.length && t.text !== null) { groups.push({ char: null, tokens: [t] }); continue; }
       pending.push(t);
       const buf = concat(pending.map((p) => p.bytes));
@@ -171,7 +176,7 @@
 
   function draw(col) {
     const res = col.result;
-    const groups = chipGroups(res);
+    const groups = chipGroups(res, col.texts);
     const keys = groups.map((g) => g.tokens.map((t) => t.id).join(" "));
     patch(col.chips, col.drawn, keys, (k) => groupElement(groups[k]));
     // One tab stop per column (the arrow keys move along): the first chip, unless one was chosen.
