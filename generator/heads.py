@@ -23,6 +23,7 @@ attention, within 1/256 of the model's own), and reduces them per query head to:
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import warnings
@@ -67,10 +68,14 @@ OV_FORMAT = "model-atlas-ov"     # the `format` of generator/ov.py's artifact
 
 
 def read_ov(path: Path) -> dict[str, Any] | None:
-    """The OV artifact (generator/ov.py) at `path`, or None when it is missing or unreadable."""
+    """The OV artifact (generator/ov.py) at `path`, gzipped or not, or None when it is missing or
+    unreadable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, EOFError):
         return None
     return data if isinstance(data, dict) and data.get("format") == OV_FORMAT else None
 

@@ -40,11 +40,12 @@ def tokenizer_artifact(root: Path, slug: str) -> Path:
 
 
 def ov_path(root: Path, slug: str) -> Path:
-    """`<root>/<slug>/ov.json` (root: `build/artifacts`): the OV circuits of every head of one
-    model (generator/ov.py), beside its prompt artifacts (which lie one level deeper, by set), so
-    that whatever carries the artifacts (a CI cache, a sharded build's gathering, a render job that
-    only downloads them) carries it too; every shard writes the same one (`ov.prompt_tokens`)."""
-    return root / slug / "ov.json"
+    """`<root>/<slug>/ov.json.gz` (root: `build/artifacts`): the OV circuits of every head of one
+    model (generator/ov.py), beside its prompt artifacts (gzipped, and so not one of the `*.json`
+    artifacts, as `tokenizer_artifact`), so that whatever carries the artifacts (a CI cache, a
+    sharded build's gathering, a render job that only downloads them) carries it too; every
+    shard writes the same one (`ov.prompt_tokens`)."""
+    return root / slug / "ov.json.gz"
 
 
 # --- files every page needs ----------------------------------------------------------------------

@@ -874,6 +874,15 @@ def test_heatmaps_draw_without_scrolling_and_before_the_vega_bundle(long_url, br
             return performance.getEntriesByType('resource')
                 .filter((r) => r.startTime <= first).map((r) => r.name); }""")
         assert not [u for u in fetched_before if u.endswith("vega-bundle.js")], fetched_before
+        # The mark is the heatmap's (after a head's file came), and the token files, which the
+        # views need only once a token is chosen, wait for it.
+        head_done = page.evaluate("""() => performance.getEntriesByType('resource')
+            .filter((r) => /\\/L\\d+\\.H\\d+\\.json$/.test(r.name)).map((r) => r.responseEnd)""")
+        first = page.evaluate("performance.getEntriesByName('atlas-first-chart')[0].startTime")
+        assert head_done and min(head_done) <= first, (head_done, first)
+        token_files = page.evaluate("""[...document.querySelectorAll('[data-tokens-of][data-tokens]')]
+            .map((c) => new URL(c.dataset.tokens, location.href).href)""")
+        assert token_files and not set(token_files) & set(fetched_before), fetched_before
         # The bundle still comes, for the Vega charts further down.
         page.wait_for_function("() => window.vegaEmbed !== undefined", timeout=CHART_TIMEOUT_MS)
         assert not errors, errors

@@ -23,6 +23,7 @@ from generator import codec, extract
 from generator.attribution import rank_components
 from generator.codec import tril_size
 from generator.compute import Settings, artifact_path, run_compute
+from generator.heads import read_ov
 from generator.errors import ArtifactError, OptionError
 from generator.extract import encode_on_device, quantize_attention, run_batch
 from generator.models import architecture_facts, final_norm
@@ -493,11 +494,11 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     out = tmp_path / "artifacts"
     shutil.copytree(computed[0], out)
     models = [str(d) for d in demo_dirs]
-    per_model = ("tokenizer.json.gz", "ov.json")  # one a model: its tokenizer, its OV circuits
+    per_model = ("tokenizer.json.gz", "ov.json.gz")  # one a model: tokenizer, OV circuits
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     before = {p: b for p, b in before.items() if p.name not in per_model}
     assert len(before) == 2 * 2 * len(TEXTS)  # JSON and attention file
-    ov_before = {p: json.loads(p.read_bytes()) for p in out.glob("*/ov.json")}
+    ov_before = {p: read_ov(p) for p in out.glob("*/ov.json.gz")}
     assert len(ov_before) == 2
 
     lines: list[str] = []
@@ -507,7 +508,7 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     assert sum("model not loaded" in line for line in lines) == 2, lines
     assert {p: p.read_bytes() for p in out.rglob("*")
             if p.is_file() and p.name not in per_model} == before
-    assert {p: json.loads(p.read_bytes()) for p in out.glob("*/ov.json")} == ov_before
+    assert {p: read_ov(p) for p in out.glob("*/ov.json.gz")} == ov_before
 
     changed = dict(TEXTS, two="Hello there, world")
     lines = []
@@ -517,7 +518,7 @@ def test_unchanged_prompts_are_reused_and_a_changed_one_recomputed(computed, dem
     # The OV circuits are not recomputed: every row is kept as it was, and only the rows of
     # source tokens new among the prompts' most frequent ones are computed.
     for path, old in ov_before.items():
-        new = json.loads(path.read_bytes())
+        new = read_ov(path)
         assert all(new["rows"][t] == row for t, row in old["rows"].items())
         added = len(new["rows"]) - len(old["rows"])
         made = [line for line in lines if f"{old['model_id']}: OV circuits of" in line]
