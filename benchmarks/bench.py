@@ -857,8 +857,9 @@ def long_rows(m: Models, args: argparse.Namespace, device: str, tmp: Path,
             "host_ms_per_prompt": round(report.host_seconds / max(report.host_prompts, 1) * 1000,
                                         1)}
         log(f"{m.name}: {T} tokens: {size['raw']:,} bytes ({size['gzip']:,} gzip), compute "
-            f"{compute_s:.1f}s (+{once['s']:.1f}s once per model), floor {floor_s:.1f}s (x{compute_s / floor_s:.2f}), peak "
-            f"{peak} GiB, host {rows[str(T)]['host_ms_per_prompt']} ms")
+            f"{compute_s:.1f}s (+{once['s']:.1f}s once per model), floor {floor_s:.1f}s "
+            f"(x{compute_s / floor_s:.2f}), peak {peak} GiB, host "
+            f"{rows[str(T)]['host_ms_per_prompt']} ms")
         shutil.rmtree(out_dir, ignore_errors=True)
     out: dict[str, Any] = {"rows": rows, "text": "/".join(LONG_TEXT),
                            "peak_memory": ("GPU memory allocated" if device.startswith("cuda")

@@ -131,15 +131,17 @@ def attention_block(length: int) -> int:
     return max(1, -(-length // ATTENTION_SIDE))
 
 
-def block_label(labels: Sequence[str], start: int, stop: int) -> str:
-    """Axis label of tokens start..stop-1: their positions and the first token's label."""
-    return f"{start}–{stop - 1} {labels[start]}"
+def block_label(tokens: Sequence[Mapping[str, Any]], start: int, stop: int) -> str:
+    """Axis label of tokens start..stop-1 (token rows, `pagedata.token_rows`): their positions
+    and the first one's text, "24–29: ␣the"."""
+    return f"{start}–{stop - 1}: {tokens[start]['text']}"
 
 
 def attention_rows(artifact: dict[str, Any], layer: int, head: int,
-                   labels: Sequence[str]) -> list[dict[str, Any]]:
+                   tokens: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One head of one layer as heatmap rows (q, k, weight, their labels), k <= q, as the page's
-    codec (site_src/assets/attention-codec.js `chartRows`) draws it with "hide first token" off.
+    codec (site_src/assets/attention-codec.js `chartRows`) draws it with "hide first token" off;
+    `tokens`: the artifact's token rows (`pagedata.token_rows`: label, text).
 
     Past ATTENTION_SIDE tokens, q and k number blocks of `attention_block(T)` tokens, w is the
     largest weight in the block and the labels are `block_label`'s."""
@@ -156,8 +158,10 @@ def attention_rows(artifact: dict[str, Any], layer: int, head: int,
         padded = np.zeros((n * b, n * b), dtype=np.float32)
         padded[:t, :t] = w
         w = padded.reshape(n, b, n, b).max(axis=(1, 3))    # [n, n]
-        labels = [block_label(labels, i * b, min(t, (i + 1) * b)) for i in range(n)]
+        labels = [block_label(tokens, i * b, min(t, (i + 1) * b)) for i in range(n)]
         t = n
+    else:
+        labels = [tok["label"] for tok in tokens]
     return [{"q": q, "k": k, "w": float(w[q, k]), "ql": labels[q], "kl": labels[k]}
             for q in range(t) for k in range(q + 1)]
 

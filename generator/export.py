@@ -173,9 +173,9 @@ def chart_spec(inv: Inventory, ref: ChartRef, layer: int = 0, head: int = 0) -> 
         if ref.artifact is None:
             raise ArtifactError(f"{inv.docs / layout.MANIFEST}: attention chart {ref.file} names "
                                 f"no artifact. Run `model-atlas render` again.")
-        labels = [t["label"] for t in inv.data(ref.data)["tokens"]]
-        datasets = {"attention": attention_rows(inv.artifact(ref.artifact), layer, head, labels)}
-        note = pooled_note(len(labels))
+        tokens = inv.data(ref.data)["tokens"]
+        datasets = {"attention": attention_rows(inv.artifact(ref.artifact), layer, head, tokens)}
+        note = pooled_note(len(tokens))
     else:
         datasets = datasets_from(spec, inv.data(ref.data), str(inv.docs / ref.data), ref.name)
         note = None

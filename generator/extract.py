@@ -115,10 +115,12 @@ def quantize_attention(p: torch.Tensor) -> torch.Tensor:
     return (p.float() * ATTENTION_SCALE).round_().clamp_(0, ATTENTION_SCALE).to(torch.uint8)
 
 
-def quantize_rows(p: torch.Tensor, rows: int = 256) -> torch.Tensor:
-    """`quantize_attention` of maps p [..., S, S], `rows` rows at a time: the same bytes, with a
-    float temporary of a block of rows instead of one the size of the maps."""
+def quantize_rows(p: torch.Tensor) -> torch.Tensor:
+    """`quantize_attention` of maps p [..., S, S], a block of rows at a time (the metrics' blocks,
+    `device_metrics.ROW_BLOCK`): the same bytes, with a float temporary of a block of rows
+    instead of one the size of the maps."""
     out = torch.empty(p.shape, dtype=torch.uint8, device=p.device)
+    rows = device_metrics.ROW_BLOCK
     for r0 in range(0, p.shape[-2], rows):
         out[..., r0:r0 + rows, :] = quantize_attention(p[..., r0:r0 + rows, :])
     return out

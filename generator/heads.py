@@ -68,13 +68,10 @@ OV_FORMAT = "model-atlas-ov"     # the `format` of generator/ov.py's artifact
 
 
 def read_ov(path: Path) -> dict[str, Any] | None:
-    """The OV artifact (generator/ov.py) at `path`, gzipped or not, or None when it is missing or
+    """The OV artifact (generator/ov.py, gzipped JSON) at `path`, or None when it is missing or
     unreadable."""
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
     except (OSError, ValueError, EOFError):
         return None
     return data if isinstance(data, dict) and data.get("format") == OV_FORMAT else None

@@ -273,9 +273,8 @@ class _Site:
             charts = embed.prompt_charts(self.models[m.slug], p.key, self.specs)
             for name, ref in charts.items():
                 if name == "attention":
-                    labels = [t["label"] for t in tokens]
-                    self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, labels)},
-                               note=embed.pooled_note(len(labels)))
+                    self.chart(ref, {"attention": embed.attention_rows(a, 0, 0, tokens)},
+                               note=embed.pooled_note(len(tokens)))
                 else:
                     self.chart(ref, data=files[ref.data])
             per_model.append({"summary": m, "artifact": a, "tokens": tokens, "lens": lens,

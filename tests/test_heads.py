@@ -9,6 +9,7 @@ copies, and the planted heads' pages say they are planted.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import numpy as np
@@ -151,7 +152,7 @@ def test_ov_artifact_is_reused_after_a_prompt_changes(gpt2_model, tmp_path):
     """generator/ov.py: a second run with the same tokens computes nothing and leaves the file
     as it is; a changed prompt's new token adds its row and keeps every other row as it was."""
     from generator import ov
-    path = tmp_path / "ov.json"
+    path = layout.ov_path(tmp_path, "m")
     lm = gpt2_model
     args = (lm.model, lm.ref.model_id, lm.ref.revision, lm.facts, path)
     first = ov.ensure_ov(*args, [464, 3797], lambda s: None, lm.tokenizer)
@@ -161,7 +162,7 @@ def test_ov_artifact_is_reused_after_a_prompt_changes(gpt2_model, tmp_path):
     assert ov.ensure_ov(*args, [464, 3797], lambda s: None, lm.tokenizer) == 0
     assert path.read_bytes() == before
     assert ov.ensure_ov(*args, [464, 3797, 9246], lambda s: None, lm.tokenizer) == 1
-    old, new = json.loads(before), json.loads(path.read_bytes())
+    old, new = json.loads(gzip.decompress(before)), heads.read_ov(path)
     assert set(new["rows"]) == set(old["rows"]) | {"9246"}
     assert all(new["rows"][t] == r for t, r in old["rows"].items())
     assert not ov.current(path, lm.ref.model_id, "another-revision", [464])

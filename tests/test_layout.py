@@ -284,10 +284,12 @@ def test_the_documents_python_snippets_decode_the_artifact(artifact_path, tmp_pa
 
 
 NODE = shutil.which("node")
+# .ci/run installs Node.js, so CI runs these; a machine without it skips them and says why.
+needs_node = pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's "
+                                "attention codec outside a browser (Debian package 'nodejs').")
 
 
-@pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's attention "
-                                         "codec outside a browser (Debian package 'nodejs').")
+@needs_node
 def test_the_browser_codec_decodes_like_python(demo_build, artifact_path):
     """site_src/assets/attention-codec.js on the site's per-head files: decodeHead gives the CSR
     of schema.decode_head (the contract: layer, head, length, scale, rowStart, keys, values),
@@ -342,8 +344,7 @@ process.stdout.write(JSON.stringify(out));
                                    [hidden[head, r["q"], r["k"]] for r in hide], rtol=1e-12)
 
 
-@pytest.mark.skipif(NODE is None, reason="Node.js is not installed: it runs the page's attention "
-                                         "codec outside a browser (Debian package 'nodejs').")
+@needs_node
 @pytest.mark.parametrize("side", [4, 7, 1000])
 def test_a_long_prompts_chart_pools_blocks_as_python_does(demo_build, artifact_path, side,
                                                            monkeypatch):
@@ -355,7 +356,7 @@ def test_a_long_prompts_chart_pools_blocks_as_python_does(demo_build, artifact_p
     a = read_artifact(artifact_path)
     slug, key, layer, head = "tiny-random-qwen2", "basics/repeat", 1, 2
     path = demo_build.root / "docs" / layout.attention_head(slug, key, layer, head)
-    labels = [f"t{i}<&" for i in range(a["attention"]["length"])]
+    tokens = [{"label": f"{i}: t{i}<&", "text": f"t{i}<&"} for i in range(a["attention"]["length"])]
     script = """
 const fs = require("fs");
 eval(fs.readFileSync(process.argv[1], "utf-8"));
@@ -364,20 +365,21 @@ const out = AtlasCodec.chartRows(file, JSON.parse(process.argv[3]), Number(proce
 process.stdout.write(JSON.stringify(out));
 """
     codec = REPO / "site_src" / "assets" / "attention-codec.js"
-    proc = subprocess.run([NODE, "-e", script, str(codec), str(path), json.dumps(labels),
+    proc = subprocess.run([NODE, "-e", script, str(codec), str(path), json.dumps(tokens),
                            str(side)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    rows = embed.attention_rows(a, layer, head, labels)
+    rows = embed.attention_rows(a, layer, head, tokens)
     assert json.loads(proc.stdout) == rows
-    t, b = len(labels), embed.attention_block(len(labels))
+    t, b = len(tokens), embed.attention_block(len(tokens))
     n = -(-t // b)
     assert len(rows) == n * (n + 1) // 2 and (b == 1) == (side >= t)
     weights = decode_attention(a, layer)[head]
     for r in rows:
         cell = weights[r["q"] * b:(r["q"] + 1) * b, r["k"] * b:(r["k"] + 1) * b]
         assert r["w"] == float(cell.max())
-        assert r["ql"] == (labels[r["q"]] if b == 1
-                           else f"{r['q'] * b}–{min(t, r['q'] * b + b) - 1} {labels[r['q'] * b]}")
+        first = tokens[r["q"] * b]
+        assert r["ql"] == (first["label"] if b == 1
+                           else f"{r['q'] * b}–{min(t, r['q'] * b + b) - 1}: {first['text']}")
     assert (embed.pooled_note(t) is None) == (b == 1)
 
 

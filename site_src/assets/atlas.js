@@ -488,16 +488,21 @@
   }
 
   function mountParts() {
-    const parts = document.querySelectorAll("[data-part]");
-    if (!("IntersectionObserver" in window)) { parts.forEach(loadPart); return; }
+    whenNear(document.querySelectorAll("[data-part]"), "600px", loadPart);
+  }
+
+  // `act(el)` once for each of `els`, when it comes within `margin` of the viewport (at once
+  // where the browser cannot tell).
+  function whenNear(els, margin, act) {
+    if (!("IntersectionObserver" in window)) { els.forEach(act); return; }
     const near = new IntersectionObserver((entries) => {
       for (const entry of entries) {
         if (!entry.isIntersecting) continue;
         near.unobserve(entry.target);
-        loadPart(entry.target);
+        act(entry.target);
       }
-    }, { rootMargin: "600px 0px" });
-    parts.forEach((el) => near.observe(el));
+    }, { rootMargin: margin + " 0px" });
+    els.forEach((el) => near.observe(el));
   }
 
   // A long prompt's chips come compact (render.py FULL_CHIPS, templates/_macros.j2 chip): bare
@@ -671,17 +676,8 @@
     if (window.AtlasThumbs) {
       document.querySelectorAll(".atlas-thumbs").forEach((h) => window.AtlasThumbs.mount(h, page));
     }
-    const boxes = document.querySelectorAll(CHARTS);
-    if (!("IntersectionObserver" in window)) { boxes.forEach(draw); return; }
     // Charts are drawn (and their data fetched) only when they come near the viewport.
-    const seen = new IntersectionObserver((entries) => {
-      for (const entry of entries) {
-        if (!entry.isIntersecting) continue;
-        seen.unobserve(entry.target);
-        draw(entry.target);
-      }
-    }, { rootMargin: "400px 0px" });
-    boxes.forEach((box) => seen.observe(box));
+    whenNear(document.querySelectorAll(CHARTS), "400px", draw);
   }
 
   // Draw the attention heatmaps now, which need no Vega, wherever they are on the page: they are

@@ -141,10 +141,11 @@
 
   // The rows of a standalone attention chart (generator/embed.py attention_rows): headRows up to
   // `side` tokens; past it, q and k number blocks of blockOf(t, side) tokens, w is the largest
-  // weight of the block and the labels are "first–last label of the first".
-  function chartRows(file, labels, side) {
+  // weight of the block and the labels "first–last: text of the first". tokens: the token rows
+  // of the prompt's data file ({label, text}, generator/pagedata.py token_rows).
+  function chartRows(file, tokens, side) {
     const csr = decodeHead(file), t = csr.length, b = blockOf(t, side);
-    if (b === 1) return headRows(file, labels, false);
+    if (b === 1) return headRows(file, tokens.map((x) => x.label), false);
     const n = Math.ceil(t / b), w = new Float64Array(n * n), names = [], rows = [];
     for (let q = 0; q < t; q++) {
       const row = Math.floor(q / b) * n;
@@ -154,7 +155,7 @@
       }
     }
     for (let i = 0; i < n; i++) {
-      names.push(i * b + "\u2013" + (Math.min(t, (i + 1) * b) - 1) + " " + labels[i * b]);
+      names.push(i * b + "\u2013" + (Math.min(t, (i + 1) * b) - 1) + ": " + tokens[i * b].text);
     }
     for (let q = 0; q < n; q++) {
       for (let k = 0; k <= q; k++) {
@@ -171,5 +172,5 @@
   }
 
   global.AtlasCodec = { decodeHead: decodeHead, denseHead: denseHead, headRows: headRows,
-                       blockOf: blockOf, chartRows: chartRows, headUrl: headUrl };
+                       chartRows: chartRows, headUrl: headUrl };
 })(globalThis);

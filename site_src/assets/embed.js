@@ -37,8 +37,7 @@
     var head = choice("head", Number(el.dataset.nheads));
     var both = await Promise.all([getJSON(el.dataset.tokens),
                                   getJSON(AtlasCodec.headUrl(el.dataset.heads, layer, head))]);
-    var labels = both[0].tokens.map(function (t) { return t.label; });
-    spec.datasets.attention = AtlasCodec.chartRows(both[1], labels, Number(el.dataset.side));
+    spec.datasets.attention = AtlasCodec.chartRows(both[1], both[0].tokens, Number(el.dataset.side));
     spec.title.text = spec.title.text.replace(/layer \d+, head \d+$/,
                                               "layer " + layer + ", head " + head);
     OPTIONS.downloadFileName = el.dataset.filename + "-L" + layer + "-H" + head;

@@ -77,9 +77,9 @@
   }
 
   /* Tokens grouped under the character(s) their bytes form together (pagedata.chip_groups):
-   * [{char: null | string, codepoints, tokens: [{i, id, bytes, text}]}]. */
-  // `texts`: a column's token id -> its bytes decoded (null: not whole characters). A token's
-  // bytes are the same wherever it stands, so a keystroke decodes only ids it has not seen.
+   * [{char: null | string, codepoints, tokens: [{i, id, bytes, text}]}]. `texts`: the column's
+   * token id -> its bytes decoded (null: not whole characters); a token's bytes are the same
+   * wherever it stands, so a keystroke decodes only the ids it has not seen. */
   function chipGroups(res, texts) {
     const groups = [];
     let pending = [];
