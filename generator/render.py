@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import embed, head_pages, layout, overview, tokenize_page
+from . import embed, head_pages, lanes, layout, overview, tokenize_page
 from . import pagedata as pd
 from .charts import ATLAS_TOP, chart_specs
 from .embed import ChartRef, ModelInfo
@@ -438,14 +438,36 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
-    head_pages.write_all(site)
-    site.comparison_pages(site.prompt_pages())
-    site.tokenize_pages()
-    site.manifest()
+    # The head pages (every head of every model, from all of its artifacts) in a second lane while
+    # this one writes the prompt pages: they share no file and need nothing of each other.
+    heads = lanes.Beside(lambda: _head_pages(site))
+    try:
+        site.comparison_pages(site.prompt_pages())
+        site.tokenize_pages()
+        site.manifest()
+        written, lines = heads.join()
+    finally:
+        heads.stop()
+    w.count += written
+    for line in lines:
+        log(line)
     w.commit()
     log(f"render: {w.count} files ({len(site.charts)} charts with embed pages and downloads) "
         f"written to {docs_dir} in {time.perf_counter() - t0:.1f}s")
     return navigation(catalog)
+
+
+def _head_pages(site: _Site) -> tuple[int, list[str]]:
+    """`head_pages.write_all` in its lane: the count of files it wrote and its log lines, both
+    for the parent to add when it joins (a forked lane cannot write to the parent's log or count;
+    in one lane, this is the parent's site object, left as it was)."""
+    lines: list[str] = []
+    log, site.log, before = site.log, lines.append, site.w.count
+    try:
+        head_pages.write_all(site)
+        return site.w.count - before, lines
+    finally:
+        site.log, site.w.count = log, before
 
 
 def navigation(catalog: Catalog) -> list[Any]:
