@@ -38,7 +38,6 @@ other layer's entry, never twice.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import torch
 from . import device_metrics
 from .attribution import DlaRecorder, direct_logit_attribution, rank_components
 from .models import final_norm
-from .codec import DIGIT_ESCAPE, dense_head, head_block, key_order
+from .codec import DIGIT_ESCAPE, dense_head, head_block
 from .schema import ATTENTION_SCALE, DLA_TOP_K
 
 # Tiling of the lens's [rows, vocabulary] logits. On the CPU a block of CPU_ROW_TILE x CPU_COL_TILE
@@ -544,45 +543,65 @@ def logit_attribution(rec: DlaRecorder, passes: Passes, all_ids: torch.Tensor, v
     return out.cpu().numpy(), err.cpu().numpy(), rank_components(out, DLA_TOP_K)
 
 
-@functools.lru_cache(maxsize=8)
-def _key_order(n: int, device: str) -> torch.Tensor:
-    """Flat indices into an [n, n] block of its lower triangle in stored order (key by key)."""
-    queries, keys = key_order(n)
-    return torch.from_numpy(queries * n + keys).to(device)
-
-
 def encode_on_device(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`codec.encode_heads` on the tensor's device: uint8 [..., n, n] (q / 128, some layers'
     heads; only the lower triangle is read) -> (every head's digits, every head's overflow
     bytes, every head's runs: uint8; the index: int64 [heads, 3], each head's n, overflow count
-    and runs size). A few passes over the values, no per-value index arrays; the counts come to
-    the host first, then the bytes in one copy."""
+    and runs size).
+
+    It works on the non-zero weights alone, not on every position: one pass finds them (row by
+    row), each gets its place in stored order (key k's queries start at k T - k (k - 1) / 2) and
+    one sort puts them in that order; the runs are the gaps between them. A long prompt's heads
+    are mostly zeros (at 2,048 tokens a weight under 1/256 is stored as nothing), so this reads
+    each map once instead of permuting and scanning all T (T + 1) / 2 positions several times.
+    The counts come to the host first, then the bytes in one copy."""
     n = q.shape[-1]
     dev = q.device
-    flat = q.reshape(-1, n * n).index_select(1, _key_order(n, str(dev)))   # [M, N]: key by key
-    M, N = flat.shape
-    nonzero = flat > 0
-    counts = nonzero.sum(1)                                          # [M] non-zero values a head
-    escaped = flat > DIGIT_ESCAPE
-    n_over = escaped.sum(1)
-    over = flat[escaped] - (DIGIT_ESCAPE + 1)                        # head by head, in order
-    # Digits min(q, 6) - 1, three to a byte: each head's non-zero values and 0 to 2 values of 1
-    # (digit 0) that pad it to a multiple of three, taken in one pass.
-    padding = (3 - counts % 3) % 3
-    take = torch.cat([nonzero, torch.arange(2, device=dev) < padding[:, None]], 1)  # [M, N+2]
-    d = (torch.cat([flat, flat.new_ones(M, 2)], 1)[take].clamp_(max=DIGIT_ESCAPE + 1) - 1)
-    d = d.view(-1, 3)
+    flat = q.reshape(-1, n, n)
+    M, N = flat.shape[0], n * (n + 1) // 2
+    head, query, key = flat.nonzero(as_tuple=True)                   # row-major
+    lower = query >= key
+    head, query, key = head[lower], query[lower], key[lower]
+    values = flat[head, query, key]
+    # Place in stored order, key by key: key k's queries start at k n - k (k - 1) / 2.
+    place = key * n - key * (key - 1) // 2 + (query - key)
+    place, order = (head * N + place).sort()
+    head, values = head[order], values[order]
+    place -= head * N
+    counts = torch.bincount(head, minlength=M)                       # [M] non-zero values a head
+    escaped = values > DIGIT_ESCAPE
+    n_over = torch.bincount(head[escaped], minlength=M)
+    over = values[escaped] - (DIGIT_ESCAPE + 1)                      # head by head, in order
+    # Digits min(q, 6) - 1, three to a byte: each head's values, then 0 to 2 values of 1 (digit 0)
+    # that pad it to a multiple of three.
+    padded = counts + (3 - counts % 3) % 3
+    first = torch.cumsum(counts, 0) - counts                         # each head's first value
+    slot = torch.cumsum(padded, 0) - padded                          # ... and its first digit
+    at = slot[head] + torch.arange(head.numel(), device=dev) - first[head]
+    d = torch.ones(int(padded.sum()), dtype=torch.uint8, device=dev)
+    d[at] = values
+    d = (d.clamp_(max=DIGIT_ESCAPE + 1) - 1).view(-1, 3)
     codes = d[:, 0] * 36 + d[:, 1] * 6 + d[:, 2]                    # uint8, <= 215
-    # Runs: a point where each run starts (a zero run first, so position 0 twice when it is
-    # non-zero), and N; lengths between points of the same head.
-    starts = torch.zeros(M, N + 2, dtype=torch.bool, device=dev)   # column c: point max(c-1, 0)
-    starts[:, 0] = starts[:, N + 1] = True
-    starts[:, 1] = nonzero[:, 0]
-    starts[:, 2:N + 1] = nonzero[:, 1:] != nonzero[:, :-1]
-    head, col = starts.nonzero(as_tuple=True)                        # head by head, in order
-    point = (col - 1).clamp_(min=0).int()                           # N < 2**31
+    # Runs: the points where runs change, per head: 0 (the zero run first, so 0 twice when
+    # position 0 is non-zero), each non-zero run's start and end (an end at N is the head's end),
+    # and N; the lengths are the gaps between a head's consecutive points.
     same = head[1:] == head[:-1]
-    runs, run_head = (point[1:] - point[:-1])[same], head[1:][same]
+    starts = torch.ones_like(place, dtype=torch.bool)
+    starts[1:] = ~same | (place[1:] != place[:-1] + 1)
+    ends = torch.ones_like(starts)
+    ends[:-1] = starts[1:]
+    heads = torch.arange(M, device=dev)
+    end_at = place[ends] + 1
+    end_head = head[ends]
+    inner = end_at < N
+    point = torch.cat([heads * 0, place[starts], end_at[inner], heads * 0 + N]).int()  # N < 2**31
+    owner = torch.cat([heads, head[starts], end_head[inner], heads])
+    # Sorted by head, then position; at one position the head's 0 comes before a run's start.
+    kind = torch.cat([heads * 0, place[starts] * 0 + 1, end_at[inner] * 0 + 1, heads * 0 + 2])
+    _, order = (owner * (3 * N + 3) + point.long() * 3 + kind).sort()
+    point, owner = point[order], owner[order]
+    same_head = owner[1:] == owner[:-1]
+    runs, run_head = (point[1:] - point[:-1])[same_head], owner[1:][same_head]
     width = max(1, -(-N.bit_length() // 7))                         # varint bytes of N
     shifts = torch.arange(width, device=dev, dtype=torch.int32) * 7
     groups = (runs[:, None] >> shifts) & 0x7F                        # [R, width]
