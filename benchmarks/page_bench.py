@@ -7,8 +7,9 @@
 
 PAGE is a path inside the site, e.g. prompts/measure/long-64.html. Prints one JSON object per
 page: the median time from navigation start to the first drawn chart (the page script marks it
-with performance.mark("atlas-first-chart")), the bytes of data (JSON) and of everything fetched
-before that moment, and the totals once the page settles (charts below the fold are drawn only
+with performance.mark("atlas-first-chart")), the bytes of data (`.json`, and the gzipped
+`.json.gz` head files of the attention) and of everything fetched before that moment, which data
+files those were, and the totals once the page settles (charts below the fold are drawn only
 when scrolled to, so they are not part of the load). On a page with an attention heatmap, then
 the time from choosing another head in the first heatmap to its drawing (`switch_head_ms`), and
 what that fetched.
@@ -49,9 +50,11 @@ MEASURE = """() => {
   const nav = performance.getEntriesByType("navigation")[0];
   const sum = (xs) => xs.reduce((a, r) => a + (r.encodedBodySize || 0), 0);
   const before = res.filter((r) => first !== null && r.responseEnd <= first);
-  const isData = (r) => r.name.endsWith(".json");
+  const isData = (r) => /\.json(\.gz)?$/.test(new URL(r.name).pathname);
   return {first_chart_ms: first, html_bytes: nav.encodedBodySize,
           data_bytes_before_first_chart: sum(before.filter(isData)),
+          data_files_before_first_chart: before.filter(isData).map(
+            (r) => [new URL(r.name).pathname, r.encodedBodySize]),
           all_bytes_before_first_chart: sum(before) + nav.encodedBodySize,
           data_bytes_after_load: sum(res.filter(isData)),
           all_bytes_after_load: sum(res) + nav.encodedBodySize,
@@ -134,7 +137,8 @@ def budgets(row: dict) -> dict:
             for k, limit in BUDGETS.items()}
 
 
-# What a static host (GitHub Pages, nginx's gzip_static, a CDN) sends compressed.
+# What a static host (GitHub Pages, nginx's gzip_static, a CDN) sends compressed. Not ".gz": the
+# head files (`L<l>.H<h>.json.gz`) are gzip streams already and go out as they are.
 COMPRESSED = {".html", ".js", ".css", ".json", ".svg", ".map", ".txt", ".xml"}
 
 
@@ -189,6 +193,10 @@ def measure(site: Path, pages: list[str], runs: int, compress: bool = False) -> 
                 row = {"page": page_path, "runs": runs,
                        "transfer": "gzip, as a static host serves text" if compress
                        else "uncompressed (python -m http.server)"}
+                # Which files the data before the first chart were, in the first run (a list: no
+                # median of it).
+                files = [s.pop("data_files_before_first_chart") for s in samples]
+                row["data_files_before_first_chart"] = files[0]
                 for key in samples[0]:
                     row[key] = statistics.median(s[key] for s in samples)
                 row["first_chart_ms_all"] = [round(s["first_chart_ms"]) for s in samples]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import http.server
 import itertools
@@ -184,6 +185,12 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def read_head_file(path: Path) -> dict:
+    """One per-head attention file of a built site (generator/layout.py attention_head): gzipped
+    JSON."""
+    return json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
+
+
 @dataclass
 class Build:
     """One `model-atlas build --demo` run."""
@@ -248,15 +255,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """`model-atlas serve`'s handler (http.server's), without its request log."""
+
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
         pass
 
 
 @contextlib.contextmanager
-def serve_directory(root: Path):
+def serve_directory(root: Path, handler_class: type = QuietHandler):
     """Serve `root` on 127.0.0.1 (a free port) for the duration; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+    handler = functools.partial(handler_class, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

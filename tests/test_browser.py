@@ -6,13 +6,15 @@ running. Skipped (with the reason) where /usr/bin/chromium is absent."""
 from __future__ import annotations
 
 import base64
+import io
+import os
 import re
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 
-from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, serve_directory
+from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, QuietHandler, serve_directory
 
 from generator.codec import dense_head
 from generator.overview import read_thumbnails
@@ -316,6 +318,106 @@ def test_chart_pages_load_the_vega_bundle_once(watched, site_url):
     assert not watched.errors, watched.errors
 
 
+class EncodingHost(QuietHandler):
+    """A host that sends the gzipped head files as JSON with Content-Encoding: gzip (an object
+    store with that metadata, a server configured so): the browser inflates them before the page
+    script sees the body."""
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if not path.endswith(".json.gz") or not os.path.isfile(path):
+            return super().send_head()
+        with open(path, "rb") as f:
+            body = f.read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+def heatmap_pixels(browser, url: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The canvases of a prompt page's heatmaps, the first one's after choosing its last head,
+    and the response headers of the head files it fetched."""
+    w = Watched(browser)
+    heads: dict[str, dict[str, str]] = {}
+    w.page.on("response", lambda r: heads.update({r.url: r.headers}) if ".json.gz" in r.url
+              else None)
+    try:
+        w.page.goto(url, wait_until="load")
+        charts = w.page.locator(".atlas-attention .atlas-chart")
+        w.page.wait_for_function(
+            "() => [...document.querySelectorAll('.atlas-attention .atlas-chart')].every("
+            "(el) => el.dataset.rendered === 'true' || el.classList.contains('atlas-error'))",
+            timeout=CHART_TIMEOUT_MS)
+        pixels = [canvas_pixels(charts.nth(i)) for i in range(charts.count())]
+        box = w.page.locator(".atlas-attention").first
+        last = str(box.locator(".atlas-head option").count() - 1)
+        box.locator(".atlas-head").select_option(last)
+        wait_redrawn(w.page, box.locator(".atlas-chart"), "head", last, w)
+        pixels.append(canvas_pixels(box.locator(".atlas-chart")))
+        assert not w.page.locator(".atlas-error").count(), \
+            w.page.locator(".atlas-error").all_inner_texts()
+        assert not w.errors, w.errors
+        return pixels, heads
+    finally:
+        w.close()
+
+
+def test_head_files_read_alike_gzipped_or_inflated_by_the_browser(browser, demo_build, site_url):
+    """The site's head files are gzip streams: http.server (`model-atlas serve`) sends them as
+    they are and the page inflates them; a host that labels them Content-Encoding: gzip has the
+    browser inflate them first. Either way the heatmaps draw the same pixels, and so does the
+    embed page's other head."""
+    page = "prompts/basics/repeat.html"
+    plain, plain_heads = heatmap_pixels(browser, site_url + page)
+    with serve_directory(demo_build.site, EncodingHost) as url:
+        inflated, inflated_heads = heatmap_pixels(browser, url + page)
+        assert inflated == plain
+        assert len(set(plain)) == 3, "two models' heatmaps and another head: three drawings"
+        assert len(plain_heads) == len(inflated_heads) == 3, (plain_heads, inflated_heads)
+        assert all("content-encoding" not in h for h in plain_heads.values()), plain_heads
+        assert all(h.get("content-encoding") == "gzip" for h in inflated_heads.values())
+        w = Watched(browser)
+        try:
+            w.page.goto(url + f"embed/{QWEN}/basics/repeat/attention.html?layer=1&head=2",
+                        wait_until="load")
+            chart = w.page.locator("#atlas-chart")
+            w.page.wait_for_function(
+                "(el) => el.dataset.rendered === 'true' || el.classList.contains('atlas-error')",
+                arg=chart.element_handle(), timeout=CHART_TIMEOUT_MS)
+            assert chart.get_attribute("data-rendered") == "true", chart.inner_text()
+            assert "layer 1, head 2" in chart.locator(".role-title-text").first.text_content()
+            assert not w.errors, w.errors
+        finally:
+            w.close()
+
+
+def test_a_head_file_that_fails_is_named_in_the_chart(watched, site_url):
+    """A head file the host does not have, or one whose gzip stream is broken: the heatmap says
+    it could not draw and names the file (by the URL the page holds, relative to it)."""
+    page = watched.page
+    broken = {}
+
+    def route(r):
+        path = urlparse(r.request.url).path
+        if f"/{GPT2}/" in path:
+            broken["missing"] = "../.." + path
+            r.fulfill(status=404, body="not here")
+        else:
+            broken["damaged"] = "../.." + path
+            r.fulfill(status=200, body=b"\x1f\x8b" + path.encode() * 20)
+    page.route("**/*.json.gz", route)
+    page.goto(site_url + "prompts/basics/repeat.html", wait_until="load")
+    page.wait_for_function("() => document.querySelectorAll('.atlas-attention .atlas-error')"
+                           ".length === 2", timeout=CHART_TIMEOUT_MS)
+    said = {m: page.locator(f'.atlas-attention[data-model="{m}"] .atlas-error').inner_text()
+            for m in (GPT2, QWEN)}
+    assert said[GPT2] == f"Could not draw this chart: {broken['missing']}: HTTP 404", said
+    assert said[QWEN].startswith(f"Could not draw this chart: {broken['damaged']}: "), said
+
+
 def _scheme(page) -> str:
     return page.evaluate("document.body.dataset.mdColorScheme")
 
@@ -511,7 +613,7 @@ def test_hover_and_focus_highlight_row_column_and_shade_the_chips(long_url, watc
     box = page.locator(f'.atlas-attention[data-model="{QWEN}"]')
     chips = page.locator(f'[data-tokens-of="{QWEN}"] .atlas-tok')
     cell = page.evaluate("AtlasHeatmap.CELL")
-    layer = page.evaluate("(u) => fetch(u).then((r) => r.json())",
+    layer = page.evaluate("(u) => AtlasCodec.fetchHead(u)",
                           box.get_attribute("data-attn").replace("{layer}", "0")
                           .replace("{head}", "0"))
     t = layer["length"]
@@ -642,7 +744,7 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
     head_files = lambda: sorted({u.rsplit("/", 1)[1] for u in watched.requests
                                  if "/list-64/L" in u})
     thumb_files = lambda: [u for u in watched.requests if u.endswith(".thumbs.json")]
-    assert head_files() == ["L0.H0.json"], "the heatmaps fetch their head, nothing else"
+    assert head_files() == ["L0.H0.json.gz"], "the heatmaps fetch their head, nothing else"
     assert not thumb_files(), "thumbnails fetched before they were scrolled to"
     dims = {}
     for model in (QWEN, GPT2):
@@ -679,7 +781,7 @@ def test_thumbnails_load_when_scrolled_to_and_open_their_head(long_url, watched)
             let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
         assert blank > 0
     # One small file per model, never the attention itself.
-    assert len(set(thumb_files())) == 2 and head_files() == ["L0.H0.json"], \
+    assert len(set(thumb_files())) == 2 and head_files() == ["L0.H0.json.gz"], \
         (thumb_files(), head_files())
     layers, heads = dims[QWEN]
     # A click opens that head in the heatmap and the URL follows.
@@ -877,7 +979,7 @@ def test_heatmaps_draw_without_scrolling_and_before_the_vega_bundle(long_url, br
         # The mark is the heatmap's (after a head's file came), and the token files, which the
         # views need only once a token is chosen, wait for it.
         head_done = page.evaluate("""() => performance.getEntriesByType('resource')
-            .filter((r) => /\\/L\\d+\\.H\\d+\\.json$/.test(r.name)).map((r) => r.responseEnd)""")
+            .filter((r) => /\\/L\\d+\\.H\\d+\\.json\\.gz$/.test(r.name)).map((r) => r.responseEnd)""")
         first = page.evaluate("performance.getEntriesByName('atlas-first-chart')[0].startTime")
         assert head_done and min(head_done) <= first, (head_done, first)
         token_files = page.evaluate("""[...document.querySelectorAll('[data-tokens-of][data-tokens]')]
@@ -1068,12 +1170,12 @@ def test_long_heatmap_switches_heads_with_one_file(context_url, watched):
     page.goto(context_url + CONTEXT_PAGE, wait_until="load")
     wait_heatmaps(page)
     attention = lambda: [u.rsplit("/", 1)[1] for u in watched.requests if "/repeat-2048/L" in u]
-    assert sorted(attention()) == ["L0.H0.json", "L0.H0.json"]   # one per model
+    assert sorted(attention()) == ["L0.H0.json.gz", "L0.H0.json.gz"]   # one per model
     box = page.locator(f'.atlas-attention[data-model="{QWEN}"]')
     chart = box.locator(".atlas-chart")
     before = canvas_pixels_of(chart)
     box.locator(".atlas-head").select_option("2")
     wait_redrawn(page, chart, "head", "2", watched)
-    assert attention()[2:] == ["L0.H2.json"]
+    assert attention()[2:] == ["L0.H2.json.gz"]
     assert canvas_pixels_of(chart) != before
     assert not watched.errors, watched.errors

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_demo_build, serve_directory, write_prompt_sets
+from conftest import read_head_file, run_demo_build, serve_directory, write_prompt_sets
 from generator import layout
 from generator.cli import main
 from generator.metrics import METRIC_DEFINITIONS
@@ -63,8 +63,7 @@ def spec_of(path: Path) -> dict:
 
 
 def attention_head(built: Path, slug: str, key: str, layer: int, head: int) -> dict:
-    return json.loads((built / "docs" / layout.attention_head(slug, key, layer, head))
-                      .read_text("utf-8"))
+    return read_head_file(built / "docs" / layout.attention_head(slug, key, layer, head))
 
 
 def expected_attention(built: Path, slug: str, key: str, layer: int, head: int) -> list[dict]:

@@ -150,7 +150,7 @@ def test_urls_are_relative_to_the_page():
     embed = layout.Urls(layout.embed_page(layout.prompt_scope("gpt2", "facts/moon-landing"),
                                           "attention"))
     assert embed.to(layout.VENDOR_BUNDLE) == "../../../../assets/vendor/vega-bundle.js"
-    assert layout.attention_head("gpt2", "a/b", 7, 2) == "data/gpt2/a/b/L7.H2.json"
+    assert layout.attention_head("gpt2", "a/b", 7, 2) == "data/gpt2/a/b/L7.H2.json.gz"
     assert not layout.is_docs_path("../x.json") and not layout.is_docs_path("/x.json")
     assert layout.is_docs_path(layout.download("compare/a/b", "cumulative"))
 
@@ -291,21 +291,29 @@ needs_node = pytest.mark.skipif(NODE is None, reason="Node.js is not installed: 
 
 @needs_node
 def test_the_browser_codec_decodes_like_python(demo_build, artifact_path):
-    """site_src/assets/attention-codec.js on the site's per-head files: decodeHead gives the CSR
-    of schema.decode_head (the contract: layer, head, length, scale, rowStart, keys, values),
-    headRows the weights of schema.decode_attention, and with "hide first token" those of
-    renormalize_without_first; a damaged file is refused with a message."""
+    """site_src/assets/attention-codec.js on the site's per-head files: parseHead reads the file
+    as written (gzipped) and as a host that sends it with Content-Encoding: gzip leaves it to the
+    page (inflated) alike; decodeHead gives the CSR of schema.decode_head (the contract: layer,
+    head, length, scale, rowStart, keys, values), headRows the weights of
+    schema.decode_attention, and with "hide first token" those of renormalize_without_first; a
+    damaged file is refused with a message."""
     a = read_artifact(artifact_path)
     slug, key, layer = "tiny-random-qwen2", "basics/repeat", 1
     heads = a["attention"]["heads"]
     files = [demo_build.root / "docs" / layout.attention_head(slug, key, layer, h)
              for h in range(heads)]
+    assert all(f.read_bytes()[:2] == b"\x1f\x8b" for f in files), "head files are gzipped"
     script = """
-const fs = require("fs");
+const fs = require("fs"), zlib = require("zlib");
 eval(fs.readFileSync(process.argv[1], "utf-8"));
+(async () => {
 const out = [];
 for (const path of process.argv.slice(2)) {
-  const file = JSON.parse(fs.readFileSync(path, "utf-8"));
+  const body = fs.readFileSync(path);
+  const file = await AtlasCodec.parseHead(body);
+  if (JSON.stringify(await AtlasCodec.parseHead(zlib.gunzipSync(body))) !== JSON.stringify(file)) {
+    throw new Error(path + ": the inflated body reads otherwise");
+  }
   const labels = Array.from({length: file.length}, (_, i) => String(i));
   const csr = AtlasCodec.decodeHead(file);
   out.push([{layer: csr.layer, head: csr.head, length: csr.length, scale: csr.scale,
@@ -314,18 +322,19 @@ for (const path of process.argv.slice(2)) {
              values: Array.from(csr.values)},
             AtlasCodec.headRows(file, labels, false), AtlasCodec.headRows(file, labels, true)]);
 }
-const file = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
+const file = await AtlasCodec.parseHead(fs.readFileSync(process.argv[2]));
 let damaged = "";
 try { AtlasCodec.decodeHead({...file, data: file.data.slice(0, -4)}); } catch (e) { damaged = e.message; }
-out.push(damaged, AtlasCodec.headUrl("d/L{layer}.H{head}.json", 3, 5));
+out.push(damaged, AtlasCodec.headUrl("d/L{layer}.H{head}.json.gz", 3, 5));
 process.stdout.write(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
 """
     codec = REPO / "site_src" / "assets" / "attention-codec.js"
     proc = subprocess.run([NODE, "-e", script, str(codec), *map(str, files)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out.pop() == "d/L3.H5.json"
+    assert out.pop() == "d/L3.H5.json.gz"
     assert out.pop().startswith(f"attention layer {layer} head 0: ")
     weights = decode_attention(a, layer)                   # [H, T, T]
     hidden = renormalize_without_first(weights.astype(np.float64))
@@ -360,9 +369,10 @@ def test_a_long_prompts_chart_pools_blocks_as_python_does(demo_build, artifact_p
     script = """
 const fs = require("fs");
 eval(fs.readFileSync(process.argv[1], "utf-8"));
-const file = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
-const out = AtlasCodec.chartRows(file, JSON.parse(process.argv[3]), Number(process.argv[4]));
-process.stdout.write(JSON.stringify(out));
+AtlasCodec.parseHead(fs.readFileSync(process.argv[2])).then((file) => {
+  const out = AtlasCodec.chartRows(file, JSON.parse(process.argv[3]), Number(process.argv[4]));
+  process.stdout.write(JSON.stringify(out));
+});
 """
     codec = REPO / "site_src" / "assets" / "attention-codec.js"
     proc = subprocess.run([NODE, "-e", script, str(codec), str(path), json.dumps(tokens),

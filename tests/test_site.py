@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET
+from conftest import CJK_EMOJI_TEXT, HOSTILE_TEXT, REPO, SUBSET, read_head_file
 from generator.layout import HEAD, LAYER
 
 DEMO_SLUGS = ["tiny-random-gpt2", "tiny-random-qwen2"]
@@ -424,8 +424,8 @@ def test_attribution_data_matches_the_artifact(demo_build):
 
 def test_attention_is_served_one_file_per_head(demo_build):
     """Each model's attention on a prompt is one file per layer and head (layout.attention_head),
-    each holding that head's stored block alone, and no per-layer file is left: a page switching
-    heads fetches only the head it shows."""
+    gzipped, each holding that head's stored block alone, and no per-layer or uncompressed file is
+    left: a page switching heads fetches only the head it shows."""
     import base64
     from generator.layout import attention_head
     from generator.schema import attention_head as stored_block
@@ -437,11 +437,12 @@ def test_attention_is_served_one_file_per_head(demo_build):
                     for layer in range(att["layers"]) for head in range(att["heads"])}
         folder = demo_build.site / "data" / slug / "basics" / "repeat"
         found = {f"data/{slug}/basics/repeat/{p.name}" for p in folder.iterdir()
-                 if re.fullmatch(r"L\d+(\.H\d+)?\.json", p.name)}
+                 if re.fullmatch(r"L\d+(\.H\d+)?\.json(\.gz)?", p.name)}
         assert found == expected
         for layer, head in ((0, 0), (att["layers"] - 1, att["heads"] - 1)):
-            f = json.loads((demo_build.site / attention_head(slug, "basics/repeat", layer, head))
-                           .read_text("utf-8"))
+            path = demo_build.site / attention_head(slug, "basics/repeat", layer, head)
+            f = read_head_file(path)
+            assert path.read_bytes()[4:8] == bytes(4), "a time in the gzip header: rebuilds differ"
             assert {k: v for k, v in f.items() if k != "data"} == {
                 "layer": layer, "head": head, "length": att["length"],
                 "encoding": att["encoding"], "scale": att["scale"]}

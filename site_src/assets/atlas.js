@@ -40,14 +40,22 @@
   const EMBED = { actions: { export: true, source: false, compiled: false, editor: false },
                   renderer: "svg" };
 
-  function getJSON(url) {
-    if (!cache.has(url)) {
-      cache.set(url, fetch(url).then((r) => {
-        if (!r.ok) throw new Error(url + ": HTTP " + r.status);
-        return r.json();
-      }));
-    }
+  // Each URL is fetched once: `load(url)` the first time, its promise after.
+  function cached(url, load) {
+    if (!cache.has(url)) cache.set(url, load(url));
     return cache.get(url);
+  }
+
+  function getJSON(url) {
+    return cached(url, () => fetch(url).then((r) => {
+      if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+      return r.json();
+    }));
+  }
+
+  // One head's attention file (gzipped JSON, AtlasCodec.fetchHead).
+  function getHead(url) {
+    return cached(url, AtlasCodec.fetchHead);
   }
 
   function showError(el, err) {
@@ -649,7 +657,7 @@
 
   // Whether a position has been chosen (by the reader or the address), not the default one.
   function chosen() { return selection.model !== null; }
-  const page = { getJSON, showError, markFirstChart, theme, onTheme, openHead, choose,
+  const page = { getJSON, getHead, showError, markFirstChart, theme, onTheme, openHead, choose,
                  chosen, positionFor, windowAround };
   window.AtlasPage = page;
 

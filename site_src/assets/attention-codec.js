@@ -4,8 +4,9 @@
  * a real artifact.
  *
  * A per-head data file (generator/layout.py attention_head) holds one head of one layer of one
- * model on one prompt: {layer, head, length: T, encoding: "nonzero-runs-base6", scale, data},
- * data = base64 of the head's block (site_src/artifact-format.md):
+ * model on one prompt, gzipped JSON (fetchHead reads it): {layer, head, length: T,
+ * encoding: "nonzero-runs-base6", scale, data}, data = base64 of the head's block
+ * (site_src/artifact-format.md):
  *   1. a varint n, the count of non-zero values;
  *   2. ceil(n/3) bytes of base-6 digits, 36 d0 + 6 d1 + d2, value = digit + 1, a digit 5 meaning
  *      6 + the next overflow byte;
@@ -171,6 +172,30 @@
     return template.replace("{layer}", String(layer)).replace("{head}", String(head));
   }
 
+  // A head file's body as its JSON object. The site writes the file gzipped: a host that serves
+  // it as it is (python -m http.server, most object stores) hands over the gzip stream, which
+  // starts with the bytes 1f 8b and is inflated here; a host that labels it Content-Encoding: gzip
+  // has the browser inflate it first, and the body is the JSON itself.
+  async function parseHead(body) {
+    if (body.length >= 2 && body[0] === 0x1f && body[1] === 0x8b) {
+      const inflated = new Blob([body]).stream().pipeThrough(new DecompressionStream("gzip"));
+      return JSON.parse(await new Response(inflated).text());
+    }
+    return JSON.parse(new TextDecoder().decode(body));
+  }
+
+  // One head's file fetched and parsed (parseHead); any failure names the URL.
+  async function fetchHead(url) {
+    try {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      return await parseHead(new Uint8Array(await response.arrayBuffer()));
+    } catch (err) {
+      throw new Error(url + ": " + err.message);
+    }
+  }
+
   global.AtlasCodec = { decodeHead: decodeHead, denseHead: denseHead, headRows: headRows,
-                       chartRows: chartRows, headUrl: headUrl };
+                       chartRows: chartRows, headUrl: headUrl, parseHead: parseHead,
+                       fetchHead: fetchHead };
 })(globalThis);

@@ -1,9 +1,9 @@
 /* Model Atlas embed page script: draws the one chart of an embed page (embed/<scope>/<chart>.html)
  * or of a file of `model-atlas export` (the same script inlined). The spec comes from the page's
  * data-spec URL or, in an exported file, from the page itself; every URL is written into the page
- * by render (generator/layout.py). An attention page takes ?layer=L&head=H and decodes that head
- * with the shared codec (attention-codec.js); any page takes ?export=svg|png to download the
- * drawn chart. */
+ * by render (generator/layout.py). An attention page takes ?layer=L&head=H and fetches and
+ * decodes that head with the shared codec (attention-codec.js); any page takes ?export=svg|png to
+ * download the drawn chart. */
 (function () {
   "use strict";
   var el = document.getElementById("atlas-chart");
@@ -35,8 +35,8 @@
     }
     var layer = choice("layer", Number(el.dataset.nlayers));
     var head = choice("head", Number(el.dataset.nheads));
-    var both = await Promise.all([getJSON(el.dataset.tokens),
-                                  getJSON(AtlasCodec.headUrl(el.dataset.heads, layer, head))]);
+    var url = AtlasCodec.headUrl(el.dataset.heads, layer, head);
+    var both = await Promise.all([getJSON(el.dataset.tokens), AtlasCodec.fetchHead(url)]);
     spec.datasets.attention = AtlasCodec.chartRows(both[1], both[0].tokens, Number(el.dataset.side));
     spec.title.text = spec.title.text.replace(/layer \d+, head \d+$/,
                                               "layer " + layer + ", head " + head);

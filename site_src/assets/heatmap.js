@@ -16,8 +16,9 @@
  *   model, layer and head that atlas.js writes; a page opened with it shows that window.
  *
  * Loaded after attention-codec.js and before atlas.js (generator/layout.py PAGE_SCRIPTS); atlas.js
- * calls AtlasHeatmap.draw(box, page) at load. `page` is what atlas.js shares: getJSON, showError,
- * markFirstChart, theme, onTheme, openHead. One head's file is fetched at a time (`loadHead`). */
+ * calls AtlasHeatmap.draw(box, page) at load. `page` is what atlas.js shares: getJSON, getHead,
+ * showError, markFirstChart, theme, onTheme, openHead. One head's file is fetched at a time
+ * (`loadHead`). */
 (function () {
   "use strict";
   const CELL = 16;            // px per token: labels of 11 px type on 16 px lines never overlap
@@ -32,7 +33,7 @@
   // Fetch and decode one head: its own file (the box's data-attn is the URL template of the
   // per-head files, AtlasCodec.headUrl), the only attention the heatmap fetches.
   async function loadHead(box, page, layer, head) {
-    const file = await page.getJSON(AtlasCodec.headUrl(box.dataset.attn, layer, head));
+    const file = await page.getHead(AtlasCodec.headUrl(box.dataset.attn, layer, head));
     return file._csr || (file._csr = AtlasCodec.decodeHead(file));
   }
 
