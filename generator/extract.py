@@ -383,7 +383,7 @@ class Passes:
     """What the prefill and the generation steps of one batch returned, still on the device.
 
     prefill[l]: float32 [B, H, P, P], layer l's attention in the prefill, when it was kept
-    (`generate_with_capture`'s `keep_prefill`), else None (then `replay_prefill` computes it
+    (`generate_with_capture`'s `keep_prefill`), else None (then `reduce_attention` computes it
     again, layer by layer). rows[l]: float32 [B, H, n_new, S], S = P + n_new: layer l's
     attention rows of the single-token steps (step s: the row of position P + s, keys up to it).
     Rows of left padding hold whatever the model gave them and are never read.
@@ -414,19 +414,43 @@ def left_pad(seqs: list[list[int]], pad_id: int, dev: Any) -> tuple[torch.Tensor
     return ids.to(dev), mask.to(dev)
 
 
+# The attention implementation of a prefill whose attention is not kept (`generate_with_capture`):
+# SDPA makes no weights. (A test sets "eager" to check that the layers' attention made again from
+# the prefill's hidden states is, bit for bit, the prefill's own.)
+UNKEPT_PREFILL = "sdpa"
+
+
+@contextlib.contextmanager
+def attention_implementation(model: Any, impl: str):
+    """The model runs with transformers' attention implementation `impl` inside, and with the one
+    it had (eager, or `FLOAT32_SOFTMAX`) again after."""
+    before = model.config._attn_implementation
+    if before == impl:
+        yield
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
 @torch.no_grad()
 def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
                           n_new: int, keep_prefill: bool = True) -> Passes:
-    """One eager prefill over the left-padded prompts, then n_new single-token steps over the KV
+    """One prefill over the left-padded prompts, then n_new single-token eager steps over the KV
     cache, each handing its attention rows to an `AttentionTap` and returning its hidden states,
     kept on the device.
 
-    The steps' rows are written into one [B, H, n_new, S] tensor per layer as they come. The
-    prefill's [B, H, P, P] attention of each layer is kept only with `keep_prefill` (all layers
-    at once: the caller checks `prefill_bytes` against its budget); without it every layer's is
-    dropped as soon as it is made, and `reduce_attention` makes them again afterwards, from this
-    prefill's hidden states (`attention_only`). (A prefill in SDPA instead, its weights never
-    made, was slower on the CPU: 47.6 s against 39.2 for the passes of a 2,048-token Qwen2.5.)
+    The steps' rows are written into one [B, H, n_new, S] tensor per layer as they come. With
+    `keep_prefill` the prefill is eager and its [B, H, P, P] attention of each layer is kept (all
+    layers at once: the caller checks `prefill_bytes` against its budget). Without it the prefill
+    runs in SDPA (`UNKEPT_PREFILL`), which makes no attention weights at all (on the CPU it takes
+    half the time of an eager one at 2,048 tokens: 9.5 s against 18.5 for Qwen2.5-0.5B), and
+    `reduce_attention`
+    makes each layer's eager attention afterwards, from this prefill's hidden states
+    (`attention_only`). Its hidden states differ from an eager prefill's by float rounding, so a
+    stored weight may differ by one step of 1/128 from what an eager prefill would have given.
 
     Every forward pass of the batch happens here (a recorder of per-layer activations wraps this
     function's model calls). Positions count from each row's first real token. The last step
@@ -444,23 +468,26 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
 
     def sink(l: int, a: torch.Tensor) -> None:
         if step < 0:                                                # a: [B, H, P, P]
-            rows[l] = torch.zeros((B, a.shape[1], n_new, S), dtype=torch.float32,
-                                  device=a.device)
-            if keep_prefill:
-                prefill[l] = a
+            prefill[l] = a
         else:                                                       # a: [B, H, 1, P + step + 1]
+            if rows[l] is None:
+                rows[l] = torch.zeros((B, a.shape[1], n_new, S), dtype=torch.float32,
+                                      device=a.device)
             rows[l][:, :, step, :P + step + 1] = a[:, :, 0]
 
     inputs = dict(input_ids=ids, attention_mask=mask, position_ids=pos, **capture)
-    with AttentionTap(model, sink) as tap:
-        prefill.extend([None] * len(tap.modules))
-        rows.extend([None] * len(tap.modules))
-        out = model(**inputs)
-        if any(r is None for r in rows):
-            raise RuntimeError("the model returned no attention maps (is attn_implementation "
-                               "eager?)")
-        hid_steps = [out.hidden_states[1:]]                         # L x [B, P, D]
-        new = []
+    if keep_prefill:
+        with AttentionTap(model, sink) as tap:
+            prefill.extend([None] * len(tap.modules))
+            out = model(**inputs)
+        _captured(prefill)
+    else:
+        with attention_implementation(model, UNKEPT_PREFILL):
+            out = model(**inputs)
+    hid_steps = [out.hidden_states[1:]]                             # L x [B, P, D]
+    rows.extend([None] * len(hid_steps[0]))
+    new = []
+    with AttentionTap(model, sink):
         for s in range(n_new):
             nxt = out.logits[:, -1].argmax(-1, keepdim=True).to(dev)   # [B, 1]
             new.append(nxt)
@@ -470,8 +497,19 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
             out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
                         **{cache_kw: getattr(out, cache_kw)}, **capture)
             hid_steps.append(out.hidden_states[1:])                     # L x [B, 1, D]
+    if n_new:
+        _captured(rows)
+    else:       # no steps: empty rows, one per layer, where the layer's output is
+        heads = model.config.num_attention_heads
+        rows = [torch.zeros((B, heads, 0, S), dtype=torch.float32, device=h.device)
+                for h in hid_steps[0]]
     gen = torch.cat(new, dim=1) if new else torch.zeros((B, 0), dtype=torch.long, device=dev)
     return Passes(prefill if keep_prefill else None, rows, hid_steps, gen, inputs)
+
+
+def _captured(maps: list[torch.Tensor | None]) -> None:
+    if any(m is None for m in maps):
+        raise RuntimeError("the model returned no attention maps (is attn_implementation eager?)")
 
 
 def kept_continuations(generated: torch.Tensor, eos_id: int | None) -> list[list[int]]:

@@ -818,11 +818,15 @@ def all_layers_at_once(lm, seqs: list[list[int]], n_new: int):
 
 
 @pytest.mark.parametrize("model_fixture", MODELS)
-def test_layer_by_layer_stores_what_all_layers_at_once_stored(request, model_fixture):
+def test_layer_by_layer_stores_what_all_layers_at_once_stored(request, model_fixture,
+                                                              monkeypatch):
     """Reducing the attention one layer at a time (kept prefill, or the prefill run again, each
     layer's attention alone from the first prefill's hidden states) stores the same bytes as the
     capture that held every layer at once: the same quantized values and bit for bit the same
-    metrics, so artifacts of short prompts do not change."""
+    metrics, so artifacts of short prompts do not change. (The first prefill in eager here, as
+    the kept one is: `test_a_prefill_in_sdpa_...` below covers the SDPA one.)"""
+    import generator.extract as X
+    monkeypatch.setattr(X, "UNKEPT_PREFILL", "eager")
     lm = request.getfixturevalue(model_fixture)
     seqs = token_ids(lm, TEXTS.values())
     before = all_layers_at_once(lm, seqs, SETTINGS.continuation)
@@ -843,6 +847,32 @@ def test_layer_by_layer_stores_what_all_layers_at_once_stored(request, model_fix
             assert x.groups is None and y.groups is None
         np.testing.assert_array_equal(x.dla, y.dla)
         np.testing.assert_array_equal(x.lens_ids, y.lens_ids)
+
+
+@pytest.mark.parametrize("model_fixture", MODELS)
+def test_a_prefill_in_sdpa_stores_the_eager_attention_of_its_hidden_states(request,
+                                                                           model_fixture):
+    """Over the budget the first prefill runs in SDPA (no weights made) and each layer's eager
+    attention is made again from its hidden states: within float rounding of an eager prefill's.
+    Every stored weight within one step (1/128) of the eager capture's and so within 1/255 of
+    the model's own, rows summing to one, the metrics, lens and continuation the same to float
+    tolerance, and the model left in eager."""
+    lm = request.getfixturevalue(model_fixture)
+    seqs = token_ids(lm, TEXTS.values())
+    before = all_layers_at_once(lm, seqs, SETTINGS.continuation)
+    tok = lm.tokenizer
+    over = run_batch(lm.model, seqs, SETTINGS.continuation, tok.eos_token_id, tok.eos_token_id,
+                     SETTINGS.top_k, SETTINGS.lens_top_k, prefill_budget=0)
+    assert lm.model.config._attn_implementation == "eager"
+    for (att, metrics, groups), y in zip(before, over):
+        assert len(y.ids) == att.shape[-1]
+        stored = y.square_attention().astype(np.int16)
+        assert np.abs(stored - att).max() <= 1
+        sums = stored.sum(-1)[..., 1:] / ATTENTION_SCALE      # each row within its rounding
+        assert np.all(np.abs(sums - 1) <= np.arange(2, stored.shape[-1] + 1) / 256 + 1e-6)
+        np.testing.assert_allclose(y.metrics, metrics, rtol=1e-4, atol=1e-5)
+        if groups is not None:
+            np.testing.assert_allclose(y.groups, groups, rtol=1e-4, atol=1e-5)
 
 
 def test_a_long_batch_reduces_each_layer_inside_the_forward(gpt2_model, monkeypatch):
