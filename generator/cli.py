@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -307,5 +308,25 @@ def export(build_dir, out, model, prompt, chart, layer, head, formats) -> None:
                   formats=formats or FORMATS, log=log, layer=layer, head=head)
 
 
+def entry() -> None:
+    """The `model-atlas` command: `main`, then the process ends at once.
+
+    When a command returns, everything it wrote is complete (every write is atomic, the lock is
+    let go); what is left is the interpreter's own teardown of torch and of every object the
+    build made, over a second after a demo build. `os._exit` skips it, once the output is
+    flushed. (Tests call `main` itself.)"""
+    try:
+        main()                                  # click's standalone mode ends in SystemExit
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
