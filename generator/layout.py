@@ -209,6 +209,12 @@ def embed_page(scope: str, stem: str) -> str:
     return f"embed/{chart_file(scope, stem)}.html"
 
 
+# The top directories of the generated files that are not pages: thousands in a build, written
+# fresh by every render and never edited in place (generator/mkdocs_hooks.py links them into the
+# site instead of copying them).
+BULK_DIRS = ("data/", "downloads/", "embed/", "artifacts/")
+
+
 # --- pages ---------------------------------------------------------------------------------------
 
 HOME = "index.md"

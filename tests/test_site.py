@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +88,19 @@ def test_full_site_vendors_vega(demo_site_full):
     assert 'src="assets/atlas.js"' in index
     prompt = next((demo_site_full.site / "prompts").rglob("*.html")).read_text("utf-8")
     assert 'data-vega="../../assets/vendor/vega-bundle.js"' in prompt
+
+
+def test_the_sites_data_files_are_the_docs_trees_hard_linked(demo_site_full):
+    """generator/mkdocs_hooks.py: every generated data file of the site (layout.BULK_DIRS) is
+    the docs tree's file, linked, not a copy; pages and the theme are MkDocs' own."""
+    from generator.layout import BULK_DIRS
+    docs, site = demo_site_full.root / "docs", demo_site_full.site
+    bulk = [p for d in BULK_DIRS for p in (docs / d).rglob("*") if p.is_file()]
+    assert len(bulk) > 1000
+    for p in bulk:
+        assert os.path.samefile(p, site / p.relative_to(docs)), p
+    page = site / "index.html"
+    assert page.is_file() and page.stat().st_nlink == 1
 
 
 @pytest.mark.slow
