@@ -107,7 +107,7 @@ def prompt_dla(slug: str, key: str) -> str:
 def attention_heads(slug: str, key: str) -> str:
     """The per-head attention files of one model on one prompt, `LAYER` and `HEAD` standing for
     the layer and the query head: switching heads fetches only that head's file. Gzipped JSON
-    (render.py `_Site._attention_files`), so that a host that compresses nothing still sends it
+    (render.py `_Site.attention_files`), so that a host that compresses nothing still sends it
     compressed; the page scripts read it with `AtlasCodec.fetchHead`."""
     return f"data/{slug}/{key}/L{LAYER}.H{HEAD}.json.gz"
 

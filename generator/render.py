@@ -262,7 +262,8 @@ class _Site:
                       charts=charts)
 
     def prompt_files(self, p: Any) -> list[dict[str, Any]]:
-        """Data files, artifact copies and charts of one prompt; what the page needs per model."""
+        """Data files and charts of one prompt; what the page needs per model. (Its per-head
+        attention files and artifact copies are `attention_files`', in the other lane.)"""
         per_model = []
         for m in self.catalog.models:
             a = self.catalog.artifacts.get((m.slug, p.key))
@@ -278,7 +279,6 @@ class _Site:
                 self.w.json(rel, content)
             dla = pd.attribution_data(a)
             self.w.json(layout.prompt_dla(m.slug, p.key), dla)
-            self._attention_files(m.slug, p.key, a)
             self.w.json(layout.attention_thumbs(m.slug, p.key), overview.thumbnails(a))
             self.w.json(layout.attention_labels(m.slug, p.key), {
                 "labels": [t["label"] for t in tokens],
@@ -304,7 +304,7 @@ class _Site:
                               "window": pd.position_window(len(tokens), dla["default"])})
         return per_model
 
-    def _attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
+    def attention_files(self, slug: str, key: str, a: dict[str, Any]) -> None:
         att = a["attention"]
         for layer in range(att["layers"]):
             for head in range(att["heads"]):
@@ -453,9 +453,10 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.static_files(vendor_js)
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
-    # The head pages (every head of every model, from all of its artifacts) in a second lane while
-    # this one writes the prompt pages: they share no file and need nothing of each other.
-    heads = lanes.Beside(lambda: _head_pages(site))
+    # The head pages (every head of every model, from all of its artifacts) and every prompt's
+    # per-head attention files in a second lane while this one writes the prompt pages: they
+    # share no file and need nothing of each other.
+    heads = lanes.Beside(lambda: _head_lane(site))
     try:
         site.comparison_pages(site.prompt_pages())
         site.tokenize_pages()
@@ -472,13 +473,16 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     return navigation(catalog)
 
 
-def _head_pages(site: _Site) -> tuple[int, list[str]]:
-    """`head_pages.write_all` in its lane: the count of files it wrote and its log lines, both
-    for the parent to add when it joins (a forked lane cannot write to the parent's log or count;
-    in one lane, this is the parent's site object, left as it was)."""
+def _head_lane(site: _Site) -> tuple[int, list[str]]:
+    """The second lane of `render_docs`: every prompt's per-head attention files and artifact
+    copies, then `head_pages.write_all`. Returns the count of files it wrote and its log lines,
+    both for the parent to add when it joins (a forked lane cannot write to the parent's log or
+    count; in one lane, this is the parent's site object, left as it was)."""
     lines: list[str] = []
     log, site.log, before = site.log, lines.append, site.w.count
     try:
+        for (slug, key), a in site.catalog.artifacts.items():
+            site.attention_files(slug, key, a)
         head_pages.write_all(site)
         return site.w.count - before, lines
     finally:
