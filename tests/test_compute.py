@@ -923,13 +923,16 @@ def test_a_long_batch_reduces_each_layer_inside_the_forward(gpt2_model, monkeypa
         assert events[i - 1] == ("run", events[i][1]), events
 
 
+@pytest.mark.parametrize("way", ["dense", "sparse"])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 7), (4, 40), (2, 300)])
-def test_the_device_encoder_writes_the_formats_bytes(monkeypatch, shape):
+def test_the_device_encoder_writes_the_formats_bytes(monkeypatch, shape, way):
     """extract.encode_on_device (run on the CPU here, the same torch code as on a GPU) gives the
     bytes of the reference codec.encode_heads, in one call or a layer at a time
     (`encode_chunks`), and codec.decode_head reads every head back: values at and around the
     digit escape (5 + 1), the largest (128), all-zero and all-non-zero heads, runs longer than
-    a varint byte (128+), and whatever lies above the diagonal ignored."""
+    a varint byte (128+), and whatever lies above the diagonal ignored. Both ways: over every
+    position (short maps) and from the non-zero weights (long ones)."""
+    monkeypatch.setattr(extract, "SPARSE_ENCODE_FROM", 0 if way == "sparse" else 1 << 30)
     heads, t = shape
     rng = np.random.default_rng(sum(shape))
     q = rng.integers(1, ATTENTION_SCALE + 1, size=(heads, t, t)).astype(np.uint8)
