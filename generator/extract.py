@@ -633,19 +633,7 @@ def _encode_dense(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     point = (col - 1).clamp_(min=0).int()                           # N < 2**31
     same = head[1:] == head[:-1]
     runs, run_head = (point[1:] - point[:-1])[same], head[1:][same]
-    width = max(1, -(-N.bit_length() // 7))                         # varint bytes of N
-    shifts = torch.arange(width, device=dev, dtype=torch.int32) * 7
-    groups = (runs[:, None] >> shifts) & 0x7F                        # [R, width]
-    used = torch.ones_like(groups, dtype=torch.bool)
-    used[:, 1:] = (runs[:, None] >> shifts[1:]) > 0
-    follows = torch.zeros_like(used)
-    follows[:, :-1] = used[:, 1:]
-    run_bytes = (groups | follows.int() << 7).to(torch.uint8)[used]
-    n_runs = torch.zeros(M, dtype=torch.long, device=dev).index_add_(0, run_head, used.sum(1))
-    index = torch.stack([counts, n_over, n_runs], 1).cpu().numpy()   # [M, 3]
-    stream = torch.cat([codes, over, run_bytes]).cpu().numpy()
-    cut = np.cumsum([codes.numel(), over.numel()])
-    return (*np.split(stream, cut), index)
+    return _stored(codes, over, runs, run_head, counts, n_over, M, N)
 
 
 def _encode_sparse(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -701,6 +689,15 @@ def _encode_sparse(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     point, owner = point[order], owner[order]
     same_head = owner[1:] == owner[:-1]
     runs, run_head = (point[1:] - point[:-1])[same_head], owner[1:][same_head]
+    return _stored(codes, over, runs, run_head, counts, n_over, M, N)
+
+
+def _stored(codes: torch.Tensor, over: torch.Tensor, runs: torch.Tensor, run_head: torch.Tensor,
+            counts: torch.Tensor, n_over: torch.Tensor, M: int, N: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`encode_on_device`'s result from every head's digit codes and overflow bytes, and the run
+    lengths of every head in order (`run_head`: each run's head), as varints."""
+    dev = runs.device
     width = max(1, -(-N.bit_length() // 7))                         # varint bytes of N
     shifts = torch.arange(width, device=dev, dtype=torch.int32) * 7
     groups = (runs[:, None] >> shifts) & 0x7F                        # [R, width]
