@@ -4,8 +4,9 @@ The render stage is pure Python, so one process uses one core. `Beside(fn)` runs
 child (it sees everything the parent holds, copy-on-write: nothing is pickled on the way in) while
 the parent goes on; `join()` waits for it and returns what `fn` returned, or raises what it raised
 (an OSError keeps its errno, so a full disk is still reported as one). Where there is no second
-core or no `os.fork` (Windows), or `SERIAL` is set, `fn` runs at once in the parent: the same result,
-one lane (and what it raises is raised at once).
+core, or `SERIAL` is set, or the system is not Linux (Windows has no fork; on macOS a process that
+forks after loading system frameworks can crash in the child), `fn` runs at once in the parent:
+the same result, one lane (and what it raises is raised at once).
 
 The child dies with its parent (PR_SET_PDEATHSIG on Linux), so a build killed in the middle leaves
 no process writing into the tree that the next build clears; the parent kills it (`stop()`) when
@@ -27,7 +28,7 @@ T = TypeVar("T")
 
 # Tests set this to compare one lane with two; nothing else does.
 SERIAL = False
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1                             # <linux/prctl.h>
 
 
 def cores() -> int:
@@ -41,7 +42,7 @@ def cores() -> int:
 def _die_with_parent(parent: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):           # not Linux: the parent's stop() still applies
+    except (OSError, AttributeError):           # no prctl here: the parent's stop() still applies
         return
     if os.getppid() != parent:                  # it died before prctl took effect
         os._exit(1)
@@ -53,7 +54,7 @@ class Beside(Generic[T]):
     def __init__(self, fn: Callable[[], T]):
         self.pid: int | None = None
         self._result: tuple[bool, Any] | None = None
-        if SERIAL or cores() < 2 or not hasattr(os, "fork"):
+        if SERIAL or cores() < 2 or not sys.platform.startswith("linux"):
             self._result = (True, fn())         # its exception, if any, is raised here
             return
         sys.stdout.flush()                      # or the child would write the parent's buffer
