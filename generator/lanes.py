@@ -100,7 +100,10 @@ class Beside(Generic[T]):
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            os.close(self._read)
+            try:
+                os.close(self._read)
+            except OSError:                     # join() had opened and closed it
+                pass
             self.pid = None
 
 
