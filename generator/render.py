@@ -262,8 +262,8 @@ class _Site:
                       charts=charts)
 
     def prompt_files(self, p: Any) -> list[dict[str, Any]]:
-        """Data files and charts of one prompt; what the page needs per model. (Its per-head
-        attention files and artifact copies are `attention_files`', in the other lane.)"""
+        """Data files and charts of one prompt; what the page needs per model. (`attention_files`
+        writes its per-head attention files and artifact copies, in render's other lane.)"""
         per_model = []
         for m in self.catalog.models:
             a = self.catalog.artifacts.get((m.slug, p.key))
@@ -454,8 +454,8 @@ def render_docs(catalog: Catalog, docs_dir: Path, vendor_js: Path, log: Log = pr
     site.page(layout.HOME, "home.md.j2")
     site.model_pages()
     # The head pages (every head of every model, from all of its artifacts) and every prompt's
-    # per-head attention files in a second lane while this one writes the prompt pages: they
-    # share no file and need nothing of each other.
+    # per-head attention files and artifact copies in a second lane, while this one writes the
+    # prompt pages: they share no file and need nothing of each other.
     heads = lanes.Beside(lambda: _head_lane(site))
     try:
         site.comparison_pages(site.prompt_pages())
