@@ -448,10 +448,10 @@ def generate_with_capture(model: Any, ids: torch.Tensor, mask: torch.Tensor,
     layers at once: the caller checks `prefill_bytes` against its budget). Without it the prefill
     runs in SDPA (`UNKEPT_PREFILL`), which makes no attention weights at all (on the CPU it takes
     half the time of an eager one at 2,048 tokens: 9.5 s against 18.5 for Qwen2.5-0.5B), and
-    `reduce_attention`
-    makes each layer's eager attention afterwards, from this prefill's hidden states
-    (`attention_only`). Its hidden states differ from an eager prefill's by float rounding, so a
-    stored weight may differ by one step of 1/128 from what an eager prefill would have given.
+    `reduce_attention` makes each layer's eager attention afterwards, from this prefill's hidden
+    states (`attention_only`). Its hidden states differ from an eager prefill's by float
+    rounding, so a stored weight may differ by one step of 1/128 from what an eager prefill would
+    have given.
 
     Every forward pass of the batch happens here (a recorder of per-layer activations wraps this
     function's model calls). Positions count from each row's first real token. The last step
@@ -828,8 +828,9 @@ def reduce_attention(model: Any, passes: Passes, reduction: AttentionReduction,
     kept prefill, or (none kept) by running the prefill again with an `AttentionTap` that reduces
     each layer inside the forward, as soon as it is made; given the first prefill's layer
     `outputs` (`Passes.hidden[0]`), only the attention of each layer runs again
-    (`attention_only`). The same inputs give the same attention, so every way stores the same
-    bytes."""
+    (`attention_only`). Each layer gets the input it had in the first prefill, so it makes the
+    attention that prefill would have made: the same bytes as a kept prefill when the first was
+    eager too (`UNKEPT_PREFILL`)."""
     if passes.prefill is not None:
         for l, rows in enumerate(passes.rows):
             reduction.layer(l, passes.prefill[l], rows)

@@ -30,7 +30,6 @@ every token is not loaded for it.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -40,7 +39,7 @@ import torch
 
 from . import layout
 from .heads import OV_FORMAT, read_ov  # the reader is torch-free: the render stage reads it too
-from .store import atomic_write_bytes, canonical_json, content_key
+from .store import atomic_write_bytes, canonical_json, content_key, gzip_text
 
 OV_VERSION = 1
 SAMPLE_ROWS = 32      # vocabulary rows drawn for the copying score
@@ -198,8 +197,7 @@ def ensure_ov(model: Any, model_id: str, revision: str, facts: dict[str, Any], p
             for ids, _ in r["up"] + r["down"]:
                 named.update(ids)
         data["vocab"] = vocab_entries(tokenizer, sorted(i for i in named if i < len(tokenizer)))
-    text = canonical_json(data) + "\n"   # gzipped (`layout.ov_path`)
-    atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+    atomic_write_bytes(path, gzip_text(canonical_json(data) + "\n"))   # gzipped: `layout.ov_path`
     log(f"{model_id}: OV circuits of {len(todo)} source tokens x "
         f"{facts['layers'] * facts['query_heads']} heads in {time.perf_counter() - t0:.1f}s")
     return len(todo)

@@ -13,7 +13,6 @@ text, tokens and model names only ever enter a page as escaped values, never as 
 from __future__ import annotations
 
 import base64
-import gzip
 import html
 import os
 import shutil
@@ -33,7 +32,7 @@ from .prompts import PromptSet
 from .resources import resource_path
 from .schema import DLA_TOP_K, SCHEMA_VERSION, attention_head, attention_path, read_artifact
 from .skips import SkipRecord, read_skip
-from .store import canonical_json, sha256_bytes
+from .store import canonical_json, gzip_text, sha256_bytes
 from .templating import environment, surprisal_style
 
 Log = Callable[[str], None]
@@ -173,9 +172,8 @@ class Writer:
         self.text(rel, canonical_json(obj) + "\n")
 
     def json_gz(self, rel: str, obj: Any, level: int) -> None:
-        """`json`, gzipped; the stream carries no time stamp, so a rebuild writes the same bytes."""
-        text = canonical_json(obj) + "\n"
-        self.bytes(rel, gzip.compress(text.encode("utf-8"), compresslevel=level, mtime=0))
+        """`json`, gzipped (`store.gzip_text`: a rebuild writes the same bytes)."""
+        self.bytes(rel, gzip_text(canonical_json(obj) + "\n", level))
 
     def copy(self, src: Path, rel: str) -> None:
         path = self.tmp / rel

@@ -8,6 +8,7 @@ killed at any moment leaves either the old file or the new one, never half of on
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -34,6 +35,12 @@ def artifact_json(obj: Any) -> bytes:
     `canonical_json` writes `1e-05`)."""
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
                         | orjson.OPT_APPEND_NEWLINE)
+
+
+def gzip_text(text: str, level: int = 6) -> bytes:
+    """`text` in UTF-8 as a gzip stream without a time stamp: the same text, the same bytes (the
+    OV artifact, the tokenizer copy, the site's per-head files)."""
+    return gzip.compress(text.encode("utf-8"), compresslevel=level, mtime=0)
 
 
 def content_key(*parts: Any) -> str:

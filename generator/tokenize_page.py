@@ -88,12 +88,12 @@ def tokenizer_json(tokenizer: Any) -> str:
 def save_tokenizer(tokenizer: Any, artifacts_dir: Path, slug: str) -> Path:
     """Write the model's `tokenizer.json`, gzipped, beside its artifacts (unchanged content is
     not rewritten, and the gzip stream carries no time stamp: the same tokenizer, the same bytes)."""
-    from .store import atomic_write_bytes
+    from .store import atomic_write_bytes, gzip_text
     path = layout.tokenizer_artifact(artifacts_dir, slug)
     text = tokenizer_json(tokenizer)
     if not path.is_file() or read_saved(path) != text:
         # Level 6: 3 % larger than level 9 and four times faster (Qwen2.5's: 0.3 s, not 1.3).
-        atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0))
+        atomic_write_bytes(path, gzip_text(text, 6))
     return path
 
 

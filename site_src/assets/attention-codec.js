@@ -145,8 +145,9 @@
   // weight of the block and the labels "first–last: text of the first". tokens: the token rows
   // of the prompt's data file ({label, text}, generator/pagedata.py token_rows).
   function chartRows(file, tokens, side) {
-    const csr = decodeHead(file), t = csr.length, b = blockOf(t, side);
+    const b = blockOf(file.length, side);
     if (b === 1) return headRows(file, tokens.map((x) => x.label), false);
+    const csr = decodeHead(file), t = csr.length;
     const n = Math.ceil(t / b), w = new Float64Array(n * n), names = [], rows = [];
     for (let q = 0; q < t; q++) {
       const row = Math.floor(q / b) * n;
